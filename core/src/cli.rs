@@ -1,0 +1,35 @@
+//! What both binaries share on the command line: where the config comes from, logging, exit codes.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind};
+use crate::telemetry::LogFormat;
+use crate::JobConfig;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Job configuration file (JSON).
+    #[arg(long, short = 'c', env = "DTH_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    /// Job configuration as inline JSON (used when --config is not given).
+    #[arg(long = "config-json", env = "DTH_CONFIG", hide_env_values = true)]
+    pub config_json: Option<String>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DTH_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    pub fn load(&self) -> crate::Result<JobConfig> {
+        crate::telemetry::init(self.log_format);
+        JobConfig::load(self.config.as_deref(), self.config_json.as_deref())
+    }
+}
+
+/// Exit codes: 0 done, 1 failed, 2 invalid configuration.
+pub fn exit_code(e: &Error) -> i32 {
+    if e.kind() == ErrorKind::Config {
+        2
+    } else {
+        1
+    }
+}

@@ -1,0 +1,320 @@
+//! Copying one object: single PUT below the multipart threshold; multipart above it (or whenever the source
+//! was uploaded in parts, keeping its part layout so the ETags match), resumable from the ledger; every read
+//! pinned to one source version; every write carrying Content-MD5; every result verified.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+
+use crate::config::{JobConfig, Sse};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::JobObject;
+use crate::ledger::{DynamoLedger, UploadRecord};
+use crate::stats::{StatEvent, Stats};
+use crate::store::{etag_part_count, md5_of, multipart_etag, Head, ObjectStore, Pin, WriteOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Copied { bytes: u64, etag: String, millis: u64 },
+    /// The source object no longer exists.
+    Gone,
+}
+
+/// A part plan: part size and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub part_size: u64,
+    pub parts: u32,
+}
+
+impl Layout {
+    pub fn range(&self, size: u64, part: u32) -> (u64, u64) {
+        let start = (part as u64 - 1) * self.part_size;
+        (start, (start + self.part_size).min(size))
+    }
+}
+
+pub struct Copier {
+    pub cfg: Arc<JobConfig>,
+    pub src: Arc<dyn ObjectStore>,
+    pub dst: Arc<dyn ObjectStore>,
+    pub ledger: DynamoLedger,
+    pub stats: Stats,
+    /// Part buffers in flight across the process: memory ≤ permits × part size.
+    pub part_slots: Arc<Semaphore>,
+}
+
+fn hex_md5(etag: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(etag, &mut out).ok().map(|_| out)
+}
+
+fn is_source_missing(e: &Error) -> bool {
+    e.is_not_found() && e.code() != Some("NoSuchBucket")
+}
+
+impl Copier {
+    fn dest_etag_is_md5(&self) -> bool {
+        self.cfg.destination.sse != Sse::Kms
+    }
+
+    /// Copy `obj` (as the finder saw it). If the source changed since, the current version is copied instead;
+    /// one copy only ever reads one version.
+    pub async fn copy(&self, run: &str, obj: &JobObject, final_attempt: bool) -> Result<Outcome> {
+        let start = Instant::now();
+        let mut pin = Pin::of(&obj.etag, obj.version_id.as_deref());
+        let mut single = obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
+        for _ in 0..3 {
+            let res = if single { self.single(&obj.key, &pin).await } else { self.multipart(run, &obj.key, &pin, final_attempt).await };
+            match res {
+                Ok(Some((bytes, etag))) => {
+                    return Ok(Outcome::Copied { bytes, etag, millis: start.elapsed().as_millis() as u64 })
+                }
+                Ok(None) => return Ok(Outcome::Gone),
+                Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
+                    tracing::info!(key = %obj.key, "source changed during the copy: copying its current version");
+                    let head = match self.src.head(&obj.key, &Pin::Latest).await {
+                        Ok(h) => h,
+                        Err(e) if is_source_missing(&e) => return Ok(Outcome::Gone),
+                        Err(e) => return Err(e),
+                    };
+                    pin = Pin::of(&head.etag, head.version_id.as_deref());
+                    single = head.size < self.cfg.multipart.threshold && etag_part_count(&head.etag).is_none();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::new(ErrorKind::Transient, format!("{}: the source kept changing during the copy", obj.key)))
+    }
+
+    pub async fn write_options(&self, key: &str, head: &Head, pin: &Pin) -> Result<WriteOptions> {
+        let d = &self.cfg.destination;
+        let (meta, tags) = if self.cfg.include_metadata {
+            let tags = if head.tag_count.is_none_or(|n| n > 0) { self.src.get_tags(key, pin).await? } else { vec![] };
+            (head.meta.clone(), tags)
+        } else {
+            (Default::default(), vec![])
+        };
+        Ok(WriteOptions {
+            meta,
+            tags,
+            storage_class: Some(d.storage_class.clone()),
+            acl: (!d.acl.is_empty()).then(|| d.acl.clone()),
+            sse: match d.sse {
+                Sse::None => None,
+                Sse::Aes256 => Some("AES256".into()),
+                Sse::Kms => Some("aws:kms".into()),
+            },
+            kms_key_id: d.kms_key_id.clone(),
+        })
+    }
+
+    /// Whole object in one GET and one PUT. None when the source is gone.
+    async fn single(&self, key: &str, pin: &Pin) -> Result<Option<(u64, String)>> {
+        let f = match self.src.get(key, None, pin).await {
+            Ok(f) => f,
+            Err(e) if is_source_missing(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let md5 = md5_of(&f.body);
+        let md5_hex = hex::encode(md5);
+        if f.head.etag_is_md5() && etag_part_count(&f.head.etag).is_none() && f.head.etag != md5_hex {
+            return Err(Error::integrity(format!("{key}: read bytes with MD5 {md5_hex}, source ETag is {}", f.head.etag)));
+        }
+        let opts = self.write_options(key, &f.head, &Pin::of(&f.head.etag, f.head.version_id.as_deref())).await?;
+        let len = f.body.len() as u64;
+        let dkey = self.cfg.destination_key(key);
+        let etag = self.dst.put(&dkey, f.body, md5, &opts).await?;
+        if self.dest_etag_is_md5() && etag != md5_hex {
+            return Err(Error::integrity(format!("{dkey}: destination ETag {etag} is not the MD5 {md5_hex} we sent")));
+        }
+        self.stats.send(StatEvent::Bytes(len));
+        Ok(Some((len, etag)))
+    }
+
+    /// The source's own part layout when it was uploaded in parts (so ETags match), else max(chunk, size/10,000).
+    pub async fn layout(&self, key: &str, head: &Head, pin: &Pin) -> Result<Layout> {
+        let size = head.size;
+        if let Some(n) = etag_part_count(&head.etag) {
+            if let Some(p) = self.src.part_size(key, pin, 1).await? {
+                if p > 0 && size.div_ceil(p).max(1) == n as u64 {
+                    return Ok(Layout { part_size: p, parts: n });
+                }
+            }
+        }
+        let part_size = self.cfg.part_size_for(size);
+        Ok(Layout { part_size, parts: size.div_ceil(part_size).max(1) as u32 })
+    }
+
+    /// Copy one part: pinned ranged GET, MD5, UploadPart with Content-MD5, check the returned ETag.
+    pub async fn copy_part(&self, key: &str, pin: &Pin, size: u64, layout: Layout, upload_id: &str, part: u32) -> Result<(bytes::Bytes, [u8; 16], String)> {
+        let _slot = self.part_slots.acquire().await.map_err(|_| Error::new(ErrorKind::Other, "shutting down"))?;
+        let (a, b) = layout.range(size, part);
+        let f = self.src.get(key, Some((a, b)), pin).await?;
+        if f.body.len() as u64 != b - a {
+            return Err(Error::integrity(format!("{key}: part {part} read {} bytes, expected {}", f.body.len(), b - a)));
+        }
+        let md5 = md5_of(&f.body);
+        let dkey = self.cfg.destination_key(key);
+        let etag = self.dst.upload_part(&dkey, upload_id, part, f.body.clone(), md5).await?;
+        if self.dest_etag_is_md5() && etag != hex::encode(md5) {
+            return Err(Error::integrity(format!("{dkey}: part {part} ETag {etag} is not the MD5 we sent")));
+        }
+        self.stats.send(StatEvent::Bytes(b - a));
+        Ok((f.body, md5, etag))
+    }
+
+    /// Find the upload to continue: the one the ledger recorded for this source version, with its parts
+    /// re-verified against the source. Other incomplete uploads of the key are aborted.
+    async fn resume(&self, run: &str, key: &str, head: &Head, pin: &Pin, layout: Layout) -> Result<Option<(String, BTreeMap<u32, [u8; 16]>)>> {
+        let dkey = self.cfg.destination_key(key);
+        let record = self.ledger.upload(run, key).await?;
+        let uploads: Vec<_> =
+            self.dst.list_multipart_uploads(&dkey).await?.into_iter().filter(|u| u.key == dkey).collect();
+        let usable = record.filter(|r| {
+            r.source_etag == head.etag
+                && r.part_size == layout.part_size
+                && r.status == "STARTED"
+                && uploads.iter().any(|u| u.upload_id == r.upload_id)
+        });
+        for u in &uploads {
+            if usable.as_ref().is_none_or(|r| r.upload_id != u.upload_id) {
+                tracing::info!(key = %dkey, upload_id = %u.upload_id, "aborting a stale incomplete upload");
+                self.dst.abort_multipart(&dkey, &u.upload_id).await?;
+            }
+        }
+        let Some(r) = usable else { return Ok(None) };
+        let mut kept = BTreeMap::new();
+        for p in self.dst.list_parts(&dkey, &r.upload_id).await? {
+            if p.number == 0 || p.number > layout.parts {
+                continue;
+            }
+            let (a, b) = layout.range(head.size, p.number);
+            if p.size != b - a {
+                continue;
+            }
+            // Re-verify: the kept part must hold exactly this source version's bytes.
+            let f = self.src.get(key, Some((a, b)), pin).await?;
+            let md5 = md5_of(&f.body);
+            if hex::encode(md5) == p.etag || (!self.dest_etag_is_md5() && hex_md5(&p.etag).is_none()) {
+                kept.insert(p.number, md5);
+            }
+        }
+        tracing::info!(key = %dkey, upload_id = %r.upload_id, kept = kept.len(), parts = layout.parts, "resuming multipart upload");
+        Ok(Some((r.upload_id, kept)))
+    }
+
+    async fn multipart(&self, run: &str, key: &str, pin: &Pin, final_attempt: bool) -> Result<Option<(u64, String)>> {
+        let head = match self.src.head(key, pin).await {
+            Ok(h) => h,
+            Err(e) if is_source_missing(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let pin = Pin::of(&head.etag, head.version_id.as_deref());
+        let layout = self.layout(key, &head, &pin).await?;
+        let dkey = self.cfg.destination_key(key);
+        let (upload_id, kept) = match self.resume(run, key, &head, &pin, layout).await? {
+            Some(r) => r,
+            None => {
+                let opts = self.write_options(key, &head, &pin).await?;
+                let id = self.dst.create_multipart(&dkey, &opts).await?;
+                let rec = UploadRecord {
+                    upload_id: id.clone(),
+                    source_etag: head.etag.clone(),
+                    part_size: layout.part_size,
+                    parts: layout.parts,
+                    ..Default::default()
+                };
+                self.ledger.put_upload(run, key, &rec).await?;
+                (id, BTreeMap::new())
+            }
+        };
+        let result = self.upload_and_complete(key, &head, &pin, layout, &upload_id, kept).await;
+        match &result {
+            // The source changed: these parts are of an old version; never complete them.
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed || e.kind() == ErrorKind::Integrity || final_attempt => {
+                if let Err(abort) = self.dst.abort_multipart(&dkey, &upload_id).await {
+                    tracing::warn!(key = %dkey, "aborting upload after failure: {abort}");
+                }
+            }
+            _ => {}
+        }
+        result.map(Some)
+    }
+
+    async fn upload_and_complete(&self, key: &str, head: &Head, pin: &Pin, layout: Layout, upload_id: &str, kept: BTreeMap<u32, [u8; 16]>) -> Result<(u64, String)> {
+        let dkey = self.cfg.destination_key(key);
+        let whole_md5_check = head.etag_is_md5() && etag_part_count(&head.etag).is_none();
+        let mut full = Md5::new();
+        let mut md5s = Vec::with_capacity(layout.parts as usize);
+        // Parts upload concurrently but are yielded in order, so the whole-object MD5 can be computed on the way
+        // (kept parts are re-read for it only when the source has a plain MD5 ETag to check against).
+        let mut parts = stream::iter(1..=layout.parts)
+            .map(|n| {
+                let kept = kept.get(&n).copied();
+                async move {
+                    match kept {
+                        Some(md5) if !whole_md5_check => Ok((n, None, md5)),
+                        Some(md5) => {
+                            let f = self.src.get(key, Some(layout.range(head.size, n)), pin).await?;
+                            Ok((n, Some(f.body), md5))
+                        }
+                        None => {
+                            let (body, md5, _) = self.copy_part(key, pin, head.size, layout, upload_id, n).await?;
+                            Ok::<_, Error>((n, Some(body), md5))
+                        }
+                    }
+                }
+            })
+            .buffered(self.cfg.worker.part_concurrency as usize);
+        while let Some((_, body, md5)) = parts.try_next().await? {
+            if let (true, Some(b)) = (whole_md5_check, body) {
+                full.update(&b);
+            }
+            md5s.push(md5);
+        }
+        drop(parts);
+        if whole_md5_check {
+            let got = hex::encode(full.finalize());
+            if got != head.etag {
+                return Err(Error::integrity(format!("{key}: bytes read have MD5 {got}, source ETag is {}", head.etag)));
+            }
+        }
+        let list: Vec<(u32, String)> = md5s.iter().enumerate().map(|(i, m)| (i as u32 + 1, hex::encode(m))).collect();
+        let etag = self.complete(&dkey, upload_id, &list, head).await?;
+        Ok((head.size, etag))
+    }
+
+    /// Complete and verify: the ETag must be the one the parts imply, and equal the source's when the layout
+    /// was preserved.
+    pub async fn complete(&self, dkey: &str, upload_id: &str, parts: &[(u32, String)], head: &Head) -> Result<String> {
+        let etag = self.dst.complete_multipart(dkey, upload_id, parts).await?;
+        if self.dest_etag_is_md5() {
+            let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
+            if let Some(md5s) = md5s {
+                let expected = multipart_etag(&md5s);
+                if etag != expected {
+                    return Err(Error::integrity(format!("{dkey}: ETag {etag} after completion, parts imply {expected}")));
+                }
+                if head.etag_is_md5() && etag_part_count(&head.etag).is_some() && etag != head.etag {
+                    return Err(Error::integrity(format!("{dkey}: ETag {etag} differs from the source's {}", head.etag)));
+                }
+            }
+        }
+        Ok(etag)
+    }
+
+    /// On redelivery: is this object already at the destination, as this job wanted it?
+    pub async fn already_copied(&self, obj: &JobObject) -> Result<bool> {
+        match self.dst.head(&self.cfg.destination_key(&obj.key), &Pin::Latest).await {
+            Ok(h) => Ok(h.size == obj.size
+                && (h.etag == obj.etag || etag_part_count(&h.etag).is_some() != etag_part_count(&obj.etag).is_some())),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! dth-core: the transfer engine shared by the `finder` and `worker` binaries (and later the provider).
+//!
+//! The pieces, each behind a narrow interface so it can be tested alone:
+//! - [`config`]: the one [`config::JobConfig`] every component reads, validated once.
+//! - [`store`]: the [`store::ObjectStore`] trait, its S3 implementation and an in-memory one.
+//! - [`diff`]: what counts as "needs copying".
+//! - [`finder`]: list → diff → pack into jobs → enqueue, streaming with bounded memory.
+//! - [`worker`]: dequeue → copy (single PUT / multipart / fleet-split) → verify → record.
+//! - [`queue`], [`ledger`]: the SQS job queue and the DynamoDB ledger.
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod copy;
+pub mod diff;
+pub mod error;
+pub mod events;
+pub mod finder;
+pub mod job;
+pub mod ledger;
+pub mod limit;
+pub mod queue;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::JobConfig;
+pub use error::{Error, ErrorKind, Result};

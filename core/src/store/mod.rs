@@ -1,0 +1,193 @@
+//! Object storage behind one trait: Amazon S3 and S3-compatible endpoints ([`s3::S3Store`]) and an in-memory
+//! store for unit tests ([`memory::MemoryStore`]).
+
+pub mod memory;
+pub mod s3;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Without quotes.
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    pub common_prefixes: Vec<String>,
+    pub next_token: Option<String>,
+}
+
+/// The headers, metadata and settings that travel with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    /// HTTP-date, as received.
+    pub expires: Option<String>,
+    pub user: BTreeMap<String, String>,
+}
+
+/// What HEAD (or the headers of a GET) says about an object.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub size: u64,
+    pub etag: String,
+    pub version_id: Option<String>,
+    pub meta: ObjectMeta,
+    /// `AES256`, `aws:kms`, `aws:kms:dsse`, or none.
+    pub sse: Option<String>,
+    pub storage_class: Option<String>,
+    /// `x-amz-restore`: `ongoing-request="false"` means a restored copy of an archived object is readable.
+    pub restore: Option<String>,
+    /// Tags, when the response says how many there are.
+    pub tag_count: Option<u32>,
+    /// Full-object checksums by algorithm (`CRC32`, `SHA256`, ...), when the store keeps them.
+    pub checksums: BTreeMap<String, String>,
+}
+
+impl Head {
+    /// The ETag is the MD5 of the bytes (or of the part MD5s): true unless KMS encrypted the object.
+    pub fn etag_is_md5(&self) -> bool {
+        !matches!(self.sse.as_deref(), Some(s) if s.starts_with("aws:kms"))
+    }
+
+    pub fn is_archived_unrestored(&self) -> bool {
+        is_archive_class(self.storage_class.as_deref())
+            && !self.restore.as_deref().is_some_and(|r| r.contains("ongoing-request=\"false\""))
+    }
+}
+
+pub fn is_archive_class(class: Option<&str>) -> bool {
+    matches!(class, Some("GLACIER" | "DEEP_ARCHIVE"))
+}
+
+/// Which version of a source object a read must see; a read that would see another one fails with
+/// `PreconditionFailed`, so one copy never mixes two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    Version(String),
+    ETag(String),
+    Latest,
+}
+
+impl Pin {
+    pub fn of(etag: &str, version_id: Option<&str>) -> Self {
+        match version_id {
+            Some(v) if !v.is_empty() && v != "null" => Pin::Version(v.to_owned()),
+            _ if !etag.is_empty() => Pin::ETag(etag.to_owned()),
+            _ => Pin::Latest,
+        }
+    }
+}
+
+/// How objects are written at the destination.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub meta: ObjectMeta,
+    pub tags: Vec<(String, String)>,
+    pub storage_class: Option<String>,
+    pub acl: Option<String>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// A body and the headers that came with it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub body: Bytes,
+    pub head: Head,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// The bucket this store reads and writes, for messages.
+    fn bucket(&self) -> &str;
+
+    /// One page of keys under `prefix`, in S3's (byte-wise) order. With a delimiter, keys below the next
+    /// delimiter are rolled up into `common_prefixes`.
+    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>) -> Result<ListPage>;
+
+    /// Metadata of an object. `NotFound` when it does not exist, `PreconditionFailed` when the pin does not hold.
+    async fn head(&self, key: &str, pin: &Pin) -> Result<Head>;
+
+    /// Size of part `n` of a multipart-uploaded object (HEAD `?partNumber=n`), or None if the store does not say.
+    async fn part_size(&self, key: &str, pin: &Pin, part_number: u32) -> Result<Option<u64>>;
+
+    /// Bytes `range` (start, end exclusive) or the whole object.
+    async fn get(&self, key: &str, range: Option<(u64, u64)>, pin: &Pin) -> Result<Fetched>;
+
+    async fn get_tags(&self, key: &str, pin: &Pin) -> Result<Vec<(String, String)>>;
+
+    /// Single PUT with `Content-MD5`; returns the ETag.
+    async fn put(&self, key: &str, body: Bytes, md5: [u8; 16], opts: &WriteOptions) -> Result<String>;
+
+    async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String>;
+
+    /// Upload a part with `Content-MD5`; returns the part's ETag.
+    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes, md5: [u8; 16]) -> Result<String>;
+
+    /// Returns the object's ETag.
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<String>;
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Incomplete uploads whose key starts with `prefix`.
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<UploadInfo>>;
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<PartInfo>>;
+
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// The ETag S3 gives an object uploaded in parts: MD5 of the concatenated part MD5s, `-<count>`.
+pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    for p in part_md5s {
+        h.update(p);
+    }
+    format!("{}-{}", hex::encode(h.finalize()), part_md5s.len())
+}
+
+/// Number of parts an ETag says the object was uploaded in (`"…-12"` → 12).
+pub fn etag_part_count(etag: &str) -> Option<u32> {
+    let (_, n) = etag.rsplit_once('-')?;
+    n.parse().ok().filter(|n| *n > 0)
+}
+
+pub fn md5_of(bytes: &[u8]) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes).into()
+}
+
+pub fn trim_etag(etag: &str) -> String {
+    etag.trim_matches('"').to_owned()
+}

@@ -1,0 +1,469 @@
+//! The worker: take jobs from the queue, copy, verify, record, and delete the message only on success.
+//!
+//! Failed jobs stay on the queue for redelivery (the queue's redrive moves them to the dead-letter queue after
+//! `max_attempts` receives). A heartbeat keeps in-flight jobs invisible. On SIGTERM the worker takes no new
+//! jobs, finishes the ones in flight within the grace period, and releases the rest.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EventsMode, JobConfig};
+use crate::copy::{Copier, Outcome};
+use crate::diff::KeyFilter;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::EventRecord;
+use crate::job::{new_id, parse_message, Incoming, Job, JobObject};
+use crate::ledger::{pad_sequencer, DynamoLedger, JobTotals, ObjectRecord, Status, UploadRecord};
+use crate::queue::{Received, SqsQueue};
+use crate::stats::{StatEvent, Stats};
+use crate::store::{ObjectStore, Pin};
+
+/// The run that event-driven copies are recorded under.
+pub const EVENTS_RUN: &str = "events";
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit once the queue has been empty, with nothing in flight, for this long.
+    pub exit_when_idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerReport {
+    pub messages: u64,
+    pub control_plane_calls: u64,
+    pub seconds: f64,
+}
+
+pub struct Worker {
+    cfg: Arc<JobConfig>,
+    queue: SqsQueue,
+    ledger: DynamoLedger,
+    copier: Arc<Copier>,
+    filter: KeyFilter,
+    stats: Stats,
+    /// Object copies in flight.
+    slots: Arc<Semaphore>,
+}
+
+enum Disposition {
+    /// Done: delete the message.
+    Delete,
+    /// Leave it for redelivery after this many seconds.
+    Retry(u32),
+}
+
+impl Worker {
+    pub fn new(cfg: Arc<JobConfig>, src: Arc<dyn ObjectStore>, dst: Arc<dyn ObjectStore>, queue: SqsQueue, ledger: DynamoLedger, stats: Stats) -> Result<Arc<Self>> {
+        let w = &cfg.worker;
+        let copier = Arc::new(Copier {
+            cfg: cfg.clone(),
+            src,
+            dst,
+            ledger: ledger.clone(),
+            stats: stats.clone(),
+            part_slots: Arc::new(Semaphore::new((w.concurrency * w.part_concurrency) as usize)),
+        });
+        Ok(Arc::new(Self {
+            filter: KeyFilter::new(&cfg.filters)?,
+            slots: Arc::new(Semaphore::new(w.concurrency as usize)),
+            cfg,
+            queue,
+            ledger,
+            copier,
+            stats,
+        }))
+    }
+
+    /// Receive and process until `shutdown` (or idleness, if asked).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, opts: RunOptions) -> Result<WorkerReport> {
+        let start = Instant::now();
+        let calls_before = crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut messages = 0u64;
+        let mut idle_since = Instant::now();
+        let mut failures = 0u32;
+        let max_tasks = (self.cfg.worker.concurrency as usize).max(2);
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = self.slots.available_permits();
+            if free == 0 || tasks.len() >= max_tasks {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let wait = if opts.exit_when_idle.is_some() { 1 } else { 20 };
+            let received = tokio::select! {
+                r = self.queue.receive(free.min(10) as u32, wait) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let batch = match received {
+                Ok(b) => {
+                    failures = 0;
+                    b
+                }
+                Err(e) if e.is_not_found() || e.kind() == ErrorKind::AccessDenied || e.kind() == ErrorKind::Config => {
+                    return Err(e.context("the job queue"));
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("receiving jobs failed ({failures} in a row): {e}");
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(6)))).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if let Some(idle) = opts.exit_when_idle {
+                    if tasks.is_empty() && idle_since.elapsed() >= idle {
+                        tracing::info!("queue idle for {idle:?}: exiting");
+                        break;
+                    }
+                }
+                continue;
+            }
+            for m in batch {
+                messages += 1;
+                in_flight.lock().unwrap().insert(m.message_id.clone(), m.receipt.clone());
+                let me = self.clone();
+                let in_flight = in_flight.clone();
+                tasks.spawn(async move {
+                    let id = m.message_id.clone();
+                    me.handle(m).await;
+                    in_flight.lock().unwrap().remove(&id);
+                });
+            }
+            idle_since = Instant::now();
+        }
+        if !tasks.is_empty() {
+            let grace = Duration::from_secs(self.cfg.worker.shutdown_grace_secs);
+            tracing::info!(jobs = tasks.len(), "stopping: finishing jobs in flight (up to {grace:?})");
+            let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+            if drained.is_err() {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                let left: Vec<String> = in_flight.lock().unwrap().values().cloned().collect();
+                for receipt in left {
+                    if let Err(e) = self.queue.set_visibility(&receipt, 0).await {
+                        tracing::warn!("releasing an unfinished job: {e}");
+                    }
+                }
+            }
+        }
+        Ok(WorkerReport {
+            messages,
+            control_plane_calls: crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed) - calls_before,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    async fn handle(self: &Arc<Self>, m: Received) {
+        let heartbeat = {
+            let queue = self.queue.clone();
+            let receipt = m.receipt.clone();
+            let (every, extend) = (self.cfg.worker.heartbeat_secs, self.cfg.worker.visibility_secs as u32);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(every)).await;
+                    if let Err(e) = queue.set_visibility(&receipt, extend).await {
+                        tracing::warn!("heartbeat: {e}");
+                    }
+                }
+            })
+        };
+        let disposition = match parse_message(&m.body) {
+            Err(e) => {
+                // Retrying will not help; release it at once so the redrive policy dead-letters it quickly.
+                tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "malformed message: {e}");
+                Disposition::Retry(0)
+            }
+            Ok(Incoming::TestEvent) => Disposition::Delete,
+            Ok(Incoming::Job(job)) => self.job(job, &m).await,
+            Ok(Incoming::Events(records)) => self.events(records, &m).await,
+        };
+        heartbeat.abort();
+        let res = match disposition {
+            Disposition::Delete => self.queue.delete(&m.receipt).await,
+            Disposition::Retry(secs) => self.queue.set_visibility(&m.receipt, secs).await,
+        };
+        if let Err(e) = res {
+            tracing::warn!(message_id = %m.message_id, "{e}");
+        }
+    }
+
+    fn retry_delay(&self, receive_count: u32, final_attempt: bool) -> u32 {
+        if final_attempt {
+            0
+        } else {
+            (5u32 << receive_count.min(7)).min(900)
+        }
+    }
+
+    async fn job(self: &Arc<Self>, job: Job, m: &Received) -> Disposition {
+        let final_attempt = m.receive_count >= self.cfg.max_attempts;
+        let res = match &job {
+            Job::Copy { id, run, objects } => self.copy_job(id, run, objects, m.receive_count).await,
+            Job::Giant { run, object, .. } => self.giant(run, object).await,
+            Job::Part { run, object, upload_id, part, parts, part_size, .. } => {
+                self.part(run, object, upload_id, *part, *parts, *part_size, m.receive_count).await
+            }
+        };
+        match res {
+            Ok(true) => Disposition::Delete,
+            Ok(false) => Disposition::Retry(self.retry_delay(m.receive_count, final_attempt)),
+            Err(e) => {
+                tracing::error!(job = %job.id(), attempt = m.receive_count, "job failed: {e}");
+                Disposition::Retry(self.retry_delay(m.receive_count, final_attempt))
+            }
+        }
+    }
+
+    /// Copy one object with one outer retry for retryable errors; on the last attempt a failure is final.
+    async fn copy_one(&self, run: &str, o: &JobObject, attempt: u32) -> ObjectRecord {
+        let _slot = self.slots.acquire().await;
+        let final_attempt = attempt >= self.cfg.max_attempts;
+        let mut res = self.copier.copy(run, o, final_attempt).await;
+        if matches!(&res, Err(e) if e.is_retryable()) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            res = self.copier.copy(run, o, final_attempt).await;
+        }
+        let base = ObjectRecord { key: o.key.clone(), status: Status::Done, size: o.size, etag: String::new(), duration_ms: 0, attempt, error: None };
+        match res {
+            Ok(Outcome::Copied { bytes, etag, millis }) => {
+                self.stats.send(StatEvent::Copied { bytes });
+                ObjectRecord { size: bytes, etag, duration_ms: millis, ..base }
+            }
+            Ok(Outcome::Gone) => {
+                self.stats.send(StatEvent::Gone);
+                ObjectRecord { status: Status::Gone, ..base }
+            }
+            Err(e) => {
+                tracing::warn!(key = %o.key, attempt, "copy failed: {e}");
+                self.stats.send(StatEvent::Failed);
+                ObjectRecord { status: Status::Failed, error: Some(e.to_string()), ..base }
+            }
+        }
+    }
+
+    /// Returns Ok(true) when the job is finished (delete it), Ok(false) to retry it.
+    async fn copy_job(&self, id: &str, run: &str, objects: &[JobObject], attempt: u32) -> Result<bool> {
+        let concurrency = self.cfg.worker.concurrency as usize;
+        // Futures built first, then driven: keeps the spawned task's future free of higher-ranked lifetimes.
+        let futures: Vec<_> = objects.iter().map(|o| self.copy_or_skip(run, o, attempt)).collect();
+        let records: Vec<ObjectRecord> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+        self.settle(id, run, &records, attempt).await
+    }
+
+    async fn copy_or_skip(&self, run: &str, o: &JobObject, attempt: u32) -> ObjectRecord {
+        if attempt > 1 {
+            if let Ok(true) = self.copier.already_copied(o).await {
+                return ObjectRecord { key: o.key.clone(), status: Status::Done, size: o.size, etag: o.etag.clone(), duration_ms: 0, attempt, error: None };
+            }
+        }
+        self.copy_one(run, o, attempt).await
+    }
+
+    /// Record the rows; count the job once it is over (all good, or failed on its last attempt).
+    async fn settle(&self, id: &str, run: &str, records: &[ObjectRecord], attempt: u32) -> Result<bool> {
+        let failed = records.iter().filter(|r| r.status == Status::Failed).count() as u64;
+        self.ledger.record_objects(run, records).await?;
+        let over = failed == 0 || attempt >= self.cfg.max_attempts;
+        if over {
+            let t = JobTotals {
+                done: records.iter().filter(|r| r.status == Status::Done).count() as u64,
+                bytes: records.iter().filter(|r| r.status == Status::Done).map(|r| r.size).sum(),
+                failed,
+                gone: records.iter().filter(|r| r.status == Status::Gone).count() as u64,
+            };
+            self.ledger.count_job(run, id, t).await?;
+        }
+        // A job that failed on its last attempt stays on the queue, to be dead-lettered by the redrive policy.
+        Ok(failed == 0)
+    }
+
+    /// Start the fleet-split upload of a giant object and enqueue a job per part still missing.
+    async fn giant(&self, run: &str, o: &JobObject) -> Result<bool> {
+        let c = &self.copier;
+        let head = match c.src.head(&o.key, &Pin::Latest).await {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => {
+                let rec = ObjectRecord { key: o.key.clone(), status: Status::Gone, size: o.size, etag: String::new(), duration_ms: 0, attempt: 1, error: None };
+                return self.settle(&format!("giant-{}", o.key), run, &[rec], 1).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let pin = Pin::of(&head.etag, head.version_id.as_deref());
+        let layout = c.layout(&o.key, &head, &pin).await?;
+        let dkey = self.cfg.destination_key(&o.key);
+        let prior = self.ledger.upload(run, &o.key).await?;
+        let live = c.dst.list_multipart_uploads(&dkey).await?;
+        let reuse = prior.filter(|p| {
+            p.source_etag == head.etag && p.status == "STARTED" && live.iter().any(|u| u.key == dkey && u.upload_id == p.upload_id)
+        });
+        let (upload_id, done) = match reuse {
+            Some(p) => (p.upload_id, p.part_etags),
+            None => {
+                let opts = c.write_options(&o.key, &head, &pin).await?;
+                let id = c.dst.create_multipart(&dkey, &opts).await?;
+                let rec = UploadRecord { upload_id: id.clone(), source_etag: head.etag.clone(), part_size: layout.part_size, parts: layout.parts, ..Default::default() };
+                self.ledger.put_upload(run, &o.key, &rec).await?;
+                (id, Default::default())
+            }
+        };
+        let object = JobObject { key: o.key.clone(), size: head.size, etag: head.etag.clone(), version_id: head.version_id.clone() };
+        let bodies: Vec<String> = (1..=layout.parts)
+            .filter(|p| !done.contains_key(p))
+            .map(|part| {
+                Job::Part { id: new_id(), run: run.into(), object: object.clone(), upload_id: upload_id.clone(), part, parts: layout.parts, part_size: layout.part_size }
+                    .to_body()
+            })
+            .collect();
+        tracing::info!(key = %o.key, parts = layout.parts, enqueued = bodies.len(), "split giant object across the fleet");
+        self.queue.send_all(bodies).await?;
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn part(&self, run: &str, o: &JobObject, upload_id: &str, part: u32, parts: u32, part_size: u64, attempt: u32) -> Result<bool> {
+        let c = &self.copier;
+        let _slot = self.slots.acquire().await;
+        let pin = Pin::of(&o.etag, o.version_id.as_deref());
+        let layout = crate::copy::Layout { part_size, parts };
+        let dkey = self.cfg.destination_key(&o.key);
+        let etag = match c.copy_part(&o.key, &pin, o.size, layout, upload_id, part).await {
+            Ok((_, _, etag)) => etag,
+            Err(e) if e.kind() == ErrorKind::PreconditionFailed || (e.is_not_found() && e.code() != Some("NoSuchBucket") && e.code() != Some("NoSuchUpload")) => {
+                // The source changed (or vanished): whoever wins the claim aborts this upload and starts over.
+                if self.ledger.claim_upload(run, &o.key, upload_id, "STARTED", "RESTARTED").await? {
+                    let _ = c.dst.abort_multipart(&dkey, upload_id).await;
+                    let job = Job::Giant { id: new_id(), run: run.into(), object: JobObject { version_id: None, ..o.clone() } };
+                    self.queue.send_all(vec![job.to_body()]).await?;
+                }
+                return Ok(true);
+            }
+            Err(e) if e.code() == Some("NoSuchUpload") => return Ok(true), // completed or restarted already
+            Err(e) => return Err(e),
+        };
+        let Some(rec) = self.ledger.record_part(run, &o.key, upload_id, part, &etag).await? else {
+            return Ok(true); // the upload was replaced: this part is stale
+        };
+        if rec.part_etags.len() < parts as usize {
+            return Ok(true);
+        }
+        let claimed = self.ledger.claim_upload(run, &o.key, upload_id, "STARTED", "COMPLETING").await?
+            || (attempt > 1 && rec.status == "COMPLETING");
+        if !claimed {
+            return Ok(true);
+        }
+        let list: Vec<(u32, String)> = (1..=parts).map(|p| (p, rec.part_etags.get(&p).cloned().unwrap_or_default())).collect();
+        let head = crate::store::Head { size: o.size, etag: o.etag.clone(), ..Default::default() };
+        let start = Instant::now();
+        let (status, etag, error) = match c.complete(&dkey, upload_id, &list, &head).await {
+            Ok(etag) => (Status::Done, etag, None),
+            Err(e) if e.kind() == ErrorKind::Integrity => (Status::Failed, String::new(), Some(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        if status == Status::Done {
+            self.stats.send(StatEvent::Copied { bytes: o.size });
+        }
+        let rec = ObjectRecord { key: o.key.clone(), status, size: o.size, etag, duration_ms: start.elapsed().as_millis() as u64, attempt, error };
+        self.ledger.record_objects(run, std::slice::from_ref(&rec)).await?;
+        let t = JobTotals { done: (status == Status::Done) as u64, bytes: if status == Status::Done { o.size } else { 0 }, failed: (status == Status::Failed) as u64, gone: 0 };
+        self.ledger.count_job(run, &format!("upload-{upload_id}"), t).await?;
+        Ok(true)
+    }
+
+    /// S3 event notifications: created → copy, removed → delete at the destination (when enabled); an event
+    /// older than one already applied to the key is skipped.
+    async fn events(&self, records: Vec<EventRecord>, m: &Received) -> Disposition {
+        if self.cfg.events == EventsMode::None {
+            tracing::warn!(message_id = %m.message_id, "S3 event received but events are disabled: ignoring it");
+            return Disposition::Delete;
+        }
+        let mut rows = Vec::new();
+        for r in records {
+            match self.event(&r, m.receive_count).await {
+                Ok(Some(row)) => rows.push(row),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(key = %r.key, "event {}: {e}", r.name);
+                    rows.push(ObjectRecord { key: r.key.clone(), status: Status::Failed, size: r.size, etag: r.etag.clone(), duration_ms: 0, attempt: m.receive_count, error: Some(e.to_string()) });
+                }
+            }
+        }
+        match self.settle(&format!("msg-{}", m.message_id), EVENTS_RUN, &rows, m.receive_count).await {
+            Ok(true) => Disposition::Delete,
+            Ok(false) => Disposition::Retry(self.retry_delay(m.receive_count, m.receive_count >= self.cfg.max_attempts)),
+            Err(e) => {
+                tracing::error!("recording events: {e}");
+                Disposition::Retry(self.retry_delay(m.receive_count, false))
+            }
+        }
+    }
+
+    async fn event(&self, r: &EventRecord, attempt: u32) -> Result<Option<ObjectRecord>> {
+        if !r.bucket.is_empty() && r.bucket != self.cfg.source.bucket {
+            tracing::warn!(bucket = %r.bucket, "event for another bucket: ignoring it");
+            return Ok(None);
+        }
+        if !r.key.starts_with(&self.cfg.source.prefix) || !self.filter.accepts(&r.key) {
+            return Ok(None);
+        }
+        let deletes = self.cfg.events == EventsMode::CreateAndDelete;
+        if !(r.is_created() || (r.is_removed() && deletes)) {
+            return Ok(None);
+        }
+        if let Some(seq) = &r.sequencer {
+            if !self.ledger.advance_sequencer(&r.key, seq).await? && attempt == 1 {
+                tracing::info!(key = %r.key, sequencer = %seq, "stale event: a newer one was already applied");
+                return Ok(None);
+            }
+        }
+        let mut row = self.apply_event(r, attempt).await?;
+        // A newer event may have been applied while this one ran, and this one's write may have landed last:
+        // then bring the destination to the source's current state.
+        if let Some(seq) = &r.sequencer {
+            if self.ledger.sequencer(&r.key).await?.as_deref() != Some(pad_sequencer(seq).as_str()) {
+                tracing::info!(key = %r.key, "a newer event arrived during this one: re-syncing the key");
+                row = self.resync(&r.key, attempt).await?;
+            }
+        }
+        Ok(Some(row))
+    }
+
+    async fn apply_event(&self, r: &EventRecord, attempt: u32) -> Result<ObjectRecord> {
+        if r.is_removed() {
+            return self.delete_at_destination(&r.key, attempt).await;
+        }
+        let o = JobObject { key: r.key.clone(), size: r.size, etag: r.etag.clone(), version_id: r.version_id.clone() };
+        let row = self.copy_one(EVENTS_RUN, &o, attempt).await;
+        match row.status {
+            Status::Failed => Err(Error::new(ErrorKind::Transient, row.error.unwrap_or_default())),
+            _ => Ok(row),
+        }
+    }
+
+    async fn delete_at_destination(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
+        self.copier.dst.delete(&self.cfg.destination_key(key)).await?;
+        Ok(ObjectRecord { key: key.into(), status: Status::Deleted, size: 0, etag: String::new(), duration_ms: 0, attempt, error: None })
+    }
+
+    async fn resync(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
+        match self.copier.src.head(key, &Pin::Latest).await {
+            Ok(h) => {
+                let o = JobObject { key: key.into(), size: h.size, etag: h.etag, version_id: h.version_id };
+                Ok(self.copy_one(EVENTS_RUN, &o, attempt).await)
+            }
+            Err(e) if e.is_not_found() && self.cfg.events == EventsMode::CreateAndDelete => self.delete_at_destination(key, attempt).await,
+            Err(e) if e.is_not_found() => Ok(ObjectRecord { key: key.into(), status: Status::Gone, size: 0, etag: String::new(), duration_ms: 0, attempt, error: None }),
+            Err(e) => Err(e),
+        }
+    }
+}

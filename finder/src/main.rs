@@ -1,0 +1,96 @@
+//! `finder`: list source and destination, enqueue what must move (or, with --dry-run, show it).
+
+use std::sync::Arc;
+
+use clap::Parser;
+use dth_core::cli::{exit_code, CommonArgs};
+use dth_core::finder::{self, Sink};
+use dth_core::limit::Limits;
+use dth_core::{aws, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
+
+#[derive(Debug, Parser)]
+#[command(name = "finder", version, about = "Find objects that must be transferred and enqueue them as jobs")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print what would move (count, bytes, first keys) and enqueue nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run id to record in the ledger (default: time-based).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Override finder.depth.
+    #[arg(long)]
+    depth: Option<u32>,
+    /// Override finder.parallelism.
+    #[arg(long)]
+    parallelism: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        tracing::error!("{e}");
+        eprintln!("finder: {e}");
+        std::process::exit(exit_code(&e));
+    }
+}
+
+async fn run(args: Args) -> dth_core::Result<()> {
+    let mut cfg = args.common.load()?;
+    if let Some(d) = args.depth {
+        cfg.finder.depth = d;
+    }
+    if let Some(p) = args.parallelism {
+        cfg.finder.parallelism = p;
+    }
+    cfg.validate()?;
+    let cp = aws::ControlPlane::new(&cfg.aws).await;
+    let limits = Arc::new(Limits::new(cfg.worker.bandwidth_limit, cfg.worker.requests_per_second));
+    let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
+    let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
+    let sink = if args.dry_run {
+        Sink::DryRun
+    } else {
+        let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
+        ledger.check().await?;
+        Sink::Queue { queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url), ledger }
+    };
+    let roots = finder::roots(&cfg, &cp.s3).await?;
+    let (stats, totals) = stats::spawn("finder");
+    let report = finder::run(&cfg, roots, src, dst, sink, args.run_id, stats).await?;
+    let _ = totals.await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        return Ok(());
+    }
+    let c = &report.counts;
+    let verb = if report.dry_run { "would move" } else { "enqueued" };
+    println!(
+        "run {}: scanned {} objects; {verb} {} objects ({} bytes, {}) in {} jobs; {} up to date, {} filtered, {} archived",
+        report.run,
+        c.scanned,
+        c.to_move,
+        c.bytes_to_move,
+        stats::human_bytes(c.bytes_to_move),
+        report.jobs,
+        c.up_to_date,
+        c.filtered,
+        c.archived
+    );
+    if report.dry_run {
+        for k in &report.sample_keys {
+            println!("  {k}");
+        }
+        if c.to_move > report.sample_keys.len() as u64 {
+            println!("  ... and {} more", c.to_move - report.sample_keys.len() as u64);
+        }
+    } else {
+        println!("control-plane calls: {} in {:.1}s", report.control_plane_calls, report.seconds);
+    }
+    Ok(())
+}
