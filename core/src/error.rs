@@ -103,6 +103,7 @@ impl Error {
         let source: Box<dyn std::error::Error + Send + Sync> = match (&code, message) {
             (Some(c), Some(m)) => format!("{c}: {m}").into(),
             (Some(c), None) => format!("{c} (HTTP {})", status.unwrap_or(0)).into(),
+            (None, _) if status.is_some() => format!("HTTP {}", status.unwrap_or(0)).into(),
             _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)).into(),
         };
         Self { kind, context, code, source: Some(source) }

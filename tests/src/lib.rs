@@ -1,1 +1,372 @@
+//! Test harness: a private moto server per test (started and stopped by PID), AWS clients pointed at it,
+//! and the real `finder` / `worker` binaries run as child processes.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::QueueAttributeName;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+static BUILD: Once = Once::new();
+
+/// Path of a workspace binary, building finder and worker once if needed.
+pub fn bin(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "finder", "-p", "worker"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building finder and worker failed");
+    });
+    target_dir().join("debug").join(name)
+}
+
+pub struct World {
+    pub endpoint: String,
+    moto: Child,
+    pub dir: PathBuf,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.moto.kill();
+        let _ = self.moto.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn md5_hex(b: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(b))
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    fastrand::fill(&mut v);
+    v
+}
+
+pub struct Queues {
+    pub url: String,
+    pub dlq_url: String,
+    pub arn: String,
+}
+
+impl World {
+    pub async fn start(name: &str) -> World {
+        let moto_bin = repo_root().join(".venv/bin/moto_server");
+        assert!(moto_bin.exists(), "moto is not installed: run `scripts/dev-env install` (the README's test command does)");
+        let dir = target_dir().join("e2e").join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let moto = Command::new(&moto_bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start on {endpoint}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let creds = aws_credential_types::Credentials::new("test", "test", None, None, "test");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(creds)
+            .endpoint_url(&endpoint)
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        World {
+            s3,
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            endpoint,
+            moto,
+            dir,
+        }
+    }
+
+    pub async fn bucket(&self, name: &str) {
+        self.s3.create_bucket().bucket(name).send().await.unwrap();
+    }
+
+    pub async fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.s3.put_object().bucket(bucket).key(key).body(ByteStream::from(body.to_vec())).send().await.unwrap();
+    }
+
+    /// Upload in parts of `part` bytes, giving the object a multipart ETag.
+    pub async fn put_multipart(&self, bucket: &str, key: &str, body: &[u8], part: usize) {
+        let up = self.s3.create_multipart_upload().bucket(bucket).key(key).send().await.unwrap();
+        let id = up.upload_id().unwrap();
+        let mut parts = vec![];
+        for (i, chunk) in body.chunks(part).enumerate() {
+            let n = i as i32 + 1;
+            let p = self
+                .s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(n)
+                .body(ByteStream::from(chunk.to_vec()))
+                .send()
+                .await
+                .unwrap();
+            parts.push(aws_sdk_s3::types::CompletedPart::builder().part_number(n).e_tag(p.e_tag().unwrap()).build());
+        }
+        self.s3
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let o = self.s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+        Some(o.body.collect().await.unwrap().to_vec())
+    }
+
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        let mut keys = vec![];
+        let mut token = None;
+        loop {
+            let o = self.s3.list_objects_v2().bucket(bucket).set_continuation_token(token).send().await.unwrap();
+            keys.extend(o.contents().iter().map(|c| c.key().unwrap().to_owned()));
+            token = o.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                return keys;
+            }
+        }
+    }
+
+    pub async fn incomplete_uploads(&self, bucket: &str) -> usize {
+        self.s3.list_multipart_uploads().bucket(bucket).send().await.unwrap().uploads().len()
+    }
+
+    pub async fn queues(&self, name: &str, max_receive: u32, visibility: u32) -> Queues {
+        let dlq = self.sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap();
+        let dlq_url = dlq.queue_url().unwrap().to_owned();
+        let dlq_arn = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive.to_string()});
+        let q = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility.to_string())
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .send()
+            .await
+            .unwrap();
+        let url = q.queue_url().unwrap().to_owned();
+        let arn = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        Queues { url, dlq_url, arn }
+    }
+
+    /// (visible, in flight)
+    pub async fn depth(&self, url: &str) -> (u64, u64) {
+        let a = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let a = a.attributes().unwrap();
+        let g = |n| a.get(&n).and_then(|v: &String| v.parse().ok()).unwrap_or(0);
+        (g(QueueAttributeName::ApproximateNumberOfMessages), g(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+
+    pub async fn table(&self, name: &str) {
+        self.ddb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap())
+            .attribute_definitions(AttributeDefinition::builder().attribute_name("sk").attribute_type(ScalarAttributeType::S).build().unwrap())
+            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+            .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Ledger object rows of a run: key → status.
+    pub async fn ledger_rows(&self, table: &str, run: &str) -> std::collections::BTreeMap<String, String> {
+        use aws_sdk_dynamodb::types::AttributeValue as Av;
+        let mut rows = std::collections::BTreeMap::new();
+        let mut start = None;
+        loop {
+            let o = self
+                .ddb
+                .query()
+                .table_name(table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", Av::S(format!("run#{run}")))
+                .expression_attribute_values(":p", Av::S("obj#".into()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for i in o.items() {
+                rows.insert(i["key"].as_s().unwrap().clone(), i["status"].as_s().unwrap().clone());
+            }
+            start = o.last_evaluated_key().cloned();
+            if start.is_none() {
+                return rows;
+            }
+        }
+    }
+
+    pub async fn summary(&self, table: &str, run: &str) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+        use aws_sdk_dynamodb::types::AttributeValue as Av;
+        self.ddb
+            .get_item()
+            .table_name(table)
+            .key("pk", Av::S(format!("run#{run}")))
+            .key("sk", Av::S("summary".into()))
+            .send()
+            .await
+            .unwrap()
+            .item()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub async fn secret(&self, name: &str, value: &str) -> String {
+        self.secrets.create_secret().name(name).secret_string(value).send().await.unwrap().arn().unwrap().to_owned()
+    }
+
+    /// A job config for `src` → `dst` with everything on this world; `patch` is merged over it.
+    pub fn config(&self, src: &str, dst: &str, q: &Queues, table: &str, patch: serde_json::Value) -> PathBuf {
+        let mut v = serde_json::json!({
+            "source": {"bucket": src, "endpoint": self.endpoint, "path_style": true, "region": REGION},
+            "destination": {"bucket": dst, "endpoint": self.endpoint, "path_style": true, "region": REGION},
+            "queue": {"url": q.url},
+            "ledger": {"table": table},
+            "aws": {"region": REGION, "endpoints": {"sqs": self.endpoint, "dynamodb": self.endpoint,
+                    "secretsmanager": self.endpoint, "s3": self.endpoint}}
+        });
+        merge(&mut v, patch);
+        let path = self.dir.join(format!("config-{}.json", fastrand::u32(..)));
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        path
+    }
+
+    /// A command for a dth binary, with this world's credentials in the environment.
+    pub fn cmd(&self, name: &str, config: &Path) -> Command {
+        let mut c = Command::new(bin(name));
+        c.arg("--config")
+            .arg(config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", REGION)
+            .env("RUST_LOG", "info")
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_PROFILE")
+            .env_remove("DTH_CONFIG");
+        c
+    }
+
+    pub fn run(&self, name: &str, config: &Path, args: &[&str]) -> Output {
+        let out = self.cmd(name, config).args(args).output().unwrap();
+        std::fs::write(self.dir.join(format!("{name}-{}.log", fastrand::u32(..))), &out.stderr).unwrap();
+        out
+    }
+
+    /// Start a worker in the background with its stderr in a log file.
+    pub fn spawn_worker(&self, config: &Path, args: &[&str]) -> (Child, PathBuf) {
+        let log = self.dir.join(format!("worker-{}.log", fastrand::u32(..)));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = self.cmd("worker", config).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        (child, log)
+    }
+}
+
+pub fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// Wait for a child with a deadline; kill it and fail if it overstays.
+pub fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -220,7 +220,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn part_size(&self, key: &str, pin: &Pin, part_number: u32) -> Result<Option<u64>> {
-        let (version, if_match) = pin_parts(pin);
+        // Only a version pin here: some stores compare If-Match with the part's ETag. The ranged GETs that follow
+        // carry the full pin.
+        let (version, _) = pin_parts(pin);
         let o = self
             .call(|| async {
                 self.client
@@ -229,7 +231,6 @@ impl ObjectStore for S3Store {
                     .key(key)
                     .part_number(part_number as i32)
                     .set_version_id(version.clone())
-                    .set_if_match(if_match.clone())
                     .set_request_payer(payer(self.requester_pays))
                     .send()
                     .await
