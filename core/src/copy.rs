@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobObject;
 use crate::ledger::{DynamoLedger, UploadRecord};
 use crate::stats::{StatEvent, Stats};
-use crate::store::{etag_part_count, md5_of, multipart_etag, Head, ObjectStore, Pin, WriteOptions};
+use crate::store::{etag_part_count, md5_of, multipart_etag, Head, ObjectStore, PartInfo, Pin, WriteOptions};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -188,8 +188,20 @@ impl Copier {
             }
         }
         let Some(r) = usable else { return Ok(None) };
+        // What the destination holds, from ListParts; failing that, the parts this upload recorded in the ledger
+        // as they finished. Either way each part is re-verified against the source below.
+        let listed = match self.dst.list_parts(&dkey, &r.upload_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(key = %dkey, upload_id = %r.upload_id, "cannot list kept parts ({e}): using the ledger's record");
+                r.part_etags
+                    .iter()
+                    .map(|(n, etag)| PartInfo { number: *n, size: layout.range(head.size, (*n).max(1)).1.saturating_sub(layout.range(head.size, (*n).max(1)).0), etag: etag.clone() })
+                    .collect()
+            }
+        };
         let mut kept = BTreeMap::new();
-        for p in self.dst.list_parts(&dkey, &r.upload_id).await? {
+        for p in listed {
             if p.number == 0 || p.number > layout.parts {
                 continue;
             }
@@ -233,7 +245,7 @@ impl Copier {
                 (id, BTreeMap::new())
             }
         };
-        let result = self.upload_and_complete(key, &head, &pin, layout, &upload_id, kept).await;
+        let result = self.upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept).await;
         match &result {
             // The source changed: these parts are of an old version; never complete them.
             Err(e) if e.kind() == ErrorKind::PreconditionFailed || e.kind() == ErrorKind::Integrity || final_attempt => {
@@ -246,7 +258,8 @@ impl Copier {
         result.map(Some)
     }
 
-    async fn upload_and_complete(&self, key: &str, head: &Head, pin: &Pin, layout: Layout, upload_id: &str, kept: BTreeMap<u32, [u8; 16]>) -> Result<(u64, String)> {
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_and_complete(&self, run: &str, key: &str, head: &Head, pin: &Pin, layout: Layout, upload_id: &str, kept: BTreeMap<u32, [u8; 16]>) -> Result<(u64, String)> {
         let dkey = self.cfg.destination_key(key);
         let whole_md5_check = head.etag_is_md5() && etag_part_count(&head.etag).is_none();
         let mut full = Md5::new();
@@ -264,7 +277,9 @@ impl Copier {
                             Ok((n, Some(f.body), md5))
                         }
                         None => {
-                            let (body, md5, _) = self.copy_part(key, pin, head.size, layout, upload_id, n).await?;
+                            let (body, md5, etag) = self.copy_part(key, pin, head.size, layout, upload_id, n).await?;
+                            // Remembered for resume, in case the destination cannot list its parts.
+                            self.ledger.record_part(run, key, upload_id, n, &etag).await?;
                             Ok::<_, Error>((n, Some(body), md5))
                         }
                     }

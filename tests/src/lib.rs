@@ -328,12 +328,37 @@ impl World {
         out
     }
 
-    /// Start a worker in the background with its stderr in a log file.
-    pub fn spawn_worker(&self, config: &Path, args: &[&str]) -> (Child, PathBuf) {
+    /// Start a worker in the background with its stderr in a log file; it is killed if the test fails.
+    pub fn spawn_worker(&self, config: &Path, args: &[&str]) -> (Proc, PathBuf) {
         let log = self.dir.join(format!("worker-{}.log", fastrand::u32(..)));
         let f = std::fs::File::create(&log).unwrap();
         let child = self.cmd("worker", config).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
-        (child, log)
+        (Proc(child), log)
+    }
+}
+
+/// A child process killed (by its PID) when dropped, so a failing test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
