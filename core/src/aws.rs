@@ -33,7 +33,10 @@ async fn load(region: Option<&str>) -> SdkConfig {
     }
     let mut sdk = loader.load().await;
     if sdk.region().is_none() {
-        sdk = sdk.into_builder().region(Region::new(FALLBACK_REGION)).build();
+        sdk = sdk
+            .into_builder()
+            .region(Region::new(FALLBACK_REGION))
+            .build();
     }
     sdk
 }
@@ -87,7 +90,11 @@ struct SecretKeys {
 
 impl SecretCredentials {
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
-        Self { client, secret_id: secret_id.into(), cached: Arc::default() }
+        Self {
+            client,
+            secret_id: secret_id.into(),
+            cached: Arc::default(),
+        }
     }
 
     pub async fn invalidate(&self) {
@@ -105,9 +112,14 @@ impl SecretCredentials {
             .secret_id(&self.secret_id)
             .send()
             .await
-            .map_err(|e| Error::from_sdk(format!("reading credentials secret {}", self.secret_id), e))?;
+            .map_err(|e| {
+                Error::from_sdk(format!("reading credentials secret {}", self.secret_id), e)
+            })?;
         let text = out.secret_string().ok_or_else(|| {
-            Error::new(ErrorKind::Config, format!("credentials secret {} has no string value", self.secret_id))
+            Error::new(
+                ErrorKind::Config,
+                format!("credentials secret {} has no string value", self.secret_id),
+            )
         })?;
         // Never put the secret's text in an error: it may be almost-JSON holding the keys.
         let keys: SecretKeys = serde_json::from_str(text).map_err(|_| {
@@ -119,8 +131,13 @@ impl SecretCredentials {
                 ),
             )
         })?;
-        let creds =
-            Credentials::new(keys.access_key_id, keys.secret_access_key, keys.session_token, None, "dth-secret");
+        let creds = Credentials::new(
+            keys.access_key_id,
+            keys.secret_access_key,
+            keys.session_token,
+            None,
+            "dth-secret",
+        );
         *cached = Some(creds.clone());
         Ok(creds)
     }
@@ -150,7 +167,10 @@ struct Side<'a> {
 
 impl<'a> From<&'a SourceConfig> for Side<'a> {
     fn from(s: &'a SourceConfig) -> Self {
-        let endpoint = s.endpoint.clone().or_else(|| s.region.as_deref().and_then(|r| s.kind.endpoint_for(r)));
+        let endpoint = s
+            .endpoint
+            .clone()
+            .or_else(|| s.region.as_deref().and_then(|r| s.kind.endpoint_for(r)));
         Side {
             bucket: &s.bucket,
             region: s.region.as_deref(),
@@ -179,7 +199,12 @@ impl<'a> From<&'a DestinationConfig> for Side<'a> {
 
 async fn store_for(side: Side<'_>, cp: &ControlPlane, limits: Arc<Limits>) -> S3Store {
     let sdk = match side.region {
-        Some(r) => cp.sdk.clone().into_builder().region(Region::new(r.to_owned())).build(),
+        Some(r) => cp
+            .sdk
+            .clone()
+            .into_builder()
+            .region(Region::new(r.to_owned()))
+            .build(),
         None => cp.sdk.clone(),
     };
     let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -201,7 +226,13 @@ async fn store_for(side: Side<'_>, cp: &ControlPlane, limits: Arc<Limits>) -> S3
             .credentials_provider(provider)
             .identity_cache(aws_sdk_s3::config::IdentityCache::no_cache());
     }
-    S3Store::new(aws_sdk_s3::Client::from_conf(b.build()), side.bucket, side.requester_pays, secret, limits)
+    S3Store::new(
+        aws_sdk_s3::Client::from_conf(b.build()),
+        side.bucket,
+        side.requester_pays,
+        secret,
+        limits,
+    )
 }
 
 pub async fn source_store(cfg: &JobConfig, cp: &ControlPlane, limits: Arc<Limits>) -> S3Store {

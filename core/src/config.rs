@@ -213,7 +213,11 @@ pub struct FinderOptions {
 
 impl Default for FinderOptions {
     fn default() -> Self {
-        Self { depth: 0, parallelism: 4, dry_run_keys: 20 }
+        Self {
+            depth: 0,
+            parallelism: 4,
+            dry_run_keys: 20,
+        }
     }
 }
 
@@ -230,7 +234,11 @@ pub struct MultipartOptions {
 
 impl Default for MultipartOptions {
     fn default() -> Self {
-        Self { threshold: 10 * MIB, chunk_size: 5 * MIB, giant_threshold: GIB }
+        Self {
+            threshold: 10 * MIB,
+            chunk_size: 5 * MIB,
+            giant_threshold: GIB,
+        }
     }
 }
 
@@ -245,7 +253,10 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { max_objects: 200, max_bytes: 64 * MIB }
+        Self {
+            max_objects: 200,
+            max_bytes: 64 * MIB,
+        }
     }
 }
 
@@ -323,7 +334,14 @@ impl JobConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         let cfg: JobConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            Error::config(if path.is_empty() || path == "." { "config" } else { &path }, e.into_inner())
+            Error::config(
+                if path.is_empty() || path == "." {
+                    "config"
+                } else {
+                    &path
+                },
+                e.into_inner(),
+            )
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -333,12 +351,16 @@ impl JobConfig {
     pub fn load(path: Option<&std::path::Path>, inline: Option<&str>) -> Result<Self> {
         match (path, inline) {
             (Some(p), _) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::config("--config", format!("reading {}: {e}", p.display())))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::config("--config", format!("reading {}: {e}", p.display()))
+                })?;
                 Self::from_json(&text)
             }
             (None, Some(text)) => Self::from_json(text),
-            (None, None) => Err(Error::config("--config", "give a config file (--config FILE) or DTH_CONFIG")),
+            (None, None) => Err(Error::config(
+                "--config",
+                "give a config file (--config FILE) or DTH_CONFIG",
+            )),
         }
     }
 
@@ -427,7 +449,10 @@ impl JobConfig {
             ));
         }
         if d.kms_key_id.is_some() && d.sse != Sse::Kms {
-            return Err(Error::config("destination.kms_key_id", "is only valid with destination.sse = \"aws:kms\""));
+            return Err(Error::config(
+                "destination.kms_key_id",
+                "is only valid with destination.sse = \"aws:kms\"",
+            ));
         }
         if self.compare == CompareMode::SizeEtag && d.sse == Sse::Kms && !self.skip_compare {
             return Err(Error::config(
@@ -456,7 +481,10 @@ impl JobConfig {
         }
 
         if self.finder.parallelism == 0 || self.finder.parallelism > 256 {
-            return Err(Error::config("finder.parallelism", "must be between 1 and 256"));
+            return Err(Error::config(
+                "finder.parallelism",
+                "must be between 1 and 256",
+            ));
         }
         if self.finder.depth > 16 {
             return Err(Error::config("finder.depth", "must be between 0 and 16"));
@@ -464,20 +492,35 @@ impl JobConfig {
 
         let m = &self.multipart;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&m.chunk_size) {
-            return Err(Error::config("multipart.chunk_size", "must be between 5 MiB and 5 GiB (S3's part limits)"));
+            return Err(Error::config(
+                "multipart.chunk_size",
+                "must be between 5 MiB and 5 GiB (S3's part limits)",
+            ));
         }
         if m.threshold < MIN_PART_SIZE {
-            return Err(Error::config("multipart.threshold", "must be at least 5 MiB"));
+            return Err(Error::config(
+                "multipart.threshold",
+                "must be at least 5 MiB",
+            ));
         }
         if m.threshold > MAX_PART_SIZE {
-            return Err(Error::config("multipart.threshold", "must be at most 5 GiB (S3's single PUT limit)"));
+            return Err(Error::config(
+                "multipart.threshold",
+                "must be at most 5 GiB (S3's single PUT limit)",
+            ));
         }
         if m.giant_threshold < m.threshold {
-            return Err(Error::config("multipart.giant_threshold", "must not be below multipart.threshold"));
+            return Err(Error::config(
+                "multipart.giant_threshold",
+                "must not be below multipart.threshold",
+            ));
         }
 
         if self.batch.max_objects == 0 || self.batch.max_objects > 1000 {
-            return Err(Error::config("batch.max_objects", "must be between 1 and 1000"));
+            return Err(Error::config(
+                "batch.max_objects",
+                "must be between 1 and 1000",
+            ));
         }
         if self.batch.max_bytes == 0 {
             return Err(Error::config("batch.max_bytes", "must be greater than 0"));
@@ -485,13 +528,22 @@ impl JobConfig {
 
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 1024 {
-            return Err(Error::config("worker.concurrency", "must be between 1 and 1024"));
+            return Err(Error::config(
+                "worker.concurrency",
+                "must be between 1 and 1024",
+            ));
         }
         if w.part_concurrency == 0 || w.part_concurrency > 256 {
-            return Err(Error::config("worker.part_concurrency", "must be between 1 and 256"));
+            return Err(Error::config(
+                "worker.part_concurrency",
+                "must be between 1 and 256",
+            ));
         }
         if w.heartbeat_secs == 0 {
-            return Err(Error::config("worker.heartbeat_secs", "must be greater than 0"));
+            return Err(Error::config(
+                "worker.heartbeat_secs",
+                "must be greater than 0",
+            ));
         }
         if w.visibility_secs <= w.heartbeat_secs || w.visibility_secs > 43_200 {
             return Err(Error::config(
@@ -505,11 +557,22 @@ impl JobConfig {
 
         check_nonempty("queue.url", &self.queue.url)?;
         if !self.queue.url.starts_with("http://") && !self.queue.url.starts_with("https://") {
-            return Err(Error::config("queue.url", "must be an SQS queue URL (http:// or https://)"));
+            return Err(Error::config(
+                "queue.url",
+                "must be an SQS queue URL (http:// or https://)",
+            ));
         }
         let t = &self.ledger.table;
-        if t.len() < 3 || t.len() > 255 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-            return Err(Error::config("ledger.table", "must be 3-255 characters of [A-Za-z0-9_.-]"));
+        if t.len() < 3
+            || t.len() > 255
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(Error::config(
+                "ledger.table",
+                "must be 3-255 characters of [A-Za-z0-9_.-]",
+            ));
         }
         if let Some(r) = &self.aws.region {
             check_region("aws.region", r)?;
@@ -573,9 +636,15 @@ fn check_bucket(field: &str, b: &str, aws_rules: bool) -> Result<()> {
     check_nonempty(field, b)?;
     if aws_rules {
         if !(3..=63).contains(&b.len()) {
-            return Err(Error::config(field, format!("{b:?} must be 3 to 63 characters")));
+            return Err(Error::config(
+                field,
+                format!("{b:?} must be 3 to 63 characters"),
+            ));
         }
-        if !b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+        if !b
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
             return Err(Error::config(
                 field,
                 format!("{b:?} may contain only lowercase letters, digits, '-' and '.'"),
@@ -584,7 +653,10 @@ fn check_bucket(field: &str, b: &str, aws_rules: bool) -> Result<()> {
         let first = b.as_bytes()[0];
         let last = b.as_bytes()[b.len() - 1];
         if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-            return Err(Error::config(field, format!("{b:?} must begin and end with a letter or digit")));
+            return Err(Error::config(
+                field,
+                format!("{b:?} must begin and end with a letter or digit"),
+            ));
         }
     } else if b.len() > 255 || b.contains('/') {
         return Err(Error::config(field, format!("{b:?} is not a bucket name")));
@@ -597,22 +669,37 @@ fn check_prefix(field: &str, p: &str) -> Result<()> {
         return Err(Error::config(field, "must be at most 1024 bytes"));
     }
     if p.starts_with('/') && p != "/" {
-        return Err(Error::config(field, "must not start with '/' (S3 keys have no leading slash)"));
+        return Err(Error::config(
+            field,
+            "must not start with '/' (S3 keys have no leading slash)",
+        ));
     }
     Ok(())
 }
 
 fn check_endpoint(field: &str, e: &str) -> Result<()> {
-    let rest = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
+    let rest = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(()),
-        _ => Err(Error::config(field, format!("{e:?} must be a URL starting with http:// or https://"))),
+        _ => Err(Error::config(
+            field,
+            format!("{e:?} must be a URL starting with http:// or https://"),
+        )),
     }
 }
 
 fn check_region(field: &str, r: &str) -> Result<()> {
-    if r.is_empty() || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        return Err(Error::config(field, format!("{r:?} is not a region name (like us-east-1 or cn-north-1)")));
+    if r.is_empty()
+        || !r
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(Error::config(
+            field,
+            format!("{r:?} is not a region name (like us-east-1 or cn-north-1)"),
+        ));
     }
     Ok(())
 }
@@ -674,37 +761,82 @@ pub(crate) mod tests {
         use serde_json::json;
         let cases = [
             (json!({"source": {"bucket": ""}}), "source.bucket"),
-            (json!({"destination": {"bucket": "Bad_Bucket"}}), "destination.bucket"),
-            (json!({"destination": {"bucket": "ab"}}), "destination.bucket"),
-            (json!({"destination": {"storage_class": "COLD"}}), "destination.storage_class"),
-            (json!({"destination": {"acl": "everyone"}}), "destination.acl"),
-            (json!({"destination": {"kms_key_id": "k"}}), "destination.kms_key_id"),
+            (
+                json!({"destination": {"bucket": "Bad_Bucket"}}),
+                "destination.bucket",
+            ),
+            (
+                json!({"destination": {"bucket": "ab"}}),
+                "destination.bucket",
+            ),
+            (
+                json!({"destination": {"storage_class": "COLD"}}),
+                "destination.storage_class",
+            ),
+            (
+                json!({"destination": {"acl": "everyone"}}),
+                "destination.acl",
+            ),
+            (
+                json!({"destination": {"kms_key_id": "k"}}),
+                "destination.kms_key_id",
+            ),
             (json!({"destination": {"sse": "aws:kms"}}), "compare"),
             (json!({"destination": {"sse": "rot13"}}), "destination.sse"),
             (json!({"compare": "mtime"}), "compare"),
             (json!({"source": {"type": "Dropbox"}}), "source.type"),
-            (json!({"source": {"type": "S3_Compatible", "endpoint": null}}), "source.endpoint"),
-            (json!({"source": {"type": "Aliyun_OSS", "endpoint": null}}), "source.region"),
-            (json!({"source": {"endpoint": "ftp://x"}}), "source.endpoint"),
-            (json!({"source": {"anonymous": true, "credentials_secret_arn": "arn:x"}}), "source.anonymous"),
-            (json!({"multipart": {"chunk_size": 1024}}), "multipart.chunk_size"),
-            (json!({"multipart": {"threshold": 6291456, "giant_threshold": 5242880}}), "multipart.giant_threshold"),
+            (
+                json!({"source": {"type": "S3_Compatible", "endpoint": null}}),
+                "source.endpoint",
+            ),
+            (
+                json!({"source": {"type": "Aliyun_OSS", "endpoint": null}}),
+                "source.region",
+            ),
+            (
+                json!({"source": {"endpoint": "ftp://x"}}),
+                "source.endpoint",
+            ),
+            (
+                json!({"source": {"anonymous": true, "credentials_secret_arn": "arn:x"}}),
+                "source.anonymous",
+            ),
+            (
+                json!({"multipart": {"chunk_size": 1024}}),
+                "multipart.chunk_size",
+            ),
+            (
+                json!({"multipart": {"threshold": 6291456, "giant_threshold": 5242880}}),
+                "multipart.giant_threshold",
+            ),
             (json!({"worker": {"concurrency": 0}}), "worker.concurrency"),
             (json!({"worker": {"concurrency": -1}}), "worker.concurrency"),
-            (json!({"worker": {"visibility_secs": 10, "heartbeat_secs": 30}}), "worker.visibility_secs"),
-            (json!({"filters": {"include": ["a[b"]}}), "filters.include[0]"),
+            (
+                json!({"worker": {"visibility_secs": 10, "heartbeat_secs": 30}}),
+                "worker.visibility_secs",
+            ),
+            (
+                json!({"filters": {"include": ["a[b"]}}),
+                "filters.include[0]",
+            ),
             (json!({"queue": {"url": "jobs"}}), "queue.url"),
             (json!({"ledger": {"table": "a b"}}), "ledger.table"),
             (json!({"max_attempts": 0}), "max_attempts"),
             (json!({"batch": {"max_objects": 0}}), "batch.max_objects"),
             (json!({"finder": {"parallelism": 0}}), "finder.parallelism"),
             (json!({"source": {"colour": "red"}}), "source"),
-            (json!({"destination": {"bucket": "src-bucket", "endpoint": "http://127.0.0.1:1"}}), "destination.prefix"),
+            (
+                json!({"destination": {"bucket": "src-bucket", "endpoint": "http://127.0.0.1:1"}}),
+                "destination.prefix",
+            ),
         ];
         for (patch, field) in cases {
             let err = with(patch.clone()).expect_err(&format!("{patch} should be rejected"));
             assert_eq!(err.kind(), crate::ErrorKind::Config);
-            assert!(err.to_string().starts_with(field), "{patch}: {err} should name {field}");
+            assert!(
+                err.to_string().starts_with(field),
+                "{patch}: {err} should name {field}"
+            );
         }
     }
 

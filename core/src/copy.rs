@@ -15,11 +15,17 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobObject;
 use crate::ledger::{DynamoLedger, UploadRecord};
 use crate::stats::{StatEvent, Stats};
-use crate::store::{etag_part_count, md5_of, multipart_etag, Head, ObjectStore, PartInfo, Pin, WriteOptions};
+use crate::store::{
+    etag_part_count, md5_of, multipart_etag, Head, ObjectStore, PartInfo, Pin, WriteOptions,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Copied { bytes: u64, etag: String, millis: u64 },
+    Copied {
+        bytes: u64,
+        etag: String,
+        millis: u64,
+    },
     /// The source object no longer exists.
     Gone,
 }
@@ -67,12 +73,21 @@ impl Copier {
     pub async fn copy(&self, run: &str, obj: &JobObject, final_attempt: bool) -> Result<Outcome> {
         let start = Instant::now();
         let mut pin = Pin::of(&obj.etag, obj.version_id.as_deref());
-        let mut single = obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
+        let mut single =
+            obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
         for _ in 0..3 {
-            let res = if single { self.single(&obj.key, &pin).await } else { self.multipart(run, &obj.key, &pin, final_attempt).await };
+            let res = if single {
+                self.single(&obj.key, &pin).await
+            } else {
+                self.multipart(run, &obj.key, &pin, final_attempt).await
+            };
             match res {
                 Ok(Some((bytes, etag))) => {
-                    return Ok(Outcome::Copied { bytes, etag, millis: start.elapsed().as_millis() as u64 })
+                    return Ok(Outcome::Copied {
+                        bytes,
+                        etag,
+                        millis: start.elapsed().as_millis() as u64,
+                    })
                 }
                 Ok(None) => return Ok(Outcome::Gone),
                 Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
@@ -83,18 +98,26 @@ impl Copier {
                         Err(e) => return Err(e),
                     };
                     pin = Pin::of(&head.etag, head.version_id.as_deref());
-                    single = head.size < self.cfg.multipart.threshold && etag_part_count(&head.etag).is_none();
+                    single = head.size < self.cfg.multipart.threshold
+                        && etag_part_count(&head.etag).is_none();
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::new(ErrorKind::Transient, format!("{}: the source kept changing during the copy", obj.key)))
+        Err(Error::new(
+            ErrorKind::Transient,
+            format!("{}: the source kept changing during the copy", obj.key),
+        ))
     }
 
     pub async fn write_options(&self, key: &str, head: &Head, pin: &Pin) -> Result<WriteOptions> {
         let d = &self.cfg.destination;
         let (meta, tags) = if self.cfg.include_metadata {
-            let tags = if head.tag_count.is_none_or(|n| n > 0) { self.src.get_tags(key, pin).await? } else { vec![] };
+            let tags = if head.tag_count.is_none_or(|n| n > 0) {
+                self.src.get_tags(key, pin).await?
+            } else {
+                vec![]
+            };
             (head.meta.clone(), tags)
         } else {
             (Default::default(), vec![])
@@ -122,15 +145,27 @@ impl Copier {
         };
         let md5 = md5_of(&f.body);
         let md5_hex = hex::encode(md5);
-        if f.head.etag_is_md5() && etag_part_count(&f.head.etag).is_none() && f.head.etag != md5_hex {
-            return Err(Error::integrity(format!("{key}: read bytes with MD5 {md5_hex}, source ETag is {}", f.head.etag)));
+        if f.head.etag_is_md5() && etag_part_count(&f.head.etag).is_none() && f.head.etag != md5_hex
+        {
+            return Err(Error::integrity(format!(
+                "{key}: read bytes with MD5 {md5_hex}, source ETag is {}",
+                f.head.etag
+            )));
         }
-        let opts = self.write_options(key, &f.head, &Pin::of(&f.head.etag, f.head.version_id.as_deref())).await?;
+        let opts = self
+            .write_options(
+                key,
+                &f.head,
+                &Pin::of(&f.head.etag, f.head.version_id.as_deref()),
+            )
+            .await?;
         let len = f.body.len() as u64;
         let dkey = self.cfg.destination_key(key);
         let etag = self.dst.put(&dkey, f.body, md5, &opts).await?;
         if self.dest_etag_is_md5() && etag != md5_hex {
-            return Err(Error::integrity(format!("{dkey}: destination ETag {etag} is not the MD5 {md5_hex} we sent")));
+            return Err(Error::integrity(format!(
+                "{dkey}: destination ETag {etag} is not the MD5 {md5_hex} we sent"
+            )));
         }
         self.stats.send(StatEvent::Bytes(len));
         Ok(Some((len, etag)))
@@ -142,27 +177,54 @@ impl Copier {
         if let Some(n) = etag_part_count(&head.etag) {
             if let Some(p) = self.src.part_size(key, pin, 1).await? {
                 if p > 0 && size.div_ceil(p).max(1) == n as u64 {
-                    return Ok(Layout { part_size: p, parts: n });
+                    return Ok(Layout {
+                        part_size: p,
+                        parts: n,
+                    });
                 }
             }
         }
         let part_size = self.cfg.part_size_for(size);
-        Ok(Layout { part_size, parts: size.div_ceil(part_size).max(1) as u32 })
+        Ok(Layout {
+            part_size,
+            parts: size.div_ceil(part_size).max(1) as u32,
+        })
     }
 
     /// Copy one part: pinned ranged GET, MD5, UploadPart with Content-MD5, check the returned ETag.
-    pub async fn copy_part(&self, key: &str, pin: &Pin, size: u64, layout: Layout, upload_id: &str, part: u32) -> Result<(bytes::Bytes, [u8; 16], String)> {
-        let _slot = self.part_slots.acquire().await.map_err(|_| Error::new(ErrorKind::Other, "shutting down"))?;
+    pub async fn copy_part(
+        &self,
+        key: &str,
+        pin: &Pin,
+        size: u64,
+        layout: Layout,
+        upload_id: &str,
+        part: u32,
+    ) -> Result<(bytes::Bytes, [u8; 16], String)> {
+        let _slot = self
+            .part_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Other, "shutting down"))?;
         let (a, b) = layout.range(size, part);
         let f = self.src.get(key, Some((a, b)), pin).await?;
         if f.body.len() as u64 != b - a {
-            return Err(Error::integrity(format!("{key}: part {part} read {} bytes, expected {}", f.body.len(), b - a)));
+            return Err(Error::integrity(format!(
+                "{key}: part {part} read {} bytes, expected {}",
+                f.body.len(),
+                b - a
+            )));
         }
         let md5 = md5_of(&f.body);
         let dkey = self.cfg.destination_key(key);
-        let etag = self.dst.upload_part(&dkey, upload_id, part, f.body.clone(), md5).await?;
+        let etag = self
+            .dst
+            .upload_part(&dkey, upload_id, part, f.body.clone(), md5)
+            .await?;
         if self.dest_etag_is_md5() && etag != hex::encode(md5) {
-            return Err(Error::integrity(format!("{dkey}: part {part} ETag {etag} is not the MD5 we sent")));
+            return Err(Error::integrity(format!(
+                "{dkey}: part {part} ETag {etag} is not the MD5 we sent"
+            )));
         }
         self.stats.send(StatEvent::Bytes(b - a));
         Ok((f.body, md5, etag))
@@ -170,11 +232,23 @@ impl Copier {
 
     /// Find the upload to continue: the one the ledger recorded for this source version, with its parts
     /// re-verified against the source. Other incomplete uploads of the key are aborted.
-    async fn resume(&self, run: &str, key: &str, head: &Head, pin: &Pin, layout: Layout) -> Result<Option<(String, BTreeMap<u32, [u8; 16]>)>> {
+    async fn resume(
+        &self,
+        run: &str,
+        key: &str,
+        head: &Head,
+        pin: &Pin,
+        layout: Layout,
+    ) -> Result<Option<(String, BTreeMap<u32, [u8; 16]>)>> {
         let dkey = self.cfg.destination_key(key);
         let record = self.ledger.upload(run, key).await?;
-        let uploads: Vec<_> =
-            self.dst.list_multipart_uploads(&dkey).await?.into_iter().filter(|u| u.key == dkey).collect();
+        let uploads: Vec<_> = self
+            .dst
+            .list_multipart_uploads(&dkey)
+            .await?
+            .into_iter()
+            .filter(|u| u.key == dkey)
+            .collect();
         let usable = record.filter(|r| {
             r.source_etag == head.etag
                 && r.part_size == layout.part_size
@@ -196,7 +270,14 @@ impl Copier {
                 tracing::warn!(key = %dkey, upload_id = %r.upload_id, "cannot list kept parts ({e}): using the ledger's record");
                 r.part_etags
                     .iter()
-                    .map(|(n, etag)| PartInfo { number: *n, size: layout.range(head.size, (*n).max(1)).1.saturating_sub(layout.range(head.size, (*n).max(1)).0), etag: etag.clone() })
+                    .map(|(n, etag)| PartInfo {
+                        number: *n,
+                        size: layout
+                            .range(head.size, (*n).max(1))
+                            .1
+                            .saturating_sub(layout.range(head.size, (*n).max(1)).0),
+                        etag: etag.clone(),
+                    })
                     .collect()
             }
         };
@@ -212,7 +293,9 @@ impl Copier {
             // Re-verify: the kept part must hold exactly this source version's bytes.
             let f = self.src.get(key, Some((a, b)), pin).await?;
             let md5 = md5_of(&f.body);
-            if hex::encode(md5) == p.etag || (!self.dest_etag_is_md5() && hex_md5(&p.etag).is_none()) {
+            if hex::encode(md5) == p.etag
+                || (!self.dest_etag_is_md5() && hex_md5(&p.etag).is_none())
+            {
                 kept.insert(p.number, md5);
             }
         }
@@ -220,7 +303,13 @@ impl Copier {
         Ok(Some((r.upload_id, kept)))
     }
 
-    async fn multipart(&self, run: &str, key: &str, pin: &Pin, final_attempt: bool) -> Result<Option<(u64, String)>> {
+    async fn multipart(
+        &self,
+        run: &str,
+        key: &str,
+        pin: &Pin,
+        final_attempt: bool,
+    ) -> Result<Option<(u64, String)>> {
         let head = match self.src.head(key, pin).await {
             Ok(h) => h,
             Err(e) if is_source_missing(&e) => return Ok(None),
@@ -245,10 +334,16 @@ impl Copier {
                 (id, BTreeMap::new())
             }
         };
-        let result = self.upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept).await;
+        let result = self
+            .upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept)
+            .await;
         match &result {
             // The source changed: these parts are of an old version; never complete them.
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed || e.kind() == ErrorKind::Integrity || final_attempt => {
+            Err(e)
+                if e.kind() == ErrorKind::PreconditionFailed
+                    || e.kind() == ErrorKind::Integrity
+                    || final_attempt =>
+            {
                 if let Err(abort) = self.dst.abort_multipart(&dkey, &upload_id).await {
                     tracing::warn!(key = %dkey, "aborting upload after failure: {abort}");
                 }
@@ -259,7 +354,16 @@ impl Copier {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn upload_and_complete(&self, run: &str, key: &str, head: &Head, pin: &Pin, layout: Layout, upload_id: &str, kept: BTreeMap<u32, [u8; 16]>) -> Result<(u64, String)> {
+    async fn upload_and_complete(
+        &self,
+        run: &str,
+        key: &str,
+        head: &Head,
+        pin: &Pin,
+        layout: Layout,
+        upload_id: &str,
+        kept: BTreeMap<u32, [u8; 16]>,
+    ) -> Result<(u64, String)> {
         let dkey = self.cfg.destination_key(key);
         let whole_md5_check = head.etag_is_md5() && etag_part_count(&head.etag).is_none();
         let mut full = Md5::new();
@@ -273,13 +377,20 @@ impl Copier {
                     match kept {
                         Some(md5) if !whole_md5_check => Ok((n, None, md5)),
                         Some(md5) => {
-                            let f = self.src.get(key, Some(layout.range(head.size, n)), pin).await?;
+                            let f = self
+                                .src
+                                .get(key, Some(layout.range(head.size, n)), pin)
+                                .await?;
                             Ok((n, Some(f.body), md5))
                         }
                         None => {
-                            let (body, md5, etag) = self.copy_part(key, pin, head.size, layout, upload_id, n).await?;
+                            let (body, md5, etag) = self
+                                .copy_part(key, pin, head.size, layout, upload_id, n)
+                                .await?;
                             // Remembered for resume, in case the destination cannot list its parts.
-                            self.ledger.record_part(run, key, upload_id, n, &etag).await?;
+                            self.ledger
+                                .record_part(run, key, upload_id, n, &etag)
+                                .await?;
                             Ok::<_, Error>((n, Some(body), md5))
                         }
                     }
@@ -296,27 +407,46 @@ impl Copier {
         if whole_md5_check {
             let got = hex::encode(full.finalize());
             if got != head.etag {
-                return Err(Error::integrity(format!("{key}: bytes read have MD5 {got}, source ETag is {}", head.etag)));
+                return Err(Error::integrity(format!(
+                    "{key}: bytes read have MD5 {got}, source ETag is {}",
+                    head.etag
+                )));
             }
         }
-        let list: Vec<(u32, String)> = md5s.iter().enumerate().map(|(i, m)| (i as u32 + 1, hex::encode(m))).collect();
+        let list: Vec<(u32, String)> = md5s
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i as u32 + 1, hex::encode(m)))
+            .collect();
         let etag = self.complete(&dkey, upload_id, &list, head).await?;
         Ok((head.size, etag))
     }
 
     /// Complete and verify: the ETag must be the one the parts imply, and equal the source's when the layout
     /// was preserved.
-    pub async fn complete(&self, dkey: &str, upload_id: &str, parts: &[(u32, String)], head: &Head) -> Result<String> {
+    pub async fn complete(
+        &self,
+        dkey: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        head: &Head,
+    ) -> Result<String> {
         let etag = self.dst.complete_multipart(dkey, upload_id, parts).await?;
         if self.dest_etag_is_md5() {
             let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
             if let Some(md5s) = md5s {
                 let expected = multipart_etag(&md5s);
                 if etag != expected {
-                    return Err(Error::integrity(format!("{dkey}: ETag {etag} after completion, parts imply {expected}")));
+                    return Err(Error::integrity(format!(
+                        "{dkey}: ETag {etag} after completion, parts imply {expected}"
+                    )));
                 }
-                if head.etag_is_md5() && etag_part_count(&head.etag).is_some() && etag != head.etag {
-                    return Err(Error::integrity(format!("{dkey}: ETag {etag} differs from the source's {}", head.etag)));
+                if head.etag_is_md5() && etag_part_count(&head.etag).is_some() && etag != head.etag
+                {
+                    return Err(Error::integrity(format!(
+                        "{dkey}: ETag {etag} differs from the source's {}",
+                        head.etag
+                    )));
                 }
             }
         }
@@ -325,9 +455,14 @@ impl Copier {
 
     /// On redelivery: is this object already at the destination, as this job wanted it?
     pub async fn already_copied(&self, obj: &JobObject) -> Result<bool> {
-        match self.dst.head(&self.cfg.destination_key(&obj.key), &Pin::Latest).await {
+        match self
+            .dst
+            .head(&self.cfg.destination_key(&obj.key), &Pin::Latest)
+            .await
+        {
             Ok(h) => Ok(h.size == obj.size
-                && (h.etag == obj.etag || etag_part_count(&h.etag).is_some() != etag_part_count(&obj.etag).is_some())),
+                && (h.etag == obj.etag
+                    || etag_part_count(&h.etag).is_some() != etag_part_count(&obj.etag).is_some())),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }

@@ -25,7 +25,9 @@ impl Verdict {
 }
 
 pub fn compare(mode: CompareMode, src: &ObjectInfo, dst: Option<&ObjectInfo>) -> Verdict {
-    let Some(dst) = dst else { return Verdict::Missing };
+    let Some(dst) = dst else {
+        return Verdict::Missing;
+    };
     if src.size != dst.size {
         return Verdict::Differs;
     }
@@ -33,7 +35,9 @@ pub fn compare(mode: CompareMode, src: &ObjectInfo, dst: Option<&ObjectInfo>) ->
         CompareMode::Size => Verdict::Same,
         CompareMode::SizeEtag if src.etag == dst.etag => Verdict::Same,
         // A single-part source copied in parts (or the reverse) has an ETag of another shape: only size can tell.
-        CompareMode::SizeEtag if etag_part_count(&src.etag).is_some() != etag_part_count(&dst.etag).is_some() => {
+        CompareMode::SizeEtag
+            if etag_part_count(&src.etag).is_some() != etag_part_count(&dst.etag).is_some() =>
+        {
             Verdict::Same
         }
         CompareMode::SizeEtag => Verdict::Differs,
@@ -48,7 +52,11 @@ pub fn same_content(src: &Head, dst: &Head) -> bool {
     if src.size != dst.size {
         return false;
     }
-    let common: Vec<_> = src.checksums.iter().filter_map(|(alg, v)| dst.checksums.get(alg).map(|w| v == w)).collect();
+    let common: Vec<_> = src
+        .checksums
+        .iter()
+        .filter_map(|(alg, v)| dst.checksums.get(alg).map(|w| v == w))
+        .collect();
     if !common.is_empty() {
         return common.iter().all(|same| *same);
     }
@@ -79,11 +87,15 @@ fn build(field: &str, globs: &[String]) -> Result<Option<GlobSet>> {
 
 impl KeyFilter {
     pub fn new(f: &Filters) -> Result<Self> {
-        Ok(Self { include: build("filters.include", &f.include)?, exclude: build("filters.exclude", &f.exclude)? })
+        Ok(Self {
+            include: build("filters.include", &f.include)?,
+            exclude: build("filters.exclude", &f.exclude)?,
+        })
     }
 
     pub fn accepts(&self, key: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(key)) && !self.exclude.as_ref().is_some_and(|s| s.is_match(key))
+        self.include.as_ref().is_none_or(|s| s.is_match(key))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(key))
     }
 }
 
@@ -92,25 +104,56 @@ mod tests {
     use super::*;
 
     fn info(size: u64, etag: &str) -> ObjectInfo {
-        ObjectInfo { key: "k".into(), size, etag: etag.into(), storage_class: None }
+        ObjectInfo {
+            key: "k".into(),
+            size,
+            etag: etag.into(),
+            storage_class: None,
+        }
     }
 
     #[test]
     fn modes() {
         use CompareMode::*;
         assert_eq!(compare(Size, &info(1, "a"), None), Verdict::Missing);
-        assert_eq!(compare(Size, &info(1, "a"), Some(&info(2, "a"))), Verdict::Differs);
-        assert_eq!(compare(Size, &info(1, "a"), Some(&info(1, "b"))), Verdict::Same);
-        assert_eq!(compare(SizeEtag, &info(1, "a"), Some(&info(1, "b"))), Verdict::Differs);
-        assert_eq!(compare(SizeEtag, &info(1, "a"), Some(&info(1, "a"))), Verdict::Same);
-        assert_eq!(compare(Checksum, &info(1, "a"), Some(&info(1, "b"))), Verdict::NeedsChecksum);
-        assert_eq!(compare(Checksum, &info(1, "a"), Some(&info(1, "a"))), Verdict::Same);
+        assert_eq!(
+            compare(Size, &info(1, "a"), Some(&info(2, "a"))),
+            Verdict::Differs
+        );
+        assert_eq!(
+            compare(Size, &info(1, "a"), Some(&info(1, "b"))),
+            Verdict::Same
+        );
+        assert_eq!(
+            compare(SizeEtag, &info(1, "a"), Some(&info(1, "b"))),
+            Verdict::Differs
+        );
+        assert_eq!(
+            compare(SizeEtag, &info(1, "a"), Some(&info(1, "a"))),
+            Verdict::Same
+        );
+        assert_eq!(
+            compare(Checksum, &info(1, "a"), Some(&info(1, "b"))),
+            Verdict::NeedsChecksum
+        );
+        assert_eq!(
+            compare(Checksum, &info(1, "a"), Some(&info(1, "a"))),
+            Verdict::Same
+        );
     }
 
     #[test]
     fn checksums_decide_when_shared() {
-        let mut a = Head { size: 3, etag: "x".into(), ..Default::default() };
-        let mut b = Head { size: 3, etag: "y".into(), ..Default::default() };
+        let mut a = Head {
+            size: 3,
+            etag: "x".into(),
+            ..Default::default()
+        };
+        let mut b = Head {
+            size: 3,
+            etag: "y".into(),
+            ..Default::default()
+        };
         assert!(!same_content(&a, &b));
         a.checksums.insert("SHA256".into(), "h".into());
         b.checksums.insert("SHA256".into(), "h".into());
@@ -121,11 +164,17 @@ mod tests {
 
     #[test]
     fn globs() {
-        let f = KeyFilter::new(&Filters { include: vec!["logs/**".into(), "*.csv".into()], exclude: vec!["**/*.tmp".into()] }).unwrap();
+        let f = KeyFilter::new(&Filters {
+            include: vec!["logs/**".into(), "*.csv".into()],
+            exclude: vec!["**/*.tmp".into()],
+        })
+        .unwrap();
         assert!(f.accepts("logs/2024/a.gz"));
         assert!(f.accepts("top.csv"));
         assert!(!f.accepts("dir/x.csv"), "* stays within one segment");
         assert!(!f.accepts("logs/a.tmp"));
-        assert!(KeyFilter::new(&Filters::default()).unwrap().accepts("anything"));
+        assert!(KeyFilter::new(&Filters::default())
+            .unwrap()
+            .accepts("anything"));
     }
 }

@@ -41,7 +41,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Self { kind, context: context.into(), code: None, source: None }
+        Self {
+            kind,
+            context: context.into(),
+            code: None,
+            source: None,
+        }
     }
 
     pub fn with_source(
@@ -49,7 +54,12 @@ impl Error {
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self { kind, context: context.into(), code: None, source: Some(source.into()) }
+        Self {
+            kind,
+            context: context.into(),
+            code: None,
+            source: Some(source.into()),
+        }
     }
 
     /// A configuration error naming the field, e.g. `config("source.bucket", "must not be empty")`.
@@ -71,7 +81,10 @@ impl Error {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Integrity)
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Integrity
+        )
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -93,9 +106,9 @@ impl Error {
         let status = err.raw_response().map(|r| r.status().as_u16());
         let code = err.code().map(str::to_owned);
         let kind = match &err {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                ErrorKind::Transient
-            }
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => ErrorKind::Transient,
             SdkError::ConstructionFailure(_) => ErrorKind::Config,
             _ => classify(status, code.as_deref()),
         };
@@ -104,28 +117,54 @@ impl Error {
             (Some(c), Some(m)) => format!("{c}: {m}").into(),
             (Some(c), None) => format!("{c} (HTTP {})", status.unwrap_or(0)).into(),
             (None, _) if status.is_some() => format!("HTTP {}", status.unwrap_or(0)).into(),
-            _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)).into(),
+            _ => format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            )
+            .into(),
         };
-        Self { kind, context, code, source: Some(source) }
+        Self {
+            kind,
+            context,
+            code,
+            source: Some(source),
+        }
     }
 }
 
 fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
     match code {
         Some(
-            "NoSuchKey" | "NotFound" | "NoSuchBucket" | "NoSuchUpload" | "ResourceNotFoundException"
-            | "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist",
+            "NoSuchKey"
+            | "NotFound"
+            | "NoSuchBucket"
+            | "NoSuchUpload"
+            | "ResourceNotFoundException"
+            | "AWS.SimpleQueueService.NonExistentQueue"
+            | "QueueDoesNotExist",
         ) => return ErrorKind::NotFound,
-        Some("PreconditionFailed" | "ConditionalCheckFailedException" | "TransactionCanceledException") => {
-            return ErrorKind::PreconditionFailed
-        }
         Some(
-            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
-            | "InvalidToken" | "UnrecognizedClientException" | "InvalidClientTokenId" | "AccessDeniedException",
+            "PreconditionFailed"
+            | "ConditionalCheckFailedException"
+            | "TransactionCanceledException",
+        ) => return ErrorKind::PreconditionFailed,
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "AccessDeniedException",
         ) => return ErrorKind::AccessDenied,
         Some(
-            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-            | "ProvisionedThroughputExceededException" | "RequestThrottled",
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "ProvisionedThroughputExceededException"
+            | "RequestThrottled",
         ) => return ErrorKind::Throttled,
         Some("BadDigest" | "InvalidDigest" | "InvalidPart" | "XAmzContentSHA256Mismatch") => {
             return ErrorKind::Integrity
@@ -166,17 +205,26 @@ mod tests {
 
     #[test]
     fn classification_by_code_wins_over_status() {
-        assert_eq!(classify(Some(400), Some("NoSuchUpload")), ErrorKind::NotFound);
+        assert_eq!(
+            classify(Some(400), Some("NoSuchUpload")),
+            ErrorKind::NotFound
+        );
         assert_eq!(classify(Some(403), None), ErrorKind::AccessDenied);
         assert_eq!(classify(Some(500), None), ErrorKind::Transient);
-        assert_eq!(classify(Some(400), Some("ConditionalCheckFailedException")), ErrorKind::PreconditionFailed);
+        assert_eq!(
+            classify(Some(400), Some("ConditionalCheckFailedException")),
+            ErrorKind::PreconditionFailed
+        );
         assert_eq!(classify(Some(400), Some("BadDigest")), ErrorKind::Integrity);
     }
 
     #[test]
     fn config_error_names_the_field() {
         let e = Error::config("destination.bucket", "must be 3 to 63 characters");
-        assert_eq!(e.to_string(), "destination.bucket: must be 3 to 63 characters");
+        assert_eq!(
+            e.to_string(),
+            "destination.bucket: must be 3 to 63 characters"
+        );
         assert!(!e.is_retryable());
     }
 }

@@ -64,12 +64,23 @@ struct Lister<'a> {
 
 impl<'a> Lister<'a> {
     fn new(store: &'a dyn ObjectStore, prefix: String, delimiter: Option<&'static str>) -> Self {
-        Self { store, prefix, delimiter, page: VecDeque::new(), prefixes: vec![], token: None, done: false }
+        Self {
+            store,
+            prefix,
+            delimiter,
+            page: VecDeque::new(),
+            prefixes: vec![],
+            token: None,
+            done: false,
+        }
     }
 
     async fn fill(&mut self) -> Result<()> {
         while self.page.is_empty() && !self.done {
-            let p = self.store.list(&self.prefix, self.delimiter, self.token.take()).await?;
+            let p = self
+                .store
+                .list(&self.prefix, self.delimiter, self.token.take())
+                .await?;
             self.page.extend(p.objects);
             self.prefixes.extend(p.common_prefixes);
             self.token = p.next_token;
@@ -155,12 +166,29 @@ impl Finder<'_> {
             counts.to_move += 1;
             counts.bytes_to_move += s.size;
             self.stats.send(StatEvent::Pending { bytes: s.size });
-            let job = JobObject { key: s.key, size: s.size, etag: s.etag, version_id: None };
-            self.out.send(job).await.map_err(|_| Error::new(ErrorKind::Other, "job packer stopped"))?;
+            let job = JobObject {
+                key: s.key,
+                size: s.size,
+                etag: s.etag,
+                version_id: None,
+            };
+            self.out
+                .send(job)
+                .await
+                .map_err(|_| Error::new(ErrorKind::Other, "job packer stopped"))?;
         }
         let children = std::mem::take(&mut src.prefixes)
             .into_iter()
-            .map(|p| if depth > 1 { Shard::Level { prefix: p, depth: depth - 1 } } else { Shard::Flat { prefix: p } })
+            .map(|p| {
+                if depth > 1 {
+                    Shard::Level {
+                        prefix: p,
+                        depth: depth - 1,
+                    }
+                } else {
+                    Shard::Flat { prefix: p }
+                }
+            })
             .collect();
         Ok((counts, children))
     }
@@ -188,11 +216,24 @@ pub async fn find(
     out: mpsc::Sender<JobObject>,
     stats: Stats,
 ) -> Result<FindCounts> {
-    let finder = Finder { cfg, src, dst, filter: KeyFilter::new(&cfg.filters)?, out, stats };
+    let finder = Finder {
+        cfg,
+        src,
+        dst,
+        filter: KeyFilter::new(&cfg.filters)?,
+        out,
+        stats,
+    };
     let depth = cfg.finder.depth;
     let mut queue: VecDeque<Shard> = normalize_roots(roots)
         .into_iter()
-        .map(|prefix| if depth == 0 { Shard::Flat { prefix } } else { Shard::Level { prefix, depth } })
+        .map(|prefix| {
+            if depth == 0 {
+                Shard::Flat { prefix }
+            } else {
+                Shard::Level { prefix, depth }
+            }
+        })
         .collect();
     let mut running = FuturesUnordered::new();
     let mut totals = FindCounts::default();
@@ -201,7 +242,9 @@ pub async fn find(
             let Some(s) = queue.pop_front() else { break };
             running.push(finder.shard(s));
         }
-        let Some(done) = running.next().await else { break };
+        let Some(done) = running.next().await else {
+            break;
+        };
         let (counts, children) = done?;
         totals.add(&counts);
         queue.extend(children);
@@ -229,9 +272,17 @@ impl JobBuilder {
 
     pub fn push(&mut self, o: JobObject) -> Option<Job> {
         if o.size >= self.giant {
-            Some(Job::Giant { id: new_id(), run: self.run.clone(), object: o })
+            Some(Job::Giant {
+                id: new_id(),
+                run: self.run.clone(),
+                object: o,
+            })
         } else if o.size >= self.threshold || etag_part_count(&o.etag).is_some() {
-            Some(Job::Copy { id: new_id(), run: self.run.clone(), objects: vec![o] })
+            Some(Job::Copy {
+                id: new_id(),
+                run: self.run.clone(),
+                objects: vec![o],
+            })
         } else {
             self.packer.push(o)
         }
@@ -257,7 +308,10 @@ pub struct FinderReport {
 
 /// Where jobs go: the queue (and the run into the ledger), or nowhere for a dry run.
 pub enum Sink {
-    Queue { queue: SqsQueue, ledger: DynamoLedger },
+    Queue {
+        queue: SqsQueue,
+        ledger: DynamoLedger,
+    },
     DryRun,
 }
 
@@ -320,11 +374,16 @@ pub async fn run(
             Ok::<_, Error>((jobs, sample))
         }
     };
-    let (found, consumed) = tokio::join!(find(cfg, roots, src.as_ref(), dst.as_ref(), tx, stats), consumer);
+    let (found, consumed) = tokio::join!(
+        find(cfg, roots, src.as_ref(), dst.as_ref(), tx, stats),
+        consumer
+    );
     let counts = found?;
     let (jobs, sample_keys) = consumed?;
     if let Sink::Queue { ledger, .. } = &sink {
-        ledger.finish_run(&run, counts.to_move, counts.bytes_to_move).await?;
+        ledger
+            .finish_run(&run, counts.to_move, counts.bytes_to_move)
+            .await?;
     }
     Ok(FinderReport {
         run,
@@ -332,7 +391,9 @@ pub async fn run(
         counts,
         jobs,
         sample_keys,
-        control_plane_calls: crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed) - calls_before,
+        control_plane_calls: crate::queue::CONTROL_PLANE_CALLS
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - calls_before,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -341,12 +402,18 @@ pub async fn run(
 pub fn new_run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     let f = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    format!("{}-{:04x}", now.format(&f).unwrap_or_default(), fastrand::u16(..))
+    format!(
+        "{}-{:04x}",
+        now.format(&f).unwrap_or_default(),
+        fastrand::u16(..)
+    )
 }
 
 /// The prefixes to transfer: the prefix list's lines, or the configured prefix.
 pub async fn roots(cfg: &JobConfig, control_s3: &aws_sdk_s3::Client) -> Result<Vec<String>> {
-    let Some(list) = &cfg.source.prefix_list else { return Ok(vec![cfg.source.prefix.clone()]) };
+    let Some(list) = &cfg.source.prefix_list else {
+        return Ok(vec![cfg.source.prefix.clone()]);
+    };
     let text = match &list.bucket {
         Some(bucket) => {
             let o = control_s3
@@ -355,16 +422,22 @@ pub async fn roots(cfg: &JobConfig, control_s3: &aws_sdk_s3::Client) -> Result<V
                 .key(&list.key)
                 .send()
                 .await
-                .map_err(|e| Error::from_sdk(format!("reading prefix list s3://{bucket}/{}", list.key), e))?;
+                .map_err(|e| {
+                    Error::from_sdk(format!("reading prefix list s3://{bucket}/{}", list.key), e)
+                })?;
             let bytes = o.body.collect().await.map_err(|e| {
                 Error::with_source(ErrorKind::Transient, "reading prefix list body", e)
             })?;
-            String::from_utf8(bytes.to_vec())
-                .map_err(|_| Error::config("source.prefix_list", "the prefix list is not UTF-8 text"))?
+            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                Error::config("source.prefix_list", "the prefix list is not UTF-8 text")
+            })?
         }
-        None => tokio::fs::read_to_string(&list.key)
-            .await
-            .map_err(|e| Error::config("source.prefix_list.key", format!("reading {}: {e}", list.key)))?,
+        None => tokio::fs::read_to_string(&list.key).await.map_err(|e| {
+            Error::config(
+                "source.prefix_list.key",
+                format!("reading {}: {e}", list.key),
+            )
+        })?,
     };
     let roots: Vec<String> = text
         .lines()
@@ -373,7 +446,10 @@ pub async fn roots(cfg: &JobConfig, control_s3: &aws_sdk_s3::Client) -> Result<V
         .map(|l| crate::config::join_prefix(&cfg.source.prefix, l))
         .collect();
     if roots.is_empty() {
-        return Err(Error::config("source.prefix_list", "the prefix list names no prefixes"));
+        return Err(Error::config(
+            "source.prefix_list",
+            "the prefix list names no prefixes",
+        ));
     }
     Ok(roots)
 }
@@ -384,9 +460,16 @@ mod tests {
     use crate::config::tests::sample;
     use crate::store::memory::MemoryStore;
 
-    async fn pending(cfg: &JobConfig, roots: Vec<String>, src: &MemoryStore, dst: &MemoryStore) -> (FindCounts, Vec<String>) {
+    async fn pending(
+        cfg: &JobConfig,
+        roots: Vec<String>,
+        src: &MemoryStore,
+        dst: &MemoryStore,
+    ) -> (FindCounts, Vec<String>) {
         let (tx, mut rx) = mpsc::channel(10_000);
-        let counts = find(cfg, roots, src, dst, tx, Stats::discard()).await.unwrap();
+        let counts = find(cfg, roots, src, dst, tx, Stats::discard())
+            .await
+            .unwrap();
         let mut keys = vec![];
         while let Ok(o) = rx.try_recv() {
             keys.push(o.key);
@@ -397,7 +480,18 @@ mod tests {
 
     fn tree() -> MemoryStore {
         let s = MemoryStore::new("src").with_page_size(3);
-        for k in ["top", "a/1", "a/b/2", "a/b/c/3", "a/b/c/d/4", "a-x", "z/9", "z/y/8", "ü/é", "sp ace/+%="] {
+        for k in [
+            "top",
+            "a/1",
+            "a/b/2",
+            "a/b/c/3",
+            "a/b/c/d/4",
+            "a-x",
+            "z/9",
+            "z/y/8",
+            "ü/é",
+            "sp ace/+%=",
+        ] {
             s.insert(k, format!("body of {k}"));
         }
         s
@@ -453,14 +547,23 @@ mod tests {
         let dst = MemoryStore::new("dst");
         let mut cfg = sample();
         cfg.filters.exclude = vec!["**/c/**".into()];
-        let (counts, keys) = pending(&cfg, vec!["a/".into(), "a/b/".into(), "z/".into()], &src, &dst).await;
+        let (counts, keys) = pending(
+            &cfg,
+            vec!["a/".into(), "a/b/".into(), "z/".into()],
+            &src,
+            &dst,
+        )
+        .await;
         assert_eq!(keys, vec!["a/1", "a/b/2", "z/y/8"]);
         assert_eq!((counts.filtered, counts.archived), (2, 1));
     }
 
     #[test]
     fn roots_do_not_overlap() {
-        assert_eq!(normalize_roots(vec!["a/b/".into(), "a/".into(), "b".into(), "a/".into()]), vec!["a/", "b"]);
+        assert_eq!(
+            normalize_roots(vec!["a/b/".into(), "a/".into(), "b".into(), "a/".into()]),
+            vec!["a/", "b"]
+        );
         assert_eq!(normalize_roots(vec!["".into(), "x/".into()]), vec![""]);
     }
 
@@ -471,13 +574,27 @@ mod tests {
         cfg.multipart.giant_threshold = 100;
         cfg.batch.max_objects = 2;
         let mut b = JobBuilder::new(&cfg, "r");
-        let o = |k: &str, size, etag: &str| JobObject { key: k.into(), size, etag: etag.into(), version_id: None };
+        let o = |k: &str, size, etag: &str| JobObject {
+            key: k.into(),
+            size,
+            etag: etag.into(),
+            version_id: None,
+        };
         assert!(b.push(o("s1", 1, "e")).is_none());
-        assert!(matches!(b.push(o("mp", 5, "e-3")), Some(Job::Copy { objects, .. }) if objects.len() == 1));
-        assert!(matches!(b.push(o("big", 50, "e")), Some(Job::Copy { objects, .. }) if objects[0].key == "big"));
-        assert!(matches!(b.push(o("giant", 100, "e")), Some(Job::Giant { .. })));
+        assert!(
+            matches!(b.push(o("mp", 5, "e-3")), Some(Job::Copy { objects, .. }) if objects.len() == 1)
+        );
+        assert!(
+            matches!(b.push(o("big", 50, "e")), Some(Job::Copy { objects, .. }) if objects[0].key == "big")
+        );
+        assert!(matches!(
+            b.push(o("giant", 100, "e")),
+            Some(Job::Giant { .. })
+        ));
         assert!(b.push(o("s2", 1, "e")).is_none());
-        assert!(matches!(b.push(o("s3", 1, "e")), Some(Job::Copy { objects, .. }) if objects.len() == 2));
+        assert!(
+            matches!(b.push(o("s3", 1, "e")), Some(Job::Copy { objects, .. }) if objects.len() == 2)
+        );
         assert!(matches!(b.finish(), Some(Job::Copy { objects, .. }) if objects.len() == 1));
     }
 }

@@ -20,11 +20,27 @@ pub struct JobObject {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Job {
     /// Objects copied by one worker: one large object, or many small ones packed together.
-    Copy { id: String, run: String, objects: Vec<JobObject> },
+    Copy {
+        id: String,
+        run: String,
+        objects: Vec<JobObject>,
+    },
     /// An object above the giant threshold: the worker that takes it starts the upload and fans it out.
-    Giant { id: String, run: String, object: JobObject },
+    Giant {
+        id: String,
+        run: String,
+        object: JobObject,
+    },
     /// One part of a giant object; whichever worker records the last part completes the upload.
-    Part { id: String, run: String, object: JobObject, upload_id: String, part: u32, parts: u32, part_size: u64 },
+    Part {
+        id: String,
+        run: String,
+        object: JobObject,
+        upload_id: String,
+        part: u32,
+        parts: u32,
+        part_size: u64,
+    },
 }
 
 impl Job {
@@ -70,20 +86,41 @@ pub fn parse_message(body: &str) -> Result<Incoming> {
         return crate::events::parse_records(&v).map(Incoming::Events);
     }
     if v.get("kind").is_some() {
-        let job: Job = serde_json::from_value(v)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidMessage, "message is not a valid dth job", e))?;
+        let job: Job = serde_json::from_value(v).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidMessage,
+                "message is not a valid dth job",
+                e,
+            )
+        })?;
         validate(&job)?;
         return Ok(Incoming::Job(job));
     }
-    Err(Error::new(ErrorKind::InvalidMessage, "message is neither a dth job nor an S3 event notification"))
+    Err(Error::new(
+        ErrorKind::InvalidMessage,
+        "message is neither a dth job nor an S3 event notification",
+    ))
 }
 
 fn validate(job: &Job) -> Result<()> {
-    let bad = |why: &str| Err(Error::new(ErrorKind::InvalidMessage, format!("job {}: {why}", job.id())));
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidMessage,
+            format!("job {}: {why}", job.id()),
+        ))
+    };
     match job {
         Job::Copy { objects, .. } if objects.is_empty() => bad("no objects"),
-        Job::Part { part, parts, part_size, object, .. }
-            if *part == 0 || part > parts || *part_size == 0 || (*part as u64 - 1) * part_size >= object.size.max(1) =>
+        Job::Part {
+            part,
+            parts,
+            part_size,
+            object,
+            ..
+        } if *part == 0
+            || part > parts
+            || *part_size == 0
+            || (*part as u64 - 1) * part_size >= object.size.max(1) =>
         {
             bad("part number out of range")
         }
@@ -113,12 +150,21 @@ const ENVELOPE: usize = 256;
 
 impl Packer {
     pub fn new(run: &str, max_objects: u32, max_bytes: u64) -> Self {
-        Self { run: run.into(), max_objects: max_objects as usize, max_bytes, objects: vec![], bytes: 0, json_bytes: 0 }
+        Self {
+            run: run.into(),
+            max_objects: max_objects as usize,
+            max_bytes,
+            objects: vec![],
+            bytes: 0,
+            json_bytes: 0,
+        }
     }
 
     /// Add an object; returns a full job when this one does not fit in the current batch.
     pub fn push(&mut self, o: JobObject) -> Option<Job> {
-        let json = serde_json::to_string(&o).map(|s| s.len() + 1).unwrap_or(2048);
+        let json = serde_json::to_string(&o)
+            .map(|s| s.len() + 1)
+            .unwrap_or(2048);
         let full = !self.objects.is_empty()
             && (self.objects.len() >= self.max_objects
                 || self.bytes + o.size > self.max_bytes
@@ -136,7 +182,11 @@ impl Packer {
         }
         self.bytes = 0;
         self.json_bytes = 0;
-        Some(Job::Copy { id: new_id(), run: self.run.clone(), objects: std::mem::take(&mut self.objects) })
+        Some(Job::Copy {
+            id: new_id(),
+            run: self.run.clone(),
+            objects: std::mem::take(&mut self.objects),
+        })
     }
 }
 
@@ -145,7 +195,12 @@ mod tests {
     use super::*;
 
     fn obj(key: &str, size: u64) -> JobObject {
-        JobObject { key: key.into(), size, etag: "e".into(), version_id: None }
+        JobObject {
+            key: key.into(),
+            size,
+            etag: "e".into(),
+            version_id: None,
+        }
     }
 
     #[test]
@@ -157,10 +212,13 @@ mod tests {
         }
         jobs.extend(p.push(obj("big", 95)));
         jobs.extend(p.flush());
-        let sizes: Vec<usize> = jobs.iter().map(|j| match j {
-            Job::Copy { objects, .. } => objects.len(),
-            _ => 0,
-        }).collect();
+        let sizes: Vec<usize> = jobs
+            .iter()
+            .map(|j| match j {
+                Job::Copy { objects, .. } => objects.len(),
+                _ => 0,
+            })
+            .collect();
         assert_eq!(sizes, vec![3, 3, 1, 1]);
     }
 
@@ -175,19 +233,36 @@ mod tests {
         jobs.extend(p.flush());
         assert!(jobs.len() > 1);
         for j in &jobs {
-            assert!(j.to_body().len() <= MAX_MESSAGE_BYTES, "{}", j.to_body().len());
+            assert!(
+                j.to_body().len() <= MAX_MESSAGE_BYTES,
+                "{}",
+                j.to_body().len()
+            );
         }
     }
 
     #[test]
     fn messages_round_trip_and_garbage_is_rejected() {
-        let j = Job::Copy { id: "1".into(), run: "r".into(), objects: vec![obj("a b+c%=ü", 3)] };
+        let j = Job::Copy {
+            id: "1".into(),
+            run: "r".into(),
+            objects: vec![obj("a b+c%=ü", 3)],
+        };
         assert_eq!(parse_message(&j.to_body()).unwrap(), Incoming::Job(j));
-        for bad in ["", "not json", "{}", r#"{"kind":"copy"}"#, r#"{"kind":"copy","id":"1","run":"r","objects":[]}"#,
-            r#"{"kind":"part","id":"1","run":"r","object":{"key":"k","size":10,"etag":"e"},"upload_id":"u","part":3,"parts":2,"part_size":5}"#] {
+        for bad in [
+            "",
+            "not json",
+            "{}",
+            r#"{"kind":"copy"}"#,
+            r#"{"kind":"copy","id":"1","run":"r","objects":[]}"#,
+            r#"{"kind":"part","id":"1","run":"r","object":{"key":"k","size":10,"etag":"e"},"upload_id":"u","part":3,"parts":2,"part_size":5}"#,
+        ] {
             let e = parse_message(bad).expect_err(bad);
             assert_eq!(e.kind(), ErrorKind::InvalidMessage, "{bad}");
         }
-        assert_eq!(parse_message(r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#).unwrap(), Incoming::TestEvent);
+        assert_eq!(
+            parse_message(r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#).unwrap(),
+            Incoming::TestEvent
+        );
     }
 }

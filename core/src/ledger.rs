@@ -11,9 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue as Av, PutRequest, ReturnValue, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue as Av, PutRequest, ReturnValue, WriteRequest};
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -110,18 +108,27 @@ pub fn object_sk(key: &str) -> String {
     while !key.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("obj#{}#{}", &key[..cut], hex::encode(crate::store::md5_of(key.as_bytes())))
+    format!(
+        "obj#{}#{}",
+        &key[..cut],
+        hex::encode(crate::store::md5_of(key.as_bytes()))
+    )
 }
 
 fn get_s(item: &HashMap<String, Av>, k: &str) -> Option<String> {
     item.get(k).and_then(|v| v.as_s().ok()).cloned()
 }
 fn get_n(item: &HashMap<String, Av>, k: &str) -> u64 {
-    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn now() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Right-pad to a common width so that S3 sequencers (hex of varying length) compare as strings.
@@ -135,16 +142,32 @@ fn is_condition_failure(e: &Error) -> bool {
 
 impl DynamoLedger {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub fn table(&self) -> &str {
         &self.table
     }
 
-    fn err<E>(&self, what: &str) -> impl FnOnce(aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> Error + '_
+    fn err<E>(
+        &self,
+        what: &str,
+    ) -> impl FnOnce(
+        aws_sdk_dynamodb::error::SdkError<
+            E,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    ) -> Error
+           + '_
     where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
     {
         let ctx = format!("{what} in ledger table {}", self.table);
         move |e| Error::from_sdk(ctx, e)
@@ -153,7 +176,12 @@ impl DynamoLedger {
     /// Check that the table is there and reachable: a clear error before any work starts.
     pub async fn check(&self) -> Result<()> {
         count_call();
-        self.client.describe_table().table_name(&self.table).send().await.map_err(self.err("describing"))?;
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(self.err("describing"))?;
         Ok(())
     }
 
@@ -263,7 +291,12 @@ impl DynamoLedger {
                     item.insert("error".into(), s(e.chars().take(2000).collect::<String>()));
                 }
                 WriteRequest::builder()
-                    .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item set"))
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .expect("item set"),
+                    )
                     .build()
             })
             .collect();
@@ -278,12 +311,19 @@ impl DynamoLedger {
                     .send()
                     .await
                     .map_err(self.err("recording objects"))?;
-                pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
+                pending = out
+                    .unprocessed_items()
+                    .and_then(|u| u.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
                 if pending.is_empty() {
                     break;
                 }
                 if attempt == 9 {
-                    return Err(Error::new(ErrorKind::Throttled, "DynamoDB kept leaving ledger rows unprocessed"));
+                    return Err(Error::new(
+                        ErrorKind::Throttled,
+                        "DynamoDB kept leaving ledger rows unprocessed",
+                    ));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
             }
@@ -318,7 +358,9 @@ impl DynamoLedger {
             .table_name(&self.table)
             .key("pk", s(run_pk(run)))
             .key("sk", s("summary"))
-            .update_expression("ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g")
+            .update_expression(
+                "ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g",
+            )
             .expression_attribute_values(":d", n(t.done))
             .expression_attribute_values(":b", n(t.bytes))
             .expression_attribute_values(":f", n(t.failed))
@@ -368,7 +410,14 @@ impl DynamoLedger {
 
     /// Record a finished part of a fleet-split upload. Returns the upload as it now stands, or None when the
     /// upload was replaced (the source changed and the object restarted): the part is then stale.
-    pub async fn record_part(&self, run: &str, key: &str, upload_id: &str, part: u32, etag: &str) -> Result<Option<UploadRecord>> {
+    pub async fn record_part(
+        &self,
+        run: &str,
+        key: &str,
+        upload_id: &str,
+        part: u32,
+        etag: &str,
+    ) -> Result<Option<UploadRecord>> {
         count_call();
         let res = self
             .client
@@ -393,7 +442,14 @@ impl DynamoLedger {
     }
 
     /// Move an upload from `from` to `to` status if it is still `upload_id`; true for the one caller that wins.
-    pub async fn claim_upload(&self, run: &str, key: &str, upload_id: &str, from: &str, to: &str) -> Result<bool> {
+    pub async fn claim_upload(
+        &self,
+        run: &str,
+        key: &str,
+        upload_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool> {
         count_call();
         let res = self
             .client

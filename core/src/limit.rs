@@ -14,7 +14,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_sec` units a second with a burst of one second's worth. None when `per_sec` is 0 (unlimited).
     pub fn new(per_sec: u64) -> Option<Self> {
-        (per_sec > 0).then(|| Self { per_sec: per_sec as f64, state: Mutex::new((per_sec as f64, Instant::now())) })
+        (per_sec > 0).then(|| Self {
+            per_sec: per_sec as f64,
+            state: Mutex::new((per_sec as f64, Instant::now())),
+        })
     }
 
     /// Take `n` units, waiting as long as the rate requires. Requests larger than the burst go into debt.
@@ -47,7 +50,10 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(bytes_per_sec: u64, requests_per_sec: u32) -> Self {
-        Self { bandwidth: RateLimiter::new(bytes_per_sec), requests: RateLimiter::new(requests_per_sec.into()) }
+        Self {
+            bandwidth: RateLimiter::new(bytes_per_sec),
+            requests: RateLimiter::new(requests_per_sec.into()),
+        }
     }
 
     pub async fn request(&self) {

@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+};
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
@@ -31,7 +33,10 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+        Self {
+            client,
+            url: url.into(),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -44,7 +49,10 @@ impl SqsQueue {
         let mut bytes = 0;
         for b in bodies {
             if b.len() > MAX_MESSAGE_BYTES {
-                return Err(Error::new(ErrorKind::Other, format!("a job of {} bytes exceeds SQS's message limit", b.len())));
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("a job of {} bytes exceeds SQS's message limit", b.len()),
+                ));
             }
             if batch.len() == 10 || bytes + b.len() > MAX_MESSAGE_BYTES {
                 self.send_batch(std::mem::take(&mut batch)).await?;
@@ -64,7 +72,12 @@ impl SqsQueue {
             let entries: Vec<_> = bodies
                 .iter()
                 .enumerate()
-                .map(|(i, b)| SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(b).build())
+                .map(|(i, b)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(b)
+                        .build()
+                })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| Error::with_source(ErrorKind::Other, "building SQS batch", e))?;
             count_call();
@@ -83,15 +96,27 @@ impl SqsQueue {
             if let Some(f) = failed.iter().find(|f| f.sender_fault()) {
                 return Err(Error::new(
                     ErrorKind::Other,
-                    format!("SQS refused a job: {} {}", f.code(), f.message().unwrap_or_default()),
+                    format!(
+                        "SQS refused a job: {} {}",
+                        f.code(),
+                        f.message().unwrap_or_default()
+                    ),
                 ));
             }
             let retry: std::collections::HashSet<usize> =
                 failed.iter().filter_map(|f| f.id().parse().ok()).collect();
-            bodies = bodies.into_iter().enumerate().filter(|(i, _)| retry.contains(i)).map(|(_, b)| b).collect();
+            bodies = bodies
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| retry.contains(i))
+                .map(|(_, b)| b)
+                .collect();
             tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
         }
-        Err(Error::new(ErrorKind::Transient, format!("SQS kept failing {} jobs", bodies.len())))
+        Err(Error::new(
+            ErrorKind::Transient,
+            format!("SQS kept failing {} jobs", bodies.len()),
+        ))
     }
 
     pub async fn receive(&self, max: u32, wait_secs: u32) -> Result<Vec<Received>> {
@@ -161,7 +186,10 @@ impl SqsQueue {
             .await
             .map_err(|e| Error::from_sdk(format!("reading attributes of {}", self.url), e))?;
         let get = |n: QueueAttributeName| {
-            out.attributes().and_then(|a| a.get(&n)).and_then(|v| v.parse().ok()).unwrap_or(0)
+            out.attributes()
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
         Ok((
             get(QueueAttributeName::ApproximateNumberOfMessages),

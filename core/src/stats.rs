@@ -11,9 +11,13 @@ pub enum StatEvent {
     /// The finder listed a source object.
     Scanned,
     /// The finder decided an object must move.
-    Pending { bytes: u64 },
+    Pending {
+        bytes: u64,
+    },
     /// A worker copied an object.
-    Copied { bytes: u64 },
+    Copied {
+        bytes: u64,
+    },
     /// Bytes moved (parts included), for the rate.
     Bytes(u64),
     Failed,

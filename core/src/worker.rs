@@ -59,7 +59,14 @@ enum Disposition {
 }
 
 impl Worker {
-    pub fn new(cfg: Arc<JobConfig>, src: Arc<dyn ObjectStore>, dst: Arc<dyn ObjectStore>, queue: SqsQueue, ledger: DynamoLedger, stats: Stats) -> Result<Arc<Self>> {
+    pub fn new(
+        cfg: Arc<JobConfig>,
+        src: Arc<dyn ObjectStore>,
+        dst: Arc<dyn ObjectStore>,
+        queue: SqsQueue,
+        ledger: DynamoLedger,
+        stats: Stats,
+    ) -> Result<Arc<Self>> {
         let w = &cfg.worker;
         let copier = Arc::new(Copier {
             cfg: cfg.clone(),
@@ -67,7 +74,9 @@ impl Worker {
             dst,
             ledger: ledger.clone(),
             stats: stats.clone(),
-            part_slots: Arc::new(Semaphore::new((w.concurrency * w.part_concurrency) as usize)),
+            part_slots: Arc::new(Semaphore::new(
+                (w.concurrency * w.part_concurrency) as usize,
+            )),
         });
         Ok(Arc::new(Self {
             filter: KeyFilter::new(&cfg.filters)?,
@@ -81,9 +90,14 @@ impl Worker {
     }
 
     /// Receive and process until `shutdown` (or idleness, if asked).
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, opts: RunOptions) -> Result<WorkerReport> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        opts: RunOptions,
+    ) -> Result<WorkerReport> {
         let start = Instant::now();
-        let calls_before = crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        let calls_before =
+            crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
         let in_flight: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut messages = 0u64;
@@ -110,13 +124,18 @@ impl Worker {
                     failures = 0;
                     b
                 }
-                Err(e) if e.is_not_found() || e.kind() == ErrorKind::AccessDenied || e.kind() == ErrorKind::Config => {
+                Err(e)
+                    if e.is_not_found()
+                        || e.kind() == ErrorKind::AccessDenied
+                        || e.kind() == ErrorKind::Config =>
+                {
                     return Err(e.context("the job queue"));
                 }
                 Err(e) => {
                     failures += 1;
                     tracing::warn!("receiving jobs failed ({failures} in a row): {e}");
-                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(6)))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(6))))
+                        .await;
                     continue;
                 }
             };
@@ -131,7 +150,10 @@ impl Worker {
             }
             for m in batch {
                 messages += 1;
-                in_flight.lock().unwrap().insert(m.message_id.clone(), m.receipt.clone());
+                in_flight
+                    .lock()
+                    .unwrap()
+                    .insert(m.message_id.clone(), m.receipt.clone());
                 let me = self.clone();
                 let in_flight = in_flight.clone();
                 tasks.spawn(async move {
@@ -144,8 +166,13 @@ impl Worker {
         }
         if !tasks.is_empty() {
             let grace = Duration::from_secs(self.cfg.worker.shutdown_grace_secs);
-            tracing::info!(jobs = tasks.len(), "stopping: finishing jobs in flight (up to {grace:?})");
-            let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+            tracing::info!(
+                jobs = tasks.len(),
+                "stopping: finishing jobs in flight (up to {grace:?})"
+            );
+            let drained =
+                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
             if drained.is_err() {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
@@ -159,7 +186,9 @@ impl Worker {
         }
         Ok(WorkerReport {
             messages,
-            control_plane_calls: crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed) - calls_before,
+            control_plane_calls: crate::queue::CONTROL_PLANE_CALLS
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - calls_before,
             seconds: start.elapsed().as_secs_f64(),
         })
     }
@@ -168,7 +197,10 @@ impl Worker {
         let heartbeat = {
             let queue = self.queue.clone();
             let receipt = m.receipt.clone();
-            let (every, extend) = (self.cfg.worker.heartbeat_secs, self.cfg.worker.visibility_secs as u32);
+            let (every, extend) = (
+                self.cfg.worker.heartbeat_secs,
+                self.cfg.worker.visibility_secs as u32,
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(every)).await;
@@ -209,10 +241,29 @@ impl Worker {
     async fn job(self: &Arc<Self>, job: Job, m: &Received) -> Disposition {
         let final_attempt = m.receive_count >= self.cfg.max_attempts;
         let res = match &job {
-            Job::Copy { id, run, objects } => self.copy_job(id, run, objects, m.receive_count).await,
+            Job::Copy { id, run, objects } => {
+                self.copy_job(id, run, objects, m.receive_count).await
+            }
             Job::Giant { run, object, .. } => self.giant(run, object).await,
-            Job::Part { run, object, upload_id, part, parts, part_size, .. } => {
-                self.part(run, object, upload_id, *part, *parts, *part_size, m.receive_count).await
+            Job::Part {
+                run,
+                object,
+                upload_id,
+                part,
+                parts,
+                part_size,
+                ..
+            } => {
+                self.part(
+                    run,
+                    object,
+                    upload_id,
+                    *part,
+                    *parts,
+                    *part_size,
+                    m.receive_count,
+                )
+                .await
             }
         };
         match res {
@@ -234,51 +285,108 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(500)).await;
             res = self.copier.copy(run, o, final_attempt).await;
         }
-        let base = ObjectRecord { key: o.key.clone(), status: Status::Done, size: o.size, etag: String::new(), duration_ms: 0, attempt, error: None };
+        let base = ObjectRecord {
+            key: o.key.clone(),
+            status: Status::Done,
+            size: o.size,
+            etag: String::new(),
+            duration_ms: 0,
+            attempt,
+            error: None,
+        };
         match res {
-            Ok(Outcome::Copied { bytes, etag, millis }) => {
+            Ok(Outcome::Copied {
+                bytes,
+                etag,
+                millis,
+            }) => {
                 self.stats.send(StatEvent::Copied { bytes });
-                ObjectRecord { size: bytes, etag, duration_ms: millis, ..base }
+                ObjectRecord {
+                    size: bytes,
+                    etag,
+                    duration_ms: millis,
+                    ..base
+                }
             }
             Ok(Outcome::Gone) => {
                 self.stats.send(StatEvent::Gone);
-                ObjectRecord { status: Status::Gone, ..base }
+                ObjectRecord {
+                    status: Status::Gone,
+                    ..base
+                }
             }
             Err(e) => {
                 tracing::warn!(key = %o.key, attempt, "copy failed: {e}");
                 self.stats.send(StatEvent::Failed);
-                ObjectRecord { status: Status::Failed, error: Some(e.to_string()), ..base }
+                ObjectRecord {
+                    status: Status::Failed,
+                    error: Some(e.to_string()),
+                    ..base
+                }
             }
         }
     }
 
     /// Returns Ok(true) when the job is finished (delete it), Ok(false) to retry it.
-    async fn copy_job(&self, id: &str, run: &str, objects: &[JobObject], attempt: u32) -> Result<bool> {
+    async fn copy_job(
+        &self,
+        id: &str,
+        run: &str,
+        objects: &[JobObject],
+        attempt: u32,
+    ) -> Result<bool> {
         let concurrency = self.cfg.worker.concurrency as usize;
         // Futures built first, then driven: keeps the spawned task's future free of higher-ranked lifetimes.
-        let futures: Vec<_> = objects.iter().map(|o| self.copy_or_skip(run, o, attempt)).collect();
-        let records: Vec<ObjectRecord> = stream::iter(futures).buffer_unordered(concurrency).collect().await;
+        let futures: Vec<_> = objects
+            .iter()
+            .map(|o| self.copy_or_skip(run, o, attempt))
+            .collect();
+        let records: Vec<ObjectRecord> = stream::iter(futures)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         self.settle(id, run, &records, attempt).await
     }
 
     async fn copy_or_skip(&self, run: &str, o: &JobObject, attempt: u32) -> ObjectRecord {
         if attempt > 1 {
             if let Ok(true) = self.copier.already_copied(o).await {
-                return ObjectRecord { key: o.key.clone(), status: Status::Done, size: o.size, etag: o.etag.clone(), duration_ms: 0, attempt, error: None };
+                return ObjectRecord {
+                    key: o.key.clone(),
+                    status: Status::Done,
+                    size: o.size,
+                    etag: o.etag.clone(),
+                    duration_ms: 0,
+                    attempt,
+                    error: None,
+                };
             }
         }
         self.copy_one(run, o, attempt).await
     }
 
     /// Record the rows; count the job once it is over (all good, or failed on its last attempt).
-    async fn settle(&self, id: &str, run: &str, records: &[ObjectRecord], attempt: u32) -> Result<bool> {
-        let failed = records.iter().filter(|r| r.status == Status::Failed).count() as u64;
+    async fn settle(
+        &self,
+        id: &str,
+        run: &str,
+        records: &[ObjectRecord],
+        attempt: u32,
+    ) -> Result<bool> {
+        let failed = records
+            .iter()
+            .filter(|r| r.status == Status::Failed)
+            .count() as u64;
         self.ledger.record_objects(run, records).await?;
         let over = failed == 0 || attempt >= self.cfg.max_attempts;
         if over {
             let t = JobTotals {
                 done: records.iter().filter(|r| r.status == Status::Done).count() as u64,
-                bytes: records.iter().filter(|r| r.status == Status::Done).map(|r| r.size).sum(),
+                bytes: records
+                    .iter()
+                    .filter(|r| r.status == Status::Done)
+                    .map(|r| r.size)
+                    .sum(),
                 failed,
                 gone: records.iter().filter(|r| r.status == Status::Gone).count() as u64,
             };
@@ -294,8 +402,18 @@ impl Worker {
         let head = match c.src.head(&o.key, &Pin::Latest).await {
             Ok(h) => h,
             Err(e) if e.is_not_found() => {
-                let rec = ObjectRecord { key: o.key.clone(), status: Status::Gone, size: o.size, etag: String::new(), duration_ms: 0, attempt: 1, error: None };
-                return self.settle(&format!("giant-{}", o.key), run, &[rec], 1).await;
+                let rec = ObjectRecord {
+                    key: o.key.clone(),
+                    status: Status::Gone,
+                    size: o.size,
+                    etag: String::new(),
+                    duration_ms: 0,
+                    attempt: 1,
+                    error: None,
+                };
+                return self
+                    .settle(&format!("giant-{}", o.key), run, &[rec], 1)
+                    .await;
             }
             Err(e) => return Err(e),
         };
@@ -305,24 +423,47 @@ impl Worker {
         let prior = self.ledger.upload(run, &o.key).await?;
         let live = c.dst.list_multipart_uploads(&dkey).await?;
         let reuse = prior.filter(|p| {
-            p.source_etag == head.etag && p.status == "STARTED" && live.iter().any(|u| u.key == dkey && u.upload_id == p.upload_id)
+            p.source_etag == head.etag
+                && p.status == "STARTED"
+                && live
+                    .iter()
+                    .any(|u| u.key == dkey && u.upload_id == p.upload_id)
         });
         let (upload_id, done) = match reuse {
             Some(p) => (p.upload_id, p.part_etags),
             None => {
                 let opts = c.write_options(&o.key, &head, &pin).await?;
                 let id = c.dst.create_multipart(&dkey, &opts).await?;
-                let rec = UploadRecord { upload_id: id.clone(), source_etag: head.etag.clone(), part_size: layout.part_size, parts: layout.parts, ..Default::default() };
+                let rec = UploadRecord {
+                    upload_id: id.clone(),
+                    source_etag: head.etag.clone(),
+                    part_size: layout.part_size,
+                    parts: layout.parts,
+                    ..Default::default()
+                };
                 self.ledger.put_upload(run, &o.key, &rec).await?;
                 (id, Default::default())
             }
         };
-        let object = JobObject { key: o.key.clone(), size: head.size, etag: head.etag.clone(), version_id: head.version_id.clone() };
+        let object = JobObject {
+            key: o.key.clone(),
+            size: head.size,
+            etag: head.etag.clone(),
+            version_id: head.version_id.clone(),
+        };
         let bodies: Vec<String> = (1..=layout.parts)
             .filter(|p| !done.contains_key(p))
             .map(|part| {
-                Job::Part { id: new_id(), run: run.into(), object: object.clone(), upload_id: upload_id.clone(), part, parts: layout.parts, part_size: layout.part_size }
-                    .to_body()
+                Job::Part {
+                    id: new_id(),
+                    run: run.into(),
+                    object: object.clone(),
+                    upload_id: upload_id.clone(),
+                    part,
+                    parts: layout.parts,
+                    part_size: layout.part_size,
+                }
+                .to_body()
             })
             .collect();
         tracing::info!(key = %o.key, parts = layout.parts, enqueued = bodies.len(), "split giant object across the fleet");
@@ -331,19 +472,47 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn part(&self, run: &str, o: &JobObject, upload_id: &str, part: u32, parts: u32, part_size: u64, attempt: u32) -> Result<bool> {
+    async fn part(
+        &self,
+        run: &str,
+        o: &JobObject,
+        upload_id: &str,
+        part: u32,
+        parts: u32,
+        part_size: u64,
+        attempt: u32,
+    ) -> Result<bool> {
         let c = &self.copier;
         let _slot = self.slots.acquire().await;
         let pin = Pin::of(&o.etag, o.version_id.as_deref());
         let layout = crate::copy::Layout { part_size, parts };
         let dkey = self.cfg.destination_key(&o.key);
-        let etag = match c.copy_part(&o.key, &pin, o.size, layout, upload_id, part).await {
+        let etag = match c
+            .copy_part(&o.key, &pin, o.size, layout, upload_id, part)
+            .await
+        {
             Ok((_, _, etag)) => etag,
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed || (e.is_not_found() && e.code() != Some("NoSuchBucket") && e.code() != Some("NoSuchUpload")) => {
+            Err(e)
+                if e.kind() == ErrorKind::PreconditionFailed
+                    || (e.is_not_found()
+                        && e.code() != Some("NoSuchBucket")
+                        && e.code() != Some("NoSuchUpload")) =>
+            {
                 // The source changed (or vanished): whoever wins the claim aborts this upload and starts over.
-                if self.ledger.claim_upload(run, &o.key, upload_id, "STARTED", "RESTARTED").await? {
+                if self
+                    .ledger
+                    .claim_upload(run, &o.key, upload_id, "STARTED", "RESTARTED")
+                    .await?
+                {
                     let _ = c.dst.abort_multipart(&dkey, upload_id).await;
-                    let job = Job::Giant { id: new_id(), run: run.into(), object: JobObject { version_id: None, ..o.clone() } };
+                    let job = Job::Giant {
+                        id: new_id(),
+                        run: run.into(),
+                        object: JobObject {
+                            version_id: None,
+                            ..o.clone()
+                        },
+                    };
                     self.queue.send_all(vec![job.to_body()]).await?;
                 }
                 return Ok(true);
@@ -351,32 +520,64 @@ impl Worker {
             Err(e) if e.code() == Some("NoSuchUpload") => return Ok(true), // completed or restarted already
             Err(e) => return Err(e),
         };
-        let Some(rec) = self.ledger.record_part(run, &o.key, upload_id, part, &etag).await? else {
+        let Some(rec) = self
+            .ledger
+            .record_part(run, &o.key, upload_id, part, &etag)
+            .await?
+        else {
             return Ok(true); // the upload was replaced: this part is stale
         };
         if rec.part_etags.len() < parts as usize {
             return Ok(true);
         }
-        let claimed = self.ledger.claim_upload(run, &o.key, upload_id, "STARTED", "COMPLETING").await?
+        let claimed = self
+            .ledger
+            .claim_upload(run, &o.key, upload_id, "STARTED", "COMPLETING")
+            .await?
             || (attempt > 1 && rec.status == "COMPLETING");
         if !claimed {
             return Ok(true);
         }
-        let list: Vec<(u32, String)> = (1..=parts).map(|p| (p, rec.part_etags.get(&p).cloned().unwrap_or_default())).collect();
-        let head = crate::store::Head { size: o.size, etag: o.etag.clone(), ..Default::default() };
+        let list: Vec<(u32, String)> = (1..=parts)
+            .map(|p| (p, rec.part_etags.get(&p).cloned().unwrap_or_default()))
+            .collect();
+        let head = crate::store::Head {
+            size: o.size,
+            etag: o.etag.clone(),
+            ..Default::default()
+        };
         let start = Instant::now();
         let (status, etag, error) = match c.complete(&dkey, upload_id, &list, &head).await {
             Ok(etag) => (Status::Done, etag, None),
-            Err(e) if e.kind() == ErrorKind::Integrity => (Status::Failed, String::new(), Some(e.to_string())),
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                (Status::Failed, String::new(), Some(e.to_string()))
+            }
             Err(e) => return Err(e),
         };
         if status == Status::Done {
             self.stats.send(StatEvent::Copied { bytes: o.size });
         }
-        let rec = ObjectRecord { key: o.key.clone(), status, size: o.size, etag, duration_ms: start.elapsed().as_millis() as u64, attempt, error };
-        self.ledger.record_objects(run, std::slice::from_ref(&rec)).await?;
-        let t = JobTotals { done: (status == Status::Done) as u64, bytes: if status == Status::Done { o.size } else { 0 }, failed: (status == Status::Failed) as u64, gone: 0 };
-        self.ledger.count_job(run, &format!("upload-{upload_id}"), t).await?;
+        let rec = ObjectRecord {
+            key: o.key.clone(),
+            status,
+            size: o.size,
+            etag,
+            duration_ms: start.elapsed().as_millis() as u64,
+            attempt,
+            error,
+        };
+        self.ledger
+            .record_objects(run, std::slice::from_ref(&rec))
+            .await?;
+        let t = JobTotals {
+            done: (status == Status::Done) as u64,
+            bytes: if status == Status::Done { o.size } else { 0 },
+            failed: (status == Status::Failed) as u64,
+            gone: 0,
+        };
+        self.ledger
+            .count_job(run, &format!("upload-{upload_id}"), t)
+            .await?;
         Ok(true)
     }
 
@@ -394,13 +595,31 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(key = %r.key, "event {}: {e}", r.name);
-                    rows.push(ObjectRecord { key: r.key.clone(), status: Status::Failed, size: r.size, etag: r.etag.clone(), duration_ms: 0, attempt: m.receive_count, error: Some(e.to_string()) });
+                    rows.push(ObjectRecord {
+                        key: r.key.clone(),
+                        status: Status::Failed,
+                        size: r.size,
+                        etag: r.etag.clone(),
+                        duration_ms: 0,
+                        attempt: m.receive_count,
+                        error: Some(e.to_string()),
+                    });
                 }
             }
         }
-        match self.settle(&format!("msg-{}", m.message_id), EVENTS_RUN, &rows, m.receive_count).await {
+        match self
+            .settle(
+                &format!("msg-{}", m.message_id),
+                EVENTS_RUN,
+                &rows,
+                m.receive_count,
+            )
+            .await
+        {
             Ok(true) => Disposition::Delete,
-            Ok(false) => Disposition::Retry(self.retry_delay(m.receive_count, m.receive_count >= self.cfg.max_attempts)),
+            Ok(false) => Disposition::Retry(
+                self.retry_delay(m.receive_count, m.receive_count >= self.cfg.max_attempts),
+            ),
             Err(e) => {
                 tracing::error!("recording events: {e}");
                 Disposition::Retry(self.retry_delay(m.receive_count, false))
@@ -430,7 +649,8 @@ impl Worker {
         // A newer event may have been applied while this one ran, and this one's write may have landed last:
         // then bring the destination to the source's current state.
         if let Some(seq) = &r.sequencer {
-            if self.ledger.sequencer(&r.key).await?.as_deref() != Some(pad_sequencer(seq).as_str()) {
+            if self.ledger.sequencer(&r.key).await?.as_deref() != Some(pad_sequencer(seq).as_str())
+            {
                 tracing::info!(key = %r.key, "a newer event arrived during this one: re-syncing the key");
                 row = self.resync(&r.key, attempt).await?;
             }
@@ -442,27 +662,61 @@ impl Worker {
         if r.is_removed() {
             return self.delete_at_destination(&r.key, attempt).await;
         }
-        let o = JobObject { key: r.key.clone(), size: r.size, etag: r.etag.clone(), version_id: r.version_id.clone() };
+        let o = JobObject {
+            key: r.key.clone(),
+            size: r.size,
+            etag: r.etag.clone(),
+            version_id: r.version_id.clone(),
+        };
         let row = self.copy_one(EVENTS_RUN, &o, attempt).await;
         match row.status {
-            Status::Failed => Err(Error::new(ErrorKind::Transient, row.error.unwrap_or_default())),
+            Status::Failed => Err(Error::new(
+                ErrorKind::Transient,
+                row.error.unwrap_or_default(),
+            )),
             _ => Ok(row),
         }
     }
 
     async fn delete_at_destination(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
-        self.copier.dst.delete(&self.cfg.destination_key(key)).await?;
-        Ok(ObjectRecord { key: key.into(), status: Status::Deleted, size: 0, etag: String::new(), duration_ms: 0, attempt, error: None })
+        self.copier
+            .dst
+            .delete(&self.cfg.destination_key(key))
+            .await?;
+        Ok(ObjectRecord {
+            key: key.into(),
+            status: Status::Deleted,
+            size: 0,
+            etag: String::new(),
+            duration_ms: 0,
+            attempt,
+            error: None,
+        })
     }
 
     async fn resync(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
         match self.copier.src.head(key, &Pin::Latest).await {
             Ok(h) => {
-                let o = JobObject { key: key.into(), size: h.size, etag: h.etag, version_id: h.version_id };
+                let o = JobObject {
+                    key: key.into(),
+                    size: h.size,
+                    etag: h.etag,
+                    version_id: h.version_id,
+                };
                 Ok(self.copy_one(EVENTS_RUN, &o, attempt).await)
             }
-            Err(e) if e.is_not_found() && self.cfg.events == EventsMode::CreateAndDelete => self.delete_at_destination(key, attempt).await,
-            Err(e) if e.is_not_found() => Ok(ObjectRecord { key: key.into(), status: Status::Gone, size: 0, etag: String::new(), duration_ms: 0, attempt, error: None }),
+            Err(e) if e.is_not_found() && self.cfg.events == EventsMode::CreateAndDelete => {
+                self.delete_at_destination(key, attempt).await
+            }
+            Err(e) if e.is_not_found() => Ok(ObjectRecord {
+                key: key.into(),
+                status: Status::Gone,
+                size: 0,
+                etag: String::new(),
+                duration_ms: 0,
+                attempt,
+                error: None,
+            }),
             Err(e) => Err(e),
         }
     }

@@ -9,7 +9,11 @@ use dth_core::limit::Limits;
 use dth_core::{aws, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
 
 #[derive(Debug, Parser)]
-#[command(name = "finder", version, about = "Find objects that must be transferred and enqueue them as jobs")]
+#[command(
+    name = "finder",
+    version,
+    about = "Find objects that must be transferred and enqueue them as jobs"
+)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
@@ -50,7 +54,10 @@ async fn run(args: Args) -> dth_core::Result<()> {
     }
     cfg.validate()?;
     let cp = aws::ControlPlane::new(&cfg.aws).await;
-    let limits = Arc::new(Limits::new(cfg.worker.bandwidth_limit, cfg.worker.requests_per_second));
+    let limits = Arc::new(Limits::new(
+        cfg.worker.bandwidth_limit,
+        cfg.worker.requests_per_second,
+    ));
     let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
     let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
     let sink = if args.dry_run {
@@ -58,7 +65,10 @@ async fn run(args: Args) -> dth_core::Result<()> {
     } else {
         let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
         ledger.check().await?;
-        Sink::Queue { queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url), ledger }
+        Sink::Queue {
+            queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url),
+            ledger,
+        }
     };
     let roots = finder::roots(&cfg, &cp.s3).await?;
     let (stats, totals) = stats::spawn("finder");
@@ -69,7 +79,11 @@ async fn run(args: Args) -> dth_core::Result<()> {
         return Ok(());
     }
     let c = &report.counts;
-    let verb = if report.dry_run { "would move" } else { "enqueued" };
+    let verb = if report.dry_run {
+        "would move"
+    } else {
+        "enqueued"
+    };
     println!(
         "run {}: scanned {} objects; {verb} {} objects ({} bytes, {}) in {} jobs; {} up to date, {} filtered, {} archived",
         report.run,
@@ -87,10 +101,16 @@ async fn run(args: Args) -> dth_core::Result<()> {
             println!("  {k}");
         }
         if c.to_move > report.sample_keys.len() as u64 {
-            println!("  ... and {} more", c.to_move - report.sample_keys.len() as u64);
+            println!(
+                "  ... and {} more",
+                c.to_move - report.sample_keys.len() as u64
+            );
         }
     } else {
-        println!("control-plane calls: {} in {:.1}s", report.control_plane_calls, report.seconds);
+        println!(
+            "control-plane calls: {} in {:.1}s",
+            report.control_plane_calls, report.seconds
+        );
     }
     Ok(())
 }

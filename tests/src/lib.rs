@@ -7,18 +7,25 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sqs::types::QueueAttributeName;
 
 pub const REGION: &str = "us-east-1";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 static BUILD: Once = Once::new();
@@ -54,7 +61,11 @@ impl Drop for World {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn md5_hex(b: &[u8]) -> String {
@@ -77,8 +88,13 @@ pub struct Queues {
 impl World {
     pub async fn start(name: &str) -> World {
         let moto_bin = repo_root().join(".venv/bin/moto_server");
-        assert!(moto_bin.exists(), "moto is not installed: run `scripts/dev-env install` (the README's test command does)");
-        let dir = target_dir().join("e2e").join(format!("{name}-{}", std::process::id()));
+        assert!(
+            moto_bin.exists(),
+            "moto is not installed: run `scripts/dev-env install` (the README's test command does)"
+        );
+        let dir = target_dir()
+            .join("e2e")
+            .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -92,7 +108,10 @@ impl World {
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start on {endpoint}");
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on {endpoint}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let creds = aws_credential_types::Credentials::new("test", "test", None, None, "test");
@@ -102,7 +121,11 @@ impl World {
             .endpoint_url(&endpoint)
             .load()
             .await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        );
         World {
             s3,
             sqs: aws_sdk_sqs::Client::new(&sdk),
@@ -119,12 +142,26 @@ impl World {
     }
 
     pub async fn put(&self, bucket: &str, key: &str, body: &[u8]) {
-        self.s3.put_object().bucket(bucket).key(key).body(ByteStream::from(body.to_vec())).send().await.unwrap();
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body.to_vec()))
+            .send()
+            .await
+            .unwrap();
     }
 
     /// Upload in parts of `part` bytes, giving the object a multipart ETag.
     pub async fn put_multipart(&self, bucket: &str, key: &str, body: &[u8], part: usize) {
-        let up = self.s3.create_multipart_upload().bucket(bucket).key(key).send().await.unwrap();
+        let up = self
+            .s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
         let id = up.upload_id().unwrap();
         let mut parts = vec![];
         for (i, chunk) in body.chunks(part).enumerate() {
@@ -140,21 +177,37 @@ impl World {
                 .send()
                 .await
                 .unwrap();
-            parts.push(aws_sdk_s3::types::CompletedPart::builder().part_number(n).e_tag(p.e_tag().unwrap()).build());
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(p.e_tag().unwrap())
+                    .build(),
+            );
         }
         self.s3
             .complete_multipart_upload()
             .bucket(bucket)
             .key(key)
             .upload_id(id)
-            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        let o = self.s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+        let o = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
         Some(o.body.collect().await.unwrap().to_vec())
     }
 
@@ -162,7 +215,14 @@ impl World {
         let mut keys = vec![];
         let mut token = None;
         loop {
-            let o = self.s3.list_objects_v2().bucket(bucket).set_continuation_token(token).send().await.unwrap();
+            let o = self
+                .s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .unwrap();
             keys.extend(o.contents().iter().map(|c| c.key().unwrap().to_owned()));
             token = o.next_continuation_token().map(str::to_owned);
             if token.is_none() {
@@ -172,11 +232,24 @@ impl World {
     }
 
     pub async fn incomplete_uploads(&self, bucket: &str) -> usize {
-        self.s3.list_multipart_uploads().bucket(bucket).send().await.unwrap().uploads().len()
+        self.s3
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
     }
 
     pub async fn queues(&self, name: &str, max_receive: u32, visibility: u32) -> Queues {
-        let dlq = self.sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap();
+        let dlq = self
+            .sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .unwrap();
         let dlq_url = dlq.queue_url().unwrap().to_owned();
         let dlq_arn = self
             .sqs
@@ -194,7 +267,10 @@ impl World {
             .sqs
             .create_queue()
             .queue_name(name)
-            .attributes(QueueAttributeName::VisibilityTimeout, visibility.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility.to_string(),
+            )
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .send()
             .await
@@ -227,7 +303,10 @@ impl World {
             .unwrap();
         let a = a.attributes().unwrap();
         let g = |n| a.get(&n).and_then(|v: &String| v.parse().ok()).unwrap_or(0);
-        (g(QueueAttributeName::ApproximateNumberOfMessages), g(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        (
+            g(QueueAttributeName::ApproximateNumberOfMessages),
+            g(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
     }
 
     pub async fn table(&self, name: &str) {
@@ -235,17 +314,45 @@ impl World {
             .create_table()
             .table_name(name)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap())
-            .attribute_definitions(AttributeDefinition::builder().attribute_name("sk").attribute_type(ScalarAttributeType::S).build().unwrap())
-            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
-            .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("sk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("sk")
+                    .key_type(KeyType::Range)
+                    .build()
+                    .unwrap(),
+            )
             .send()
             .await
             .unwrap();
     }
 
     /// Ledger object rows of a run: key → status.
-    pub async fn ledger_rows(&self, table: &str, run: &str) -> std::collections::BTreeMap<String, String> {
+    pub async fn ledger_rows(
+        &self,
+        table: &str,
+        run: &str,
+    ) -> std::collections::BTreeMap<String, String> {
         use aws_sdk_dynamodb::types::AttributeValue as Av;
         let mut rows = std::collections::BTreeMap::new();
         let mut start = None;
@@ -262,7 +369,10 @@ impl World {
                 .await
                 .unwrap();
             for i in o.items() {
-                rows.insert(i["key"].as_s().unwrap().clone(), i["status"].as_s().unwrap().clone());
+                rows.insert(
+                    i["key"].as_s().unwrap().clone(),
+                    i["status"].as_s().unwrap().clone(),
+                );
             }
             start = o.last_evaluated_key().cloned();
             if start.is_none() {
@@ -271,7 +381,11 @@ impl World {
         }
     }
 
-    pub async fn summary(&self, table: &str, run: &str) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    pub async fn summary(
+        &self,
+        table: &str,
+        run: &str,
+    ) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
         use aws_sdk_dynamodb::types::AttributeValue as Av;
         self.ddb
             .get_item()
@@ -287,11 +401,27 @@ impl World {
     }
 
     pub async fn secret(&self, name: &str, value: &str) -> String {
-        self.secrets.create_secret().name(name).secret_string(value).send().await.unwrap().arn().unwrap().to_owned()
+        self.secrets
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_owned()
     }
 
     /// A job config for `src` → `dst` with everything on this world; `patch` is merged over it.
-    pub fn config(&self, src: &str, dst: &str, q: &Queues, table: &str, patch: serde_json::Value) -> PathBuf {
+    pub fn config(
+        &self,
+        src: &str,
+        dst: &str,
+        q: &Queues,
+        table: &str,
+        patch: serde_json::Value,
+    ) -> PathBuf {
         let mut v = serde_json::json!({
             "source": {"bucket": src, "endpoint": self.endpoint, "path_style": true, "region": REGION},
             "destination": {"bucket": dst, "endpoint": self.endpoint, "path_style": true, "region": REGION},
@@ -324,7 +454,11 @@ impl World {
 
     pub fn run(&self, name: &str, config: &Path, args: &[&str]) -> Output {
         let out = self.cmd(name, config).args(args).output().unwrap();
-        std::fs::write(self.dir.join(format!("{name}-{}.log", fastrand::u32(..))), &out.stderr).unwrap();
+        std::fs::write(
+            self.dir.join(format!("{name}-{}.log", fastrand::u32(..))),
+            &out.stderr,
+        )
+        .unwrap();
         out
     }
 
@@ -332,7 +466,13 @@ impl World {
     pub fn spawn_worker(&self, config: &Path, args: &[&str]) -> (Proc, PathBuf) {
         let log = self.dir.join(format!("worker-{}.log", fastrand::u32(..)));
         let f = std::fs::File::create(&log).unwrap();
-        let child = self.cmd("worker", config).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        let child = self
+            .cmd("worker", config)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
         (Proc(child), log)
     }
 }

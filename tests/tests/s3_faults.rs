@@ -10,16 +10,29 @@ const MIB: usize = 1024 * 1024;
 /// Parts of the one upload in progress, as the ledger of `run` records them for `key`.
 async fn parts_uploaded(w: &World, run: &str, key: &str) -> usize {
     use aws_sdk_dynamodb::types::AttributeValue as Av;
-    let item = w.ddb.get_item().table_name("ledger")
-        .key("pk", Av::S(format!("run#{run}"))).key("sk", Av::S(format!("obj#{key}")))
-        .send().await.unwrap();
-    item.item().and_then(|i| i.get("part_etags")).and_then(|m| m.as_m().ok()).map(|m| m.len()).unwrap_or(0)
+    let item = w
+        .ddb
+        .get_item()
+        .table_name("ledger")
+        .key("pk", Av::S(format!("run#{run}")))
+        .key("sk", Av::S(format!("obj#{key}")))
+        .send()
+        .await
+        .unwrap();
+    item.item()
+        .and_then(|i| i.get("part_etags"))
+        .and_then(|m| m.as_m().ok())
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 async fn wait_for_parts(w: &World, run: &str, key: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while parts_uploaded(w, run, key).await < n {
-        assert!(Instant::now() < deadline, "the upload of {key} did not reach {n} parts");
+        assert!(
+            Instant::now() < deadline,
+            "the upload of {key} did not reach {n} parts"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -49,14 +62,37 @@ async fn a_killed_worker_is_resumed_keeping_its_parts() {
     first.wait().unwrap();
     let kept_before = parts_uploaded(&w, &run, "large/object.bin").await;
 
-    let fast = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({"worker": {"heartbeat_secs": 1, "visibility_secs": 3}}));
+    let fast = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"worker": {"heartbeat_secs": 1, "visibility_secs": 3}}),
+    );
     let (mut second, log) = w.spawn_worker(&fast, &["--exit-when-idle", "15"]);
     assert!(wait(&mut second, Duration::from_secs(120)).success());
     let log = std::fs::read_to_string(log).unwrap();
-    let resumed = log.lines().find(|l| l.contains("resuming multipart upload")).unwrap_or_else(|| panic!("no resume:\n{log}"));
-    let kept: usize = resumed.split("kept=").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-    assert!(kept >= 3 && kept <= kept_before, "kept {kept} of {kept_before} parts");
-    assert_eq!(md5_hex(&w.get("dst-bucket", "large/object.bin").await.unwrap()), md5_hex(&body));
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming multipart upload"))
+        .unwrap_or_else(|| panic!("no resume:\n{log}"));
+    let kept: usize = resumed
+        .split("kept=")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        kept >= 3 && kept <= kept_before,
+        "kept {kept} of {kept_before} parts"
+    );
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "large/object.bin").await.unwrap()),
+        md5_hex(&body)
+    );
     assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
     assert_eq!(w.depth(&q.url).await, (0, 0));
 }
@@ -70,9 +106,15 @@ async fn a_source_overwritten_mid_copy_never_yields_a_mix() {
     w.table("ledger").await;
     let old = random_bytes(30 * MIB);
     w.put("src-bucket", "moving.bin", &old).await;
-    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({
-        "worker": {"concurrency": 1, "part_concurrency": 1, "bandwidth_limit": 8 * MIB}
-    }));
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({
+            "worker": {"concurrency": 1, "part_concurrency": 1, "bandwidth_limit": 8 * MIB}
+        }),
+    );
     let run = run_id(&w.run("finder", &cfg, &["--json"]));
     let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "4"]);
     wait_for_parts(&w, &run, "moving.bin", 2).await;
@@ -80,8 +122,14 @@ async fn a_source_overwritten_mid_copy_never_yields_a_mix() {
     w.put("src-bucket", "moving.bin", &new).await;
     assert!(wait(&mut worker, Duration::from_secs(120)).success());
     let got = w.get("dst-bucket", "moving.bin").await.unwrap();
-    assert_eq!(md5_hex(&got), md5_hex(&new), "destination must hold the new version whole");
-    assert!(std::fs::read_to_string(log).unwrap().contains("source changed during the copy"));
+    assert_eq!(
+        md5_hex(&got),
+        md5_hex(&new),
+        "destination must hold the new version whole"
+    );
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("source changed during the copy"));
     assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
 }
 
@@ -116,14 +164,34 @@ async fn s3_events_create_delete_and_stale_ones_are_ignored() {
         .send()
         .await
         .unwrap();
-    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({"events": "create_and_delete"}));
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"events": "create_and_delete"}),
+    );
     let a = random_bytes(5000);
     w.put("src-bucket", "ev/a b+c.txt", &a).await;
     w.put("src-bucket", "ev/gone soon", b"bye").await;
-    w.s3.delete_object().bucket("src-bucket").key("ev/gone soon").send().await.unwrap();
+    w.s3.delete_object()
+        .bucket("src-bucket")
+        .key("ev/gone soon")
+        .send()
+        .await
+        .unwrap();
     let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
-    assert!(wait(&mut worker, Duration::from_secs(60)).success(), "{}", std::fs::read_to_string(&log).unwrap());
-    assert_eq!(w.get("dst-bucket", "ev/a b+c.txt").await.map(|b| md5_hex(&b)), Some(md5_hex(&a)));
+    assert!(
+        wait(&mut worker, Duration::from_secs(60)).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(
+        w.get("dst-bucket", "ev/a b+c.txt")
+            .await
+            .map(|b| md5_hex(&b)),
+        Some(md5_hex(&a))
+    );
     assert_eq!(w.get("dst-bucket", "ev/gone soon").await, None);
 
     // Ordered by sequencer: a removal (newer) applies, a creation that is older than it is stale and skipped.
@@ -132,16 +200,53 @@ async fn s3_events_create_delete_and_stale_ones_are_ignored() {
     let etag = md5_hex(&s);
     let (mut worker, _) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
     assert!(wait(&mut worker, Duration::from_secs(60)).success());
-    assert!(w.get("dst-bucket", "ev/seq").await.is_some(), "its own notification copies it");
-    w.sqs.send_message().queue_url(&q.url).message_body(event("ObjectRemoved:Delete", "ev/seq", 0, "", "00AB000000000000C0")).send().await.unwrap();
+    assert!(
+        w.get("dst-bucket", "ev/seq").await.is_some(),
+        "its own notification copies it"
+    );
+    w.sqs
+        .send_message()
+        .queue_url(&q.url)
+        .message_body(event(
+            "ObjectRemoved:Delete",
+            "ev/seq",
+            0,
+            "",
+            "00AB000000000000C0",
+        ))
+        .send()
+        .await
+        .unwrap();
     let (mut worker, _) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
     assert!(wait(&mut worker, Duration::from_secs(60)).success());
-    assert_eq!(w.get("dst-bucket", "ev/seq").await, None, "the removal applies");
-    w.sqs.send_message().queue_url(&q.url).message_body(event("ObjectCreated:Put", "ev/seq", 100, &etag, "00AB000000000000B0")).send().await.unwrap();
+    assert_eq!(
+        w.get("dst-bucket", "ev/seq").await,
+        None,
+        "the removal applies"
+    );
+    w.sqs
+        .send_message()
+        .queue_url(&q.url)
+        .message_body(event(
+            "ObjectCreated:Put",
+            "ev/seq",
+            100,
+            &etag,
+            "00AB000000000000B0",
+        ))
+        .send()
+        .await
+        .unwrap();
     let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
     assert!(wait(&mut worker, Duration::from_secs(60)).success());
-    assert_eq!(w.get("dst-bucket", "ev/seq").await, None, "a stale creation must not undo the newer removal");
-    assert!(std::fs::read_to_string(log).unwrap().contains("stale event"));
+    assert_eq!(
+        w.get("dst-bucket", "ev/seq").await,
+        None,
+        "a stale creation must not undo the newer removal"
+    );
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("stale event"));
     assert_eq!(w.depth(&q.url).await, (0, 0));
     assert_eq!(w.depth(&q.dlq_url).await, (0, 0));
 }
@@ -157,36 +262,69 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
 
     // Invalid values: exit 2, the field named.
     for (patch, field) in [
-        (json!({"destination": {"storage_class": "COLD"}}), "destination.storage_class"),
+        (
+            json!({"destination": {"storage_class": "COLD"}}),
+            "destination.storage_class",
+        ),
         (json!({"worker": {"concurrency": 0}}), "worker.concurrency"),
         (json!({"source": {"bucket": ""}}), "source.bucket"),
-        (json!({"multipart": {"chunk_size": 1}}), "multipart.chunk_size"),
+        (
+            json!({"multipart": {"chunk_size": 1}}),
+            "multipart.chunk_size",
+        ),
         (json!({"source": {"typo": 1}}), "source"),
     ] {
         let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", patch.clone());
         for bin in ["finder", "worker"] {
             let out = w.run(bin, &cfg, &[]);
-            assert_eq!(out.status.code(), Some(2), "{bin} {patch}: {}", stderr(&out));
-            assert!(stderr(&out).contains(field), "{bin} {patch}: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{bin} {patch}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(field),
+                "{bin} {patch}: {}",
+                stderr(&out)
+            );
         }
     }
     // A bucket that does not exist.
     let cfg = w.config("no-such-bucket", "dst-bucket", &q, "ledger", json!({}));
     let out = w.run("finder", &cfg, &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("NoSuchBucket") && stderr(&out).contains("no-such-bucket"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("NoSuchBucket") && stderr(&out).contains("no-such-bucket"),
+        "{}",
+        stderr(&out)
+    );
     // Credentials: a secret that does not exist, and one that is not the expected JSON (never echoed).
     let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger",
         json!({"source": {"credentials_secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing"}}));
     let out = w.run("finder", &cfg, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("credentials secret") || stderr(&out).contains("ResourceNotFound"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("credentials secret") || stderr(&out).contains("ResourceNotFound"),
+        "{}",
+        stderr(&out)
+    );
     let arn = w.secret("bad-keys", "access_key_id=AKIASECRETVALUE").await;
-    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({"source": {"credentials_secret_arn": arn}}));
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"source": {"credentials_secret_arn": arn}}),
+    );
     let out = w.run("finder", &cfg, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("must be JSON"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("AKIASECRETVALUE"), "the secret leaked: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("AKIASECRETVALUE"),
+        "the secret leaked: {}",
+        stderr(&out)
+    );
     // A missing ledger table.
     let cfg = w.config("src-bucket", "dst-bucket", &q, "no-table", json!({}));
     let out = w.run("finder", &cfg, &[]);
@@ -194,15 +332,34 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     assert!(stderr(&out).contains("no-table"), "{}", stderr(&out));
 
     // A malformed message ends in the DLQ; the worker keeps going and does the real job too.
-    w.sqs.send_message().queue_url(&q.url).message_body("{not json").send().await.unwrap();
-    w.sqs.send_message().queue_url(&q.url).message_body(r#"{"kind":"copy","id":"x","run":"r","objects":[]}"#).send().await.unwrap();
+    w.sqs
+        .send_message()
+        .queue_url(&q.url)
+        .message_body("{not json")
+        .send()
+        .await
+        .unwrap();
+    w.sqs
+        .send_message()
+        .queue_url(&q.url)
+        .message_body(r#"{"kind":"copy","id":"x","run":"r","objects":[]}"#)
+        .send()
+        .await
+        .unwrap();
     let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({}));
     assert!(w.run("finder", &cfg, &[]).status.success());
     let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "4"]);
     assert!(wait(&mut worker, Duration::from_secs(60)).success());
-    assert_eq!(w.get("dst-bucket", "k").await.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        w.get("dst-bucket", "k").await.as_deref(),
+        Some(&b"hello"[..])
+    );
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("malformed message"), "{log}");
     assert_eq!(w.depth(&q.url).await, (0, 0));
-    assert_eq!(w.depth(&q.dlq_url).await.0, 2, "both malformed messages are dead-lettered");
+    assert_eq!(
+        w.depth(&q.dlq_url).await.0,
+        2,
+        "both malformed messages are dead-lettered"
+    );
 }

@@ -50,7 +50,10 @@ async fn run(args: Args) -> dth_core::Result<()> {
     cfg.validate()?;
     let cfg = Arc::new(cfg);
     let cp = aws::ControlPlane::new(&cfg.aws).await;
-    let limits = Arc::new(Limits::new(cfg.worker.bandwidth_limit, cfg.worker.requests_per_second));
+    let limits = Arc::new(Limits::new(
+        cfg.worker.bandwidth_limit,
+        cfg.worker.requests_per_second,
+    ));
     let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
     let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
     let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
@@ -63,7 +66,9 @@ async fn run(args: Args) -> dth_core::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -72,7 +77,9 @@ async fn run(args: Args) -> dth_core::Result<()> {
             shutdown.cancel();
         });
     }
-    let opts = RunOptions { exit_when_idle: args.exit_when_idle.map(Duration::from_secs) };
+    let opts = RunOptions {
+        exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
+    };
     let report = worker.run(shutdown, opts).await?;
     let t = totals.await.unwrap_or_default();
     if args.json {

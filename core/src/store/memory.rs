@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo, Pin, UploadInfo, WriteOptions};
+use super::{
+    md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo,
+    Pin, UploadInfo, WriteOptions,
+};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone)]
@@ -49,7 +52,13 @@ fn not_found(what: &str) -> Error {
 
 impl MemoryStore {
     pub fn new(bucket: &str) -> Self {
-        Self { bucket: bucket.into(), state: Mutex::new(State { page_size: 1000, ..Default::default() }) }
+        Self {
+            bucket: bucket.into(),
+            state: Mutex::new(State {
+                page_size: 1000,
+                ..Default::default()
+            }),
+        }
     }
 
     /// Small pages make tests cross page boundaries.
@@ -70,7 +79,15 @@ impl MemoryStore {
         let etag = hex::encode(md5_of(&body));
         s.objects.insert(
             key.into(),
-            MemObject { body, etag, version, meta: ObjectMeta::default(), tags: vec![], storage_class: None, part_sizes: vec![] },
+            MemObject {
+                body,
+                etag,
+                version,
+                meta: ObjectMeta::default(),
+                tags: vec![],
+                storage_class: None,
+                part_sizes: vec![],
+            },
         );
     }
 
@@ -101,7 +118,10 @@ impl MemoryStore {
         if holds {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::PreconditionFailed, format!("{key}: precondition failed")))
+            Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                format!("{key}: precondition failed"),
+            ))
         }
     }
 
@@ -126,13 +146,21 @@ impl ObjectStore for MemoryStore {
         &self.bucket
     }
 
-    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>) -> Result<ListPage> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+    ) -> Result<ListPage> {
         let s = self.lock();
         let mut page = ListPage::default();
         let start = token.unwrap_or_default();
         let mut n = 0;
         let mut last_prefix: Option<String> = None;
-        for (k, o) in s.objects.range::<String, _>((std::ops::Bound::Excluded(&start), std::ops::Bound::Unbounded)) {
+        for (k, o) in s.objects.range::<String, _>((
+            std::ops::Bound::Excluded(&start),
+            std::ops::Bound::Unbounded,
+        )) {
             if !k.starts_with(prefix) {
                 if k.as_str() > prefix {
                     break;
@@ -195,14 +223,29 @@ impl ObjectStore for MemoryStore {
             Some((a, b)) => o.body.slice(a as usize..(b as usize).min(o.body.len())),
             None => o.body.clone(),
         };
-        Ok(Fetched { body, head: Self::head_of(o) })
+        Ok(Fetched {
+            body,
+            head: Self::head_of(o),
+        })
     }
 
     async fn get_tags(&self, key: &str, _pin: &Pin) -> Result<Vec<(String, String)>> {
-        Ok(self.lock().objects.get(key).ok_or_else(|| not_found(key))?.tags.clone())
+        Ok(self
+            .lock()
+            .objects
+            .get(key)
+            .ok_or_else(|| not_found(key))?
+            .tags
+            .clone())
     }
 
-    async fn put(&self, key: &str, body: Bytes, md5: [u8; 16], opts: &WriteOptions) -> Result<String> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        md5: [u8; 16],
+        opts: &WriteOptions,
+    ) -> Result<String> {
         if md5_of(&body) != md5 {
             return Err(Error::new(ErrorKind::Integrity, "BadDigest"));
         }
@@ -229,30 +272,61 @@ impl ObjectStore for MemoryStore {
         let mut s = self.lock();
         s.next_id += 1;
         let id = format!("upload-{}", s.next_id);
-        s.uploads.insert(id.clone(), Upload { key: key.into(), opts: opts.clone(), parts: BTreeMap::new() });
+        s.uploads.insert(
+            id.clone(),
+            Upload {
+                key: key.into(),
+                opts: opts.clone(),
+                parts: BTreeMap::new(),
+            },
+        );
         Ok(id)
     }
 
-    async fn upload_part(&self, _key: &str, upload_id: &str, number: u32, body: Bytes, md5: [u8; 16]) -> Result<String> {
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+        md5: [u8; 16],
+    ) -> Result<String> {
         if md5_of(&body) != md5 {
             return Err(Error::new(ErrorKind::Integrity, "BadDigest"));
         }
         let mut s = self.lock();
-        let u = s.uploads.get_mut(upload_id).ok_or_else(|| not_found(upload_id))?;
+        let u = s
+            .uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| not_found(upload_id))?;
         u.parts.insert(number, (body, md5));
         Ok(hex::encode(md5))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<String> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<String> {
         let mut s = self.lock();
-        let u = s.uploads.remove(upload_id).ok_or_else(|| not_found(upload_id))?;
+        let u = s
+            .uploads
+            .remove(upload_id)
+            .ok_or_else(|| not_found(upload_id))?;
         let mut body = Vec::new();
         let mut md5s = Vec::new();
         let mut sizes = Vec::new();
         for (n, etag) in parts {
-            let (b, m) = u.parts.get(n).ok_or_else(|| Error::new(ErrorKind::Integrity, format!("InvalidPart {n}")))?;
+            let (b, m) = u
+                .parts
+                .get(n)
+                .ok_or_else(|| Error::new(ErrorKind::Integrity, format!("InvalidPart {n}")))?;
             if &hex::encode(m) != etag {
-                return Err(Error::new(ErrorKind::Integrity, format!("InvalidPart {n}: etag")));
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!("InvalidPart {n}: etag"),
+                ));
             }
             body.extend_from_slice(b);
             md5s.push(*m);
@@ -277,7 +351,11 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<()> {
-        self.lock().uploads.remove(upload_id).map(|_| ()).ok_or_else(|| not_found(upload_id))
+        self.lock()
+            .uploads
+            .remove(upload_id)
+            .map(|_| ())
+            .ok_or_else(|| not_found(upload_id))
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<UploadInfo>> {
@@ -286,7 +364,10 @@ impl ObjectStore for MemoryStore {
             .uploads
             .iter()
             .filter(|(_, u)| u.key.starts_with(prefix))
-            .map(|(id, u)| UploadInfo { key: u.key.clone(), upload_id: id.clone() })
+            .map(|(id, u)| UploadInfo {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+            })
             .collect();
         v.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
         Ok(v)
@@ -294,8 +375,18 @@ impl ObjectStore for MemoryStore {
 
     async fn list_parts(&self, _key: &str, upload_id: &str) -> Result<Vec<PartInfo>> {
         let s = self.lock();
-        let u = s.uploads.get(upload_id).ok_or_else(|| not_found(upload_id))?;
-        Ok(u.parts.iter().map(|(n, (b, m))| PartInfo { number: *n, size: b.len() as u64, etag: hex::encode(m) }).collect())
+        let u = s
+            .uploads
+            .get(upload_id)
+            .ok_or_else(|| not_found(upload_id))?;
+        Ok(u.parts
+            .iter()
+            .map(|(n, (b, m))| PartInfo {
+                number: *n,
+                size: b.len() as u64,
+                etag: hex::encode(m),
+            })
+            .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

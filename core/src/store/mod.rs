@@ -68,7 +68,10 @@ impl Head {
 
     pub fn is_archived_unrestored(&self) -> bool {
         is_archive_class(self.storage_class.as_deref())
-            && !self.restore.as_deref().is_some_and(|r| r.contains("ongoing-request=\"false\""))
+            && !self
+                .restore
+                .as_deref()
+                .is_some_and(|r| r.contains("ongoing-request=\"false\""))
     }
 }
 
@@ -133,7 +136,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// One page of keys under `prefix`, in S3's (byte-wise) order. With a delimiter, keys below the next
     /// delimiter are rolled up into `common_prefixes`.
-    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>) -> Result<ListPage>;
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+    ) -> Result<ListPage>;
 
     /// Metadata of an object. `NotFound` when it does not exist, `PreconditionFailed` when the pin does not hold.
     async fn head(&self, key: &str, pin: &Pin) -> Result<Head>;
@@ -147,15 +155,33 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get_tags(&self, key: &str, pin: &Pin) -> Result<Vec<(String, String)>>;
 
     /// Single PUT with `Content-MD5`; returns the ETag.
-    async fn put(&self, key: &str, body: Bytes, md5: [u8; 16], opts: &WriteOptions) -> Result<String>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        md5: [u8; 16],
+        opts: &WriteOptions,
+    ) -> Result<String>;
 
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String>;
 
     /// Upload a part with `Content-MD5`; returns the part's ETag.
-    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes, md5: [u8; 16]) -> Result<String>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+        md5: [u8; 16],
+    ) -> Result<String>;
 
     /// Returns the object's ETag.
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<String>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<String>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
 

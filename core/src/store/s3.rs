@@ -6,14 +6,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, RequestPayer, ServerSideEncryption,
-    StorageClass,
+    ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, RequestPayer,
+    ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use base64::Engine;
 use bytes::Bytes;
 
-use super::{trim_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo, Pin, UploadInfo, WriteOptions};
+use super::{
+    trim_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo, Pin,
+    UploadInfo, WriteOptions,
+};
 use crate::aws::SecretCredentials;
 use crate::error::{Error, ErrorKind, Result};
 use crate::limit::Limits;
@@ -29,7 +32,9 @@ pub struct S3Store {
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store").field("bucket", &self.bucket).finish_non_exhaustive()
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,12 +61,24 @@ fn nonempty(s: Option<&str>) -> Option<String> {
 
 fn encode_tags(tags: &[(String, String)]) -> Option<String> {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
     if tags.is_empty() {
         return None;
     }
-    let pairs: Vec<String> =
-        tags.iter().map(|(k, v)| format!("{}={}", utf8_percent_encode(k, SET), utf8_percent_encode(v, SET))).collect();
+    let pairs: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, SET),
+                utf8_percent_encode(v, SET)
+            )
+        })
+        .collect();
     Some(pairs.join("&"))
 }
 
@@ -83,7 +100,10 @@ macro_rules! write_headers {
             .set_server_side_encryption(o.sse.as_deref().map(ServerSideEncryption::from))
             .set_ssekms_key_id(o.kms_key_id.clone());
         if let Some(e) = m.expires.as_deref() {
-            if let Ok(t) = aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::HttpDate) {
+            if let Ok(t) = aws_smithy_types::DateTime::from_str(
+                e,
+                aws_smithy_types::date_time::Format::HttpDate,
+            ) {
                 r = r.expires(t);
             }
         }
@@ -99,7 +119,13 @@ impl S3Store {
         secret: Option<SecretCredentials>,
         limits: Arc<Limits>,
     ) -> Self {
-        Self { client, bucket: bucket.into(), requester_pays, secret, limits }
+        Self {
+            client,
+            bucket: bucket.into(),
+            requester_pays,
+            secret,
+            limits,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -138,7 +164,12 @@ impl ObjectStore for S3Store {
         &self.bucket
     }
 
-    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>) -> Result<ListPage> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+    ) -> Result<ListPage> {
         let out = self
             .call(|| async {
                 self.client
@@ -163,10 +194,21 @@ impl ObjectStore for S3Store {
                 storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
             })
             .collect();
-        let common_prefixes =
-            out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)).collect();
-        let next_token = if out.is_truncated() == Some(true) { out.next_continuation_token().map(str::to_owned) } else { None };
-        Ok(ListPage { objects, common_prefixes, next_token })
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let next_token = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next_token,
+        })
     }
 
     async fn head(&self, key: &str, pin: &Pin) -> Result<Head> {
@@ -209,7 +251,12 @@ impl ObjectStore for S3Store {
                 content_disposition: nonempty(o.content_disposition()),
                 cache_control: nonempty(o.cache_control()),
                 expires: nonempty(o.expires_string()),
-                user: o.metadata().cloned().unwrap_or_default().into_iter().collect(),
+                user: o
+                    .metadata()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             },
             sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
             storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
@@ -238,7 +285,10 @@ impl ObjectStore for S3Store {
             })
             .await?;
         // A store that ignores partNumber answers with the whole object and no parts count.
-        Ok(o.parts_count().filter(|n| *n > 0).and(o.content_length()).map(|l| l.max(0) as u64))
+        Ok(o.parts_count()
+            .filter(|n| *n > 0)
+            .and(o.content_length())
+            .map(|l| l.max(0) as u64))
     }
 
     async fn get(&self, key: &str, range: Option<(u64, u64)>, pin: &Pin) -> Result<Fetched> {
@@ -246,7 +296,9 @@ impl ObjectStore for S3Store {
         if let Some((a, b)) = range {
             self.limits.bytes(b - a).await;
         }
-        let range_header = range.filter(|(a, b)| b > a).map(|(a, b)| format!("bytes={a}-{}", b - 1));
+        let range_header = range
+            .filter(|(a, b)| b > a)
+            .map(|(a, b)| format!("bytes={a}-{}", b - 1));
         let o = self
             .call(|| async {
                 self.client
@@ -262,7 +314,11 @@ impl ObjectStore for S3Store {
                     .map_err(|e| Error::from_sdk(self.ctx("GET", key), e))
             })
             .await?;
-        let size = match o.content_range().and_then(|r| r.rsplit_once('/')).and_then(|(_, t)| t.parse().ok()) {
+        let size = match o
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, t)| t.parse().ok())
+        {
             Some(total) => total,
             None => o.content_length().unwrap_or(0).max(0) as u64,
         };
@@ -277,7 +333,12 @@ impl ObjectStore for S3Store {
                 content_disposition: nonempty(o.content_disposition()),
                 cache_control: nonempty(o.cache_control()),
                 expires: nonempty(o.expires_string()),
-                user: o.metadata().cloned().unwrap_or_default().into_iter().collect(),
+                user: o
+                    .metadata()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             },
             sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
             storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
@@ -290,7 +351,9 @@ impl ObjectStore for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e))?
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e)
+            })?
             .into_bytes();
         if expected >= 0 && body.len() as i64 != expected {
             return Err(Error::integrity(format!(
@@ -323,10 +386,19 @@ impl ObjectStore for S3Store {
                     .map_err(|e| Error::from_sdk(self.ctx("reading tags of", key), e))
             })
             .await?;
-        Ok(o.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect())
+        Ok(o.tag_set()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect())
     }
 
-    async fn put(&self, key: &str, body: Bytes, md5: [u8; 16], opts: &WriteOptions) -> Result<String> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        md5: [u8; 16],
+        opts: &WriteOptions,
+    ) -> Result<String> {
         let o = self
             .call(|| async {
                 let req = self
@@ -337,7 +409,10 @@ impl ObjectStore for S3Store {
                     .content_length(body.len() as i64)
                     .content_md5(b64(md5))
                     .body(ByteStream::from(body.clone()));
-                write_headers!(req, opts).send().await.map_err(|e| Error::from_sdk(self.ctx("PUT", key), e))
+                write_headers!(req, opts)
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk(self.ctx("PUT", key), e))
             })
             .await?;
         Ok(trim_etag(o.e_tag().unwrap_or_default()))
@@ -346,19 +421,33 @@ impl ObjectStore for S3Store {
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String> {
         let o = self
             .call(|| async {
-                let req = self.client.create_multipart_upload().bucket(&self.bucket).key(key);
+                let req = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key);
                 write_headers!(req, opts)
                     .send()
                     .await
                     .map_err(|e| Error::from_sdk(self.ctx("starting multipart upload of", key), e))
             })
             .await?;
-        o.upload_id()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::new(ErrorKind::Other, format!("{}: no upload id", self.ctx("CreateMultipartUpload", key))))
+        o.upload_id().map(str::to_owned).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                format!("{}: no upload id", self.ctx("CreateMultipartUpload", key)),
+            )
+        })
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: u32, body: Bytes, md5: [u8; 16]) -> Result<String> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+        md5: [u8; 16],
+    ) -> Result<String> {
         let o = self
             .call(|| async {
                 self.client
@@ -372,18 +461,30 @@ impl ObjectStore for S3Store {
                     .body(ByteStream::from(body.clone()))
                     .send()
                     .await
-                    .map_err(|e| Error::from_sdk(format!("{} part {number}", self.ctx("uploading", key)), e))
+                    .map_err(|e| {
+                        Error::from_sdk(format!("{} part {number}", self.ctx("uploading", key)), e)
+                    })
             })
             .await?;
         Ok(trim_etag(o.e_tag().unwrap_or_default()))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(u32, String)]) -> Result<String> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<String> {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
                     .iter()
-                    .map(|(n, e)| CompletedPart::builder().part_number(*n as i32).e_tag(format!("\"{e}\"")).build())
+                    .map(|(n, e)| {
+                        CompletedPart::builder()
+                            .part_number(*n as i32)
+                            .e_tag(format!("\"{e}\""))
+                            .build()
+                    })
                     .collect(),
             ))
             .build();
@@ -397,7 +498,9 @@ impl ObjectStore for S3Store {
                     .multipart_upload(completed.clone())
                     .send()
                     .await
-                    .map_err(|e| Error::from_sdk(self.ctx("completing multipart upload of", key), e))
+                    .map_err(|e| {
+                        Error::from_sdk(self.ctx("completing multipart upload of", key), e)
+                    })
             })
             .await?;
         Ok(trim_etag(o.e_tag().unwrap_or_default()))
@@ -432,12 +535,17 @@ impl ObjectStore for S3Store {
                         .set_upload_id_marker(id_marker.clone())
                         .send()
                         .await
-                        .map_err(|e| Error::from_sdk(self.ctx("listing multipart uploads under", prefix), e))
+                        .map_err(|e| {
+                            Error::from_sdk(self.ctx("listing multipart uploads under", prefix), e)
+                        })
                 })
                 .await?;
             for u in o.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                    uploads.push(UploadInfo { key: k.to_owned(), upload_id: id.to_owned() });
+                    uploads.push(UploadInfo {
+                        key: k.to_owned(),
+                        upload_id: id.to_owned(),
+                    });
                 }
             }
             if o.is_truncated() != Some(true) {
@@ -506,7 +614,10 @@ mod tests {
 
     #[test]
     fn tags_are_form_encoded() {
-        let t = vec![("team".into(), "data eng".into()), ("a+b".into(), "x=y&z".into())];
+        let t = vec![
+            ("team".into(), "data eng".into()),
+            ("a+b".into(), "x=y&z".into()),
+        ];
         assert_eq!(encode_tags(&t).unwrap(), "team=data%20eng&a%2Bb=x%3Dy%26z");
         assert_eq!(encode_tags(&[]), None);
     }
