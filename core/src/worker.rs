@@ -177,6 +177,10 @@ impl Worker {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 let left: Vec<String> = in_flight.lock().unwrap().values().cloned().collect();
+                tracing::info!(
+                    jobs = left.len(),
+                    "releasing unfinished jobs for redelivery"
+                );
                 for receipt in left {
                     if let Err(e) = self.queue.set_visibility(&receipt, 0).await {
                         tracing::warn!("releasing an unfinished job: {e}");

@@ -363,3 +363,95 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         "both malformed messages are dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_jobs_in_flight_for_another_worker() {
+    let w = World::start("sigterm").await;
+    w.bucket("src-bucket").await;
+    w.bucket("dst-bucket").await;
+    let q = w.queues("jobs", 5, 60).await;
+    w.table("ledger").await;
+    let body = random_bytes(30 * MIB);
+    w.put("src-bucket", "slow.bin", &body).await;
+    let slow = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({
+        "worker": {"concurrency": 1, "part_concurrency": 1, "bandwidth_limit": 4 * MIB, "shutdown_grace_secs": 1}
+    }));
+    let run = run_id(&w.run("finder", &slow, &["--json"]));
+    let (mut first, log) = w.spawn_worker(&slow, &[]);
+    wait_for_parts(&w, &run, "slow.bin", 1).await;
+    let pid = first.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        wait(&mut first, Duration::from_secs(30)).success(),
+        "a stopped worker exits cleanly"
+    );
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("stop requested"), "{log}");
+    // Released, not lost: visible again long before the queue's 60 s visibility timeout.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while w.depth(&q.url).await.0 != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the job was not released: {:?}",
+            w.depth(&q.url).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fast = w.config("src-bucket", "dst-bucket", &q, "ledger", json!({}));
+    let (mut second, _) = w.spawn_worker(&fast, &["--exit-when-idle", "4"]);
+    assert!(wait(&mut second, Duration::from_secs(120)).success());
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "slow.bin").await.unwrap()),
+        md5_hex(&body)
+    );
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_list_selects_what_moves() {
+    let w = World::start("prefixes").await;
+    w.bucket("src-bucket").await;
+    w.bucket("dst-bucket").await;
+    let q = w.queues("jobs", 5, 60).await;
+    w.table("ledger").await;
+    for k in [
+        "logs/2024/a",
+        "logs/2025/b",
+        "logs/2025/c/d",
+        "img/x",
+        "other/y",
+        "top",
+    ] {
+        w.put("src-bucket", k, k.as_bytes()).await;
+    }
+    let list = w.dir.join("prefixes.txt");
+    std::fs::write(
+        &list,
+        "# prefixes to move\nlogs/2025/\nimg/\n\nlogs/2025/c/\n",
+    )
+    .unwrap();
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"source": {"prefix_list": {"key": list.to_str().unwrap()}}, "finder": {"depth": 1}}),
+    );
+    let out = w.run("finder", &cfg, &["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (v["to_move"].as_u64(), v["scanned"].as_u64()),
+        (Some(3), Some(3)),
+        "{v}"
+    );
+    let (mut worker, _) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
+    assert!(wait(&mut worker, Duration::from_secs(60)).success());
+    let mut keys = w.keys("dst-bucket").await;
+    keys.sort();
+    assert_eq!(keys, vec!["img/x", "logs/2025/b", "logs/2025/c/d"]);
+}
