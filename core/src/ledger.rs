@@ -50,6 +50,21 @@ pub struct ObjectRecord {
     pub error: Option<String>,
 }
 
+impl ObjectRecord {
+    /// A row with no ETag, duration or error yet.
+    pub fn new(key: &str, status: Status, size: u64, attempt: u32) -> Self {
+        Self {
+            key: key.to_owned(),
+            status,
+            size,
+            etag: String::new(),
+            duration_ms: 0,
+            attempt,
+            error: None,
+        }
+    }
+}
+
 /// What a finished job adds to its run's summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobTotals {

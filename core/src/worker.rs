@@ -289,15 +289,7 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(500)).await;
             res = self.copier.copy(run, o, final_attempt).await;
         }
-        let base = ObjectRecord {
-            key: o.key.clone(),
-            status: Status::Done,
-            size: o.size,
-            etag: String::new(),
-            duration_ms: 0,
-            attempt,
-            error: None,
-        };
+        let base = ObjectRecord::new(&o.key, Status::Done, o.size, attempt);
         match res {
             Ok(Outcome::Copied {
                 bytes,
@@ -406,15 +398,7 @@ impl Worker {
         let head = match c.src.head(&o.key, &Pin::Latest).await {
             Ok(h) => h,
             Err(e) if e.is_not_found() => {
-                let rec = ObjectRecord {
-                    key: o.key.clone(),
-                    status: Status::Gone,
-                    size: o.size,
-                    etag: String::new(),
-                    duration_ms: 0,
-                    attempt: 1,
-                    error: None,
-                };
+                let rec = ObjectRecord::new(&o.key, Status::Gone, o.size, 1);
                 return self
                     .settle(&format!("giant-{}", o.key), run, &[rec], 1)
                     .await;
@@ -687,15 +671,7 @@ impl Worker {
             .dst
             .delete(&self.cfg.destination_key(key))
             .await?;
-        Ok(ObjectRecord {
-            key: key.into(),
-            status: Status::Deleted,
-            size: 0,
-            etag: String::new(),
-            duration_ms: 0,
-            attempt,
-            error: None,
-        })
+        Ok(ObjectRecord::new(key, Status::Deleted, 0, attempt))
     }
 
     async fn resync(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
@@ -712,15 +688,7 @@ impl Worker {
             Err(e) if e.is_not_found() && self.cfg.events == EventsMode::CreateAndDelete => {
                 self.delete_at_destination(key, attempt).await
             }
-            Err(e) if e.is_not_found() => Ok(ObjectRecord {
-                key: key.into(),
-                status: Status::Gone,
-                size: 0,
-                etag: String::new(),
-                duration_ms: 0,
-                attempt,
-                error: None,
-            }),
+            Err(e) if e.is_not_found() => Ok(ObjectRecord::new(key, Status::Gone, 0, attempt)),
             Err(e) => Err(e),
         }
     }
