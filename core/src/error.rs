@@ -116,7 +116,18 @@ impl Error {
         let source: Box<dyn std::error::Error + Send + Sync> = match (&code, message) {
             (Some(c), Some(m)) => format!("{c}: {m}").into(),
             (Some(c), None) => format!("{c} (HTTP {})", status.unwrap_or(0)).into(),
-            (None, _) if status.is_some() => format!("HTTP {}", status.unwrap_or(0)).into(),
+            (None, _) if status.is_some() => {
+                let detail = format!(
+                    "{}",
+                    aws_smithy_types::error::display::DisplayErrorContext(&err)
+                );
+                format!(
+                    "HTTP {}: {}",
+                    status.unwrap_or(0),
+                    detail.chars().take(300).collect::<String>()
+                )
+                .into()
+            }
             _ => format!(
                 "{}",
                 aws_smithy_types::error::display::DisplayErrorContext(&err)

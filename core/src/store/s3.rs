@@ -343,7 +343,8 @@ impl ObjectStore for S3Store {
             sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
             storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
             restore: o.restore().map(str::to_owned),
-            tag_count: o.tag_count().map(|n| n.max(0) as u32),
+            // GET reports x-amz-tagging-count only when there are tags.
+            tag_count: Some(o.tag_count().unwrap_or(0).max(0) as u32),
             checksums: Default::default(),
         };
         let expected = o.content_length().unwrap_or(-1);
@@ -373,7 +374,7 @@ impl ObjectStore for S3Store {
             Pin::Version(v) => Some(v.clone()),
             _ => None,
         };
-        let o = self
+        let res = self
             .call(|| async {
                 self.client
                     .get_object_tagging()
@@ -385,7 +386,15 @@ impl ObjectStore for S3Store {
                     .await
                     .map_err(|e| Error::from_sdk(self.ctx("reading tags of", key), e))
             })
-            .await?;
+            .await;
+        let o = match res {
+            // S3-compatible stores without tagging (s3s, some OSS gateways) have no tags to copy.
+            Err(e) if e.code() == Some("NotImplemented") => {
+                tracing::debug!(bucket = %self.bucket, "the source does not support tagging: copying no tags");
+                return Ok(vec![]);
+            }
+            other => other?,
+        };
         Ok(o.tag_set()
             .iter()
             .map(|t| (t.key().to_owned(), t.value().to_owned()))
