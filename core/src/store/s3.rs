@@ -82,6 +82,26 @@ fn encode_tags(tags: &[(String, String)]) -> Option<String> {
     Some(pairs.join("&"))
 }
 
+/// The headers that travel with an object, from a HEAD or GET response (same accessors, different types).
+macro_rules! object_meta {
+    ($o:expr) => {
+        ObjectMeta {
+            content_type: nonempty($o.content_type()),
+            content_encoding: nonempty($o.content_encoding()),
+            content_language: nonempty($o.content_language()),
+            content_disposition: nonempty($o.content_disposition()),
+            cache_control: nonempty($o.cache_control()),
+            expires: nonempty($o.expires_string()),
+            user: $o
+                .metadata()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }
+    };
+}
+
 /// Apply the common header setters of PutObject / CreateMultipartUpload.
 macro_rules! write_headers {
     ($req:expr, $opts:expr) => {{
@@ -244,20 +264,7 @@ impl ObjectStore for S3Store {
             size: o.content_length().unwrap_or(0).max(0) as u64,
             etag: trim_etag(o.e_tag().unwrap_or_default()),
             version_id: o.version_id().map(str::to_owned),
-            meta: ObjectMeta {
-                content_type: nonempty(o.content_type()),
-                content_encoding: nonempty(o.content_encoding()),
-                content_language: nonempty(o.content_language()),
-                content_disposition: nonempty(o.content_disposition()),
-                cache_control: nonempty(o.cache_control()),
-                expires: nonempty(o.expires_string()),
-                user: o
-                    .metadata()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            },
+            meta: object_meta!(o),
             sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
             storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
             restore: o.restore().map(str::to_owned),
@@ -326,20 +333,7 @@ impl ObjectStore for S3Store {
             size,
             etag: trim_etag(o.e_tag().unwrap_or_default()),
             version_id: o.version_id().map(str::to_owned),
-            meta: ObjectMeta {
-                content_type: nonempty(o.content_type()),
-                content_encoding: nonempty(o.content_encoding()),
-                content_language: nonempty(o.content_language()),
-                content_disposition: nonempty(o.content_disposition()),
-                cache_control: nonempty(o.cache_control()),
-                expires: nonempty(o.expires_string()),
-                user: o
-                    .metadata()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            },
+            meta: object_meta!(o),
             sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
             storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
             restore: o.restore().map(str::to_owned),
