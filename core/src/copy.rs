@@ -230,6 +230,15 @@ impl Copier {
         Ok((f.body, md5, etag))
     }
 
+    /// Incomplete uploads of exactly `dkey`, or None when the store cannot list them (some S3-compatible ones).
+    pub async fn live_uploads(&self, dkey: &str) -> Result<Option<Vec<crate::store::UploadInfo>>> {
+        match self.dst.list_multipart_uploads(dkey).await {
+            Ok(v) => Ok(Some(v.into_iter().filter(|u| u.key == dkey).collect())),
+            Err(e) if e.code() == Some("NotImplemented") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Find the upload to continue: the one the ledger recorded for this source version, with its parts
     /// re-verified against the source. Other incomplete uploads of the key are aborted.
     async fn resume(
@@ -242,13 +251,13 @@ impl Copier {
     ) -> Result<Option<(String, BTreeMap<u32, [u8; 16]>)>> {
         let dkey = self.cfg.destination_key(key);
         let record = self.ledger.upload(run, key).await?;
-        let uploads: Vec<_> = self
-            .dst
-            .list_multipart_uploads(&dkey)
-            .await?
-            .into_iter()
-            .filter(|u| u.key == dkey)
-            .collect();
+        let Some(uploads) = self.live_uploads(&dkey).await? else {
+            // Without ListMultipartUploads nothing can be checked: abort the upload we know of, start afresh.
+            if let Some(r) = record.filter(|r| r.status == "STARTED") {
+                let _ = self.dst.abort_multipart(&dkey, &r.upload_id).await;
+            }
+            return Ok(None);
+        };
         let usable = record.filter(|r| {
             r.source_etag == head.etag
                 && r.part_size == layout.part_size

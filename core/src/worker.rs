@@ -409,7 +409,7 @@ impl Worker {
         let layout = c.layout(&o.key, &head, &pin).await?;
         let dkey = self.cfg.destination_key(&o.key);
         let prior = self.ledger.upload(run, &o.key).await?;
-        let live = c.dst.list_multipart_uploads(&dkey).await?;
+        let live = c.live_uploads(&dkey).await?.unwrap_or_default();
         let reuse = prior.filter(|p| {
             p.source_etag == head.etag
                 && p.status == "STARTED"
