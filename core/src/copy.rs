@@ -230,6 +230,31 @@ impl Copier {
         Ok((f.body, md5, etag))
     }
 
+    /// Create the destination upload and record it in the ledger as STARTED (for resume and fleet completion).
+    pub async fn start_upload(
+        &self,
+        run: &str,
+        key: &str,
+        head: &Head,
+        pin: &Pin,
+        layout: Layout,
+    ) -> Result<String> {
+        let opts = self.write_options(key, head, pin).await?;
+        let id = self
+            .dst
+            .create_multipart(&self.cfg.destination_key(key), &opts)
+            .await?;
+        let rec = UploadRecord {
+            upload_id: id.clone(),
+            source_etag: head.etag.clone(),
+            part_size: layout.part_size,
+            parts: layout.parts,
+            ..Default::default()
+        };
+        self.ledger.put_upload(run, key, &rec).await?;
+        Ok(id)
+    }
+
     /// Incomplete uploads of exactly `dkey`, or None when the store cannot list them (some S3-compatible ones).
     pub async fn live_uploads(&self, dkey: &str) -> Result<Option<Vec<crate::store::UploadInfo>>> {
         match self.dst.list_multipart_uploads(dkey).await {
@@ -329,19 +354,10 @@ impl Copier {
         let dkey = self.cfg.destination_key(key);
         let (upload_id, kept) = match self.resume(run, key, &head, &pin, layout).await? {
             Some(r) => r,
-            None => {
-                let opts = self.write_options(key, &head, &pin).await?;
-                let id = self.dst.create_multipart(&dkey, &opts).await?;
-                let rec = UploadRecord {
-                    upload_id: id.clone(),
-                    source_etag: head.etag.clone(),
-                    part_size: layout.part_size,
-                    parts: layout.parts,
-                    ..Default::default()
-                };
-                self.ledger.put_upload(run, key, &rec).await?;
-                (id, BTreeMap::new())
-            }
+            None => (
+                self.start_upload(run, key, &head, &pin, layout).await?,
+                BTreeMap::new(),
+            ),
         };
         let result = self
             .upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept)

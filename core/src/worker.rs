@@ -19,7 +19,7 @@ use crate::diff::KeyFilter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::EventRecord;
 use crate::job::{new_id, parse_message, Incoming, Job, JobObject};
-use crate::ledger::{pad_sequencer, DynamoLedger, JobTotals, ObjectRecord, Status, UploadRecord};
+use crate::ledger::{pad_sequencer, DynamoLedger, JobTotals, ObjectRecord, Status};
 use crate::queue::{Received, SqsQueue};
 use crate::stats::{StatEvent, Stats};
 use crate::store::{ObjectStore, Pin};
@@ -419,19 +419,10 @@ impl Worker {
         });
         let (upload_id, done) = match reuse {
             Some(p) => (p.upload_id, p.part_etags),
-            None => {
-                let opts = c.write_options(&o.key, &head, &pin).await?;
-                let id = c.dst.create_multipart(&dkey, &opts).await?;
-                let rec = UploadRecord {
-                    upload_id: id.clone(),
-                    source_etag: head.etag.clone(),
-                    part_size: layout.part_size,
-                    parts: layout.parts,
-                    ..Default::default()
-                };
-                self.ledger.put_upload(run, &o.key, &rec).await?;
-                (id, Default::default())
-            }
+            None => (
+                c.start_upload(run, &o.key, &head, &pin, layout).await?,
+                Default::default(),
+            ),
         };
         let object = JobObject {
             key: o.key.clone(),

@@ -251,17 +251,7 @@ impl World {
             .await
             .unwrap();
         let dlq_url = dlq.queue_url().unwrap().to_owned();
-        let dlq_arn = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
+        let dlq_arn = self.queue_arn(&dlq_url).await;
         let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive.to_string()});
         let q = self
             .sqs
@@ -276,18 +266,20 @@ impl World {
             .await
             .unwrap();
         let url = q.queue_url().unwrap().to_owned();
-        let arn = self
+        let arn = self.queue_arn(&url).await;
+        Queues { url, dlq_url, arn }
+    }
+
+    pub async fn queue_arn(&self, url: &str) -> String {
+        let a = self
             .sqs
             .get_queue_attributes()
-            .queue_url(&url)
+            .queue_url(url)
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
-        Queues { url, dlq_url, arn }
+            .unwrap();
+        a.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
     }
 
     /// (visible, in flight)
