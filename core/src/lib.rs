@@ -23,6 +23,7 @@ pub mod queue;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod userdata;
 pub mod worker;
 
 pub use config::JobConfig;

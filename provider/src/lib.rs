@@ -1,0 +1,1 @@
+//! terraform-provider-dth: the plugin-protocol-6 layer and the dth resources.
