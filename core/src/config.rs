@@ -263,7 +263,8 @@ impl Default for BatchOptions {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerOptions {
-    /// Objects copied at once.
+    /// Objects (or parts) copied at once; also sets the worker's memory budget: concurrency × chunk_size bytes
+    /// of object data held at once, however they split between objects and parts.
     pub concurrency: u32,
     /// Parts of one multipart object copied at once.
     pub part_concurrency: u32,
@@ -326,6 +327,9 @@ pub struct Endpoints {
     pub dynamodb: Option<String>,
     #[serde(default)]
     pub secretsmanager: Option<String>,
+    /// Auto Scaling: the finder sets its own group back to 0 when a scheduled run is done.
+    #[serde(default)]
+    pub autoscaling: Option<String>,
 }
 
 impl JobConfig {
@@ -583,6 +587,7 @@ impl JobConfig {
             ("aws.endpoints.sqs", &e.sqs),
             ("aws.endpoints.dynamodb", &e.dynamodb),
             ("aws.endpoints.secretsmanager", &e.secretsmanager),
+            ("aws.endpoints.autoscaling", &e.autoscaling),
         ] {
             if let Some(v) = v {
                 check_endpoint(name, v)?;

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{JobConfig, Sse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobObject;
 use crate::ledger::{DynamoLedger, UploadRecord};
+use crate::limit::MemoryBudget;
 use crate::stats::{StatEvent, Stats};
 use crate::store::{
     etag_part_count, md5_of, multipart_etag, Head, ObjectStore, PartInfo, Pin, WriteOptions,
@@ -50,9 +51,12 @@ pub struct Copier {
     pub dst: Arc<dyn ObjectStore>,
     pub ledger: DynamoLedger,
     pub stats: Stats,
-    /// Part buffers in flight across the process: memory ≤ permits × part size.
-    pub part_slots: Arc<Semaphore>,
+    /// Object and part buffers in flight across the process.
+    pub memory: MemoryBudget,
 }
+
+/// Bytes read from the source, with the share of the memory budget they occupy until dropped.
+pub struct Reserved(pub bytes::Bytes, #[allow(dead_code)] OwnedSemaphorePermit);
 
 fn hex_md5(etag: &str) -> Option<[u8; 16]> {
     let mut out = [0u8; 16];
@@ -77,7 +81,7 @@ impl Copier {
             obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
         for _ in 0..3 {
             let res = if single {
-                self.single(&obj.key, &pin).await
+                self.single(&obj.key, &pin, obj.size).await
             } else {
                 self.multipart(run, &obj.key, &pin, final_attempt).await
             };
@@ -136,8 +140,16 @@ impl Copier {
         })
     }
 
+    async fn reserve(&self, bytes: u64) -> Result<OwnedSemaphorePermit> {
+        self.memory
+            .reserve(bytes)
+            .await
+            .ok_or_else(|| Error::new(ErrorKind::Other, "shutting down"))
+    }
+
     /// Whole object in one GET and one PUT. None when the source is gone.
-    async fn single(&self, key: &str, pin: &Pin) -> Result<Option<(u64, String)>> {
+    async fn single(&self, key: &str, pin: &Pin, size: u64) -> Result<Option<(u64, String)>> {
+        let _budget = self.reserve(size).await?;
         let f = match self.src.get(key, None, pin).await {
             Ok(f) => f,
             Err(e) if is_source_missing(&e) => return Ok(None),
@@ -200,13 +212,9 @@ impl Copier {
         layout: Layout,
         upload_id: &str,
         part: u32,
-    ) -> Result<(bytes::Bytes, [u8; 16], String)> {
-        let _slot = self
-            .part_slots
-            .acquire()
-            .await
-            .map_err(|_| Error::new(ErrorKind::Other, "shutting down"))?;
+    ) -> Result<(Reserved, [u8; 16], String)> {
         let (a, b) = layout.range(size, part);
+        let permit = self.reserve(b - a).await?;
         let f = self.src.get(key, Some((a, b)), pin).await?;
         if f.body.len() as u64 != b - a {
             return Err(Error::integrity(format!(
@@ -227,7 +235,7 @@ impl Copier {
             )));
         }
         self.stats.send(StatEvent::Bytes(b - a));
-        Ok((f.body, md5, etag))
+        Ok((Reserved(f.body, permit), md5, etag))
     }
 
     /// Create the destination upload and record it in the ledger as STARTED (for resume and fleet completion).
@@ -402,11 +410,10 @@ impl Copier {
                     match kept {
                         Some(md5) if !whole_md5_check => Ok((n, None, md5)),
                         Some(md5) => {
-                            let f = self
-                                .src
-                                .get(key, Some(layout.range(head.size, n)), pin)
-                                .await?;
-                            Ok((n, Some(f.body), md5))
+                            let (a, b) = layout.range(head.size, n);
+                            let permit = self.reserve(b - a).await?;
+                            let f = self.src.get(key, Some((a, b)), pin).await?;
+                            Ok((n, Some(Reserved(f.body, permit)), md5))
                         }
                         None => {
                             let (body, md5, etag) = self
@@ -424,7 +431,7 @@ impl Copier {
             .buffered(self.cfg.worker.part_concurrency as usize);
         while let Some((_, body, md5)) = parts.try_next().await? {
             if let (true, Some(b)) = (whole_md5_check, body) {
-                full.update(&b);
+                full.update(&b.0);
             }
             md5s.push(md5);
         }

@@ -1,13 +1,21 @@
 //! The DynamoDB ledger: one table (`pk`, `sk` strings) holding, per run, a summary kept current with atomic
-//! ADDs, a row per object, the in-progress multipart uploads, and, per key, the last applied event sequencer.
+//! ADDs, the outcome of every object, the in-progress multipart uploads, and, per key, the last applied event
+//! sequencer.
 //!
 //! | item                 | pk               | sk              |
 //! |----------------------|------------------|-----------------|
 //! | latest run pointer   | `transfer`       | `latest`        |
 //! | run summary          | `run#<run>`      | `summary`       |
 //! | object               | `run#<run>`      | `obj#<key>`     |
-//! | counted job (guard)  | `run#<run>`      | `job#<job id>`  |
+//! | finished job         | `run#<run>`      | `job#<job id>`  |
+//!
 //! | event order per key  | `seq#<key>`      | `seq`           |
+//!
+//! A finished job's row is written once (a conditional put, which is also what keeps the run counts exact when
+//! a message is redelivered) and carries the outcomes of its objects that went right the first time, in one
+//! compact `objects` attribute: a batch of small objects costs one ledger row, not one per object. Every other
+//! outcome — failed, retried, or of a multipart object whose upload row exists already — gets its own `obj#`
+//! row. [`DynamoLedger::objects`] reads both back as one list.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,6 +35,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The inverse of [`Status::as_str`]; anything unknown reads as FAILED.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "STARTED" => Status::Started,
+            "DONE" => Status::Done,
+            "GONE" => Status::Gone,
+            "DELETED" => Status::Deleted,
+            _ => Status::Failed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Started => "STARTED",
@@ -72,6 +91,22 @@ pub struct JobTotals {
     pub bytes: u64,
     pub failed: u64,
     pub gone: u64,
+}
+
+impl JobTotals {
+    pub fn of(records: &[ObjectRecord]) -> Self {
+        let count = |st: Status| records.iter().filter(|r| r.status == st).count() as u64;
+        JobTotals {
+            done: count(Status::Done),
+            bytes: records
+                .iter()
+                .filter(|r| r.status == Status::Done)
+                .map(|r| r.size)
+                .sum(),
+            failed: count(Status::Failed),
+            gone: count(Status::Gone),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -346,18 +381,131 @@ impl DynamoLedger {
         Ok(())
     }
 
+    /// Record a finished job (all objects settled, or its last attempt) and add it to the run summary, once per
+    /// job id. `individual` picks the outcomes that need their own row besides failures and retries (e.g.
+    /// objects that already have one). Returns false when the job had been recorded before (a redelivery).
+    pub async fn finish_job(
+        &self,
+        run: &str,
+        job_id: &str,
+        records: &[ObjectRecord],
+        individual: impl Fn(&ObjectRecord) -> bool,
+    ) -> Result<bool> {
+        let (mut own, compact): (Vec<&ObjectRecord>, Vec<&ObjectRecord>) =
+            records.iter().partition(|r| {
+                !matches!(r.status, Status::Done | Status::Gone) || r.attempt > 1 || individual(r)
+            });
+        let mut packed = serde_json::to_string(
+            &compact
+                .iter()
+                .map(|r| (&r.key, r.status.as_str(), r.size, &r.etag, r.duration_ms))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        // DynamoDB items stop at 400 KB; a job too big for one row falls back to a row per object.
+        if packed.len() > 350_000 {
+            own.extend(compact);
+            packed.clear();
+        }
+        let own: Vec<ObjectRecord> = own.into_iter().cloned().collect();
+        self.record_objects(run, &own).await?;
+        let t = JobTotals::of(records);
+        self.count_job_with(run, job_id, t, (!packed.is_empty()).then_some(packed))
+            .await
+    }
+
+    /// Every object outcome recorded for `run`: `obj#` rows and the objects packed into finished-job rows
+    /// (an `obj#` row wins over a packed entry: it is the later word on that key).
+    pub async fn objects(&self, run: &str) -> Result<Vec<ObjectRecord>> {
+        let mut own: BTreeMap<String, ObjectRecord> = BTreeMap::new();
+        let mut packed: Vec<ObjectRecord> = Vec::new();
+        let mut start = None;
+        loop {
+            count_call();
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(run_pk(run)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(self.err("reading object outcomes"))?;
+            for item in out.items() {
+                let sk = get_s(item, "sk").unwrap_or_default();
+                if sk.starts_with("obj#") {
+                    let Some(key) = get_s(item, "key") else {
+                        continue;
+                    };
+                    own.insert(
+                        key.clone(),
+                        ObjectRecord {
+                            key,
+                            status: Status::parse(&get_s(item, "status").unwrap_or_default()),
+                            size: get_n(item, "size"),
+                            etag: get_s(item, "etag").unwrap_or_default(),
+                            duration_ms: get_n(item, "duration_ms"),
+                            attempt: get_n(item, "attempt") as u32,
+                            error: get_s(item, "error"),
+                        },
+                    );
+                } else if sk.starts_with("job#") {
+                    let list: Vec<(String, String, u64, String, u64)> = get_s(item, "objects")
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                        .unwrap_or_default();
+                    packed.extend(list.into_iter().map(|(key, status, size, etag, ms)| {
+                        ObjectRecord {
+                            key,
+                            status: Status::parse(&status),
+                            size,
+                            etag,
+                            duration_ms: ms,
+                            attempt: 1,
+                            error: None,
+                        }
+                    }));
+                }
+            }
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        for r in packed {
+            own.entry(r.key.clone()).or_insert(r);
+        }
+        Ok(own.into_values().collect())
+    }
+
     /// Add a finished job's totals to its run summary, once per job id: a conditional put of a job marker,
     /// then an atomic ADD. Returns false when the job had already been counted (a redelivered message).
     /// (Two calls rather than one transaction: transactions cost more and serialise on the table.)
     pub async fn count_job(&self, run: &str, job_id: &str, t: JobTotals) -> Result<bool> {
+        self.count_job_with(run, job_id, t, None).await
+    }
+
+    async fn count_job_with(
+        &self,
+        run: &str,
+        job_id: &str,
+        t: JobTotals,
+        objects: Option<String>,
+    ) -> Result<bool> {
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(run_pk(run))),
+            ("sk".to_owned(), s(format!("job#{job_id}"))),
+            ("at".to_owned(), s(now())),
+        ]);
+        if let Some(o) = objects {
+            item.insert("objects".into(), s(o));
+        }
         count_call();
         let marked = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(run_pk(run)))
-            .item("sk", s(format!("job#{job_id}")))
-            .item("at", s(now()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await

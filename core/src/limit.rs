@@ -90,3 +90,31 @@ mod tests {
         assert!(RateLimiter::new(0).is_none());
     }
 }
+
+/// Bytes of object data a worker may hold at once (part and object buffers, from GET until the PUT is done
+/// and the bytes are hashed): what bounds its memory, whatever mix of objects and parts is in flight.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = bytes.div_ceil(1024).clamp(1, u32::MAX as u64) as u32;
+        Self {
+            sem: std::sync::Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_kib as u64 * 1024
+    }
+
+    /// Wait until `bytes` fit. A buffer larger than the whole budget waits for all of it and runs alone.
+    pub async fn reserve(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib as u64) as u32;
+        self.sem.clone().acquire_many_owned(kib).await.ok()
+    }
+}

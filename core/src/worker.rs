@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::EventRecord;
 use crate::job::{new_id, parse_message, Incoming, Job, JobObject};
 use crate::ledger::{pad_sequencer, DynamoLedger, JobTotals, ObjectRecord, Status};
+use crate::limit::MemoryBudget;
 use crate::queue::{Received, SqsQueue};
 use crate::stats::{StatEvent, Stats};
 use crate::store::{ObjectStore, Pin};
@@ -27,9 +28,53 @@ use crate::store::{ObjectStore, Pin};
 /// The run that event-driven copies are recorded under.
 pub const EVENTS_RUN: &str = "events";
 
+/// What jobs ask of a worker: object slots and bytes of buffers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Demand {
+    slots: u64,
+    bytes: u64,
+}
+
+impl Demand {
+    fn plus(self, o: Demand) -> Demand {
+        Demand {
+            slots: self.slots + o.slots,
+            bytes: self.bytes + o.bytes,
+        }
+    }
+    fn minus(self, o: Demand) -> Demand {
+        Demand {
+            slots: self.slots.saturating_sub(o.slots),
+            bytes: self.bytes.saturating_sub(o.bytes),
+        }
+    }
+    /// A job bigger than the whole capacity still runs (alone).
+    fn capped(self, cap: Demand) -> Demand {
+        Demand {
+            slots: self.slots.min(cap.slots),
+            bytes: self.bytes.min(cap.bytes),
+        }
+    }
+    /// How many more jobs like `typical` fit beside what is held (one when nothing is known yet).
+    fn room(self, cap: Demand, typical: Option<Demand>) -> u64 {
+        if self.slots >= cap.slots || self.bytes >= cap.bytes {
+            return 0;
+        }
+        let Some(t) = typical else {
+            return 1;
+        };
+        let by_slots = (cap.slots - self.slots) / t.slots.max(1);
+        let by_bytes = (cap.bytes - self.bytes)
+            .checked_div(t.bytes)
+            .unwrap_or(u64::MAX);
+        by_slots.min(by_bytes).max(1)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Exit once the queue has been empty, with nothing in flight, for this long.
+    /// Exit once the queue is drained (nothing visible, nothing in flight) after doing some work, or after
+    /// idling this long with it drained.
     pub exit_when_idle: Option<Duration>,
 }
 
@@ -74,9 +119,7 @@ impl Worker {
             dst,
             ledger: ledger.clone(),
             stats: stats.clone(),
-            part_slots: Arc::new(Semaphore::new(
-                (w.concurrency * w.part_concurrency) as usize,
-            )),
+            memory: MemoryBudget::new(w.concurrency as u64 * cfg.multipart.chunk_size),
         });
         Ok(Arc::new(Self {
             filter: KeyFilter::new(&cfg.filters)?,
@@ -99,24 +142,30 @@ impl Worker {
         let calls_before =
             crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
         let in_flight: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut tasks: JoinSet<Demand> = JoinSet::new();
         let mut messages = 0u64;
         let mut idle_since = Instant::now();
         let mut failures = 0u32;
-        let max_tasks = (self.cfg.worker.concurrency as usize).max(2);
+        let capacity = self.capacity();
+        let mut held = Demand::default();
+        // What a job asked of this worker lately; None until the first one is seen, so the first receive takes
+        // one message: a worker never hoards jobs it cannot start while another worker sits idle.
+        let mut typical: Option<Demand> = None;
         while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
-            let free = self.slots.available_permits();
-            if free == 0 || tasks.len() >= max_tasks {
+            while let Some(Ok(d)) = tasks.try_join_next() {
+                held = held.minus(d);
+            }
+            let want = held.room(capacity, typical);
+            if want == 0 {
                 tokio::select! {
-                    _ = tasks.join_next() => {}
+                    d = tasks.join_next() => if let Some(Ok(d)) = d { held = held.minus(d) },
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
             let wait = if opts.exit_when_idle.is_some() { 1 } else { 20 };
             let received = tokio::select! {
-                r = self.queue.receive(free.min(10) as u32, wait) => r,
+                r = self.queue.receive(want.min(10) as u32, wait) => r,
                 _ = shutdown.cancelled() => break,
             };
             let batch = match received {
@@ -141,15 +190,27 @@ impl Worker {
             };
             if batch.is_empty() {
                 if let Some(idle) = opts.exit_when_idle {
-                    if tasks.is_empty() && idle_since.elapsed() >= idle {
-                        tracing::info!("queue idle for {idle:?}: exiting");
-                        break;
+                    if tasks.is_empty() && (messages > 0 || idle_since.elapsed() >= idle) {
+                        // Drained means nothing visible AND nothing in flight: a failed job waiting for its
+                        // redelivery (or another worker's job that may yet fail) is still work.
+                        match self.queue.depth().await {
+                            Ok((0, 0)) => {
+                                tracing::info!("queue drained: exiting");
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("reading queue depth: {e}"),
+                        }
                     }
                 }
                 continue;
             }
             for m in batch {
                 messages += 1;
+                let parsed = parse_message(&m.body);
+                let d = self.demand(&parsed);
+                typical = Some(d);
+                held = held.plus(d);
                 in_flight
                     .lock()
                     .unwrap()
@@ -158,8 +219,9 @@ impl Worker {
                 let in_flight = in_flight.clone();
                 tasks.spawn(async move {
                     let id = m.message_id.clone();
-                    me.handle(m).await;
+                    me.handle(m, parsed).await;
                     in_flight.lock().unwrap().remove(&id);
+                    d
                 });
             }
             idle_since = Instant::now();
@@ -197,7 +259,45 @@ impl Worker {
         })
     }
 
-    async fn handle(self: &Arc<Self>, m: Received) {
+    /// How much a worker may hold: object copies running plus as many again waiting (so the next job is at
+    /// hand when one ends), and its memory budget.
+    fn capacity(&self) -> Demand {
+        Demand {
+            slots: 2 * self.cfg.worker.concurrency as u64,
+            bytes: self.copier.memory.total_bytes(),
+        }
+    }
+
+    /// What a job will ask of this worker at its busiest: object slots, and bytes of buffers.
+    fn demand(&self, parsed: &Result<Incoming>) -> Demand {
+        let w = &self.cfg.worker;
+        let per_object = |size: u64| {
+            if size < self.cfg.multipart.threshold {
+                size
+            } else {
+                w.part_concurrency as u64 * self.cfg.part_size_for(size)
+            }
+        };
+        match parsed {
+            Ok(Incoming::Job(Job::Copy { objects, .. })) => {
+                let mut sizes: Vec<u64> = objects.iter().map(|o| per_object(o.size)).collect();
+                sizes.sort_unstable_by(|a, b| b.cmp(a));
+                let at_once = (w.concurrency as usize).min(sizes.len()).max(1);
+                Demand {
+                    slots: at_once as u64,
+                    bytes: sizes.iter().take(at_once).sum(),
+                }
+            }
+            Ok(Incoming::Job(Job::Part { part_size, .. })) => Demand {
+                slots: 1,
+                bytes: *part_size,
+            },
+            _ => Demand { slots: 1, bytes: 0 },
+        }
+        .capped(self.capacity())
+    }
+
+    async fn handle(self: &Arc<Self>, m: Received, parsed: Result<Incoming>) {
         let heartbeat = {
             let queue = self.queue.clone();
             let receipt = m.receipt.clone();
@@ -214,7 +314,7 @@ impl Worker {
                 }
             })
         };
-        let disposition = match parse_message(&m.body) {
+        let disposition = match parsed {
             Err(e) => {
                 // Retrying will not help; release it at once so the redrive policy dead-letters it quickly.
                 tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "malformed message: {e}");
@@ -372,21 +472,20 @@ impl Worker {
         let failed = records
             .iter()
             .filter(|r| r.status == Status::Failed)
-            .count() as u64;
-        self.ledger.record_objects(run, records).await?;
-        let over = failed == 0 || attempt >= self.cfg.max_attempts;
-        if over {
-            let t = JobTotals {
-                done: records.iter().filter(|r| r.status == Status::Done).count() as u64,
-                bytes: records
-                    .iter()
-                    .filter(|r| r.status == Status::Done)
-                    .map(|r| r.size)
-                    .sum(),
-                failed,
-                gone: records.iter().filter(|r| r.status == Status::Gone).count() as u64,
-            };
-            self.ledger.count_job(run, id, t).await?;
+            .count();
+        let threshold = self.cfg.multipart.threshold;
+        // Multipart objects already have a row (their upload's); it must end up saying DONE.
+        let has_row = |r: &ObjectRecord| r.size >= threshold;
+        if failed == 0 || attempt >= self.cfg.max_attempts {
+            self.ledger.finish_job(run, id, records, has_row).await?;
+        } else {
+            // Not over: name the failures (and settle the rows that exist) now; the rest waits for the retry.
+            let now: Vec<ObjectRecord> = records
+                .iter()
+                .filter(|r| r.status == Status::Failed || has_row(r))
+                .cloned()
+                .collect();
+            self.ledger.record_objects(run, &now).await?;
         }
         // A job that failed on its last attempt stays on the queue, to be dead-lettered by the redrive policy.
         Ok(failed == 0)
@@ -548,12 +647,7 @@ impl Worker {
         self.ledger
             .record_objects(run, std::slice::from_ref(&rec))
             .await?;
-        let t = JobTotals {
-            done: (status == Status::Done) as u64,
-            bytes: if status == Status::Done { o.size } else { 0 },
-            failed: (status == Status::Failed) as u64,
-            gone: 0,
-        };
+        let t = JobTotals::of(std::slice::from_ref(&rec));
         self.ledger
             .count_job(run, &format!("upload-{upload_id}"), t)
             .await?;

@@ -342,14 +342,16 @@ impl ObjectStore for S3Store {
             checksums: Default::default(),
         };
         let expected = o.content_length().unwrap_or(-1);
-        let body = o
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e)
-            })?
-            .into_bytes();
+        // One buffer of the announced size, filled as chunks arrive: collecting and then flattening would hold
+        // every part twice for a moment, and memory is budgeted per part.
+        let mut buf = bytes::BytesMut::with_capacity(expected.clamp(0, 1 << 30) as usize);
+        let mut stream = o.body;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| {
+            Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e)
+        })? {
+            buf.extend_from_slice(&chunk);
+        }
+        let body = buf.freeze();
         if expected >= 0 && body.len() as i64 != expected {
             return Err(Error::integrity(format!(
                 "{}: received {} bytes, Content-Length said {expected}",
