@@ -1,1 +1,3 @@
 //! terraform-provider-dth: the plugin-protocol-6 layer and the dth resources.
+pub mod aws;
+pub mod transfer;

@@ -1,0 +1,321 @@
+//! What a transfer created ([`Infra`]), how its pieces are named ([`Names`]) and tagged, and the error every
+//! provisioning step reports ([`ProvisionError`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use serde::{Deserialize, Serialize};
+
+use super::spec::TransferSpec;
+use crate::aws::ProviderConfig;
+
+/// The tag every resource of a transfer carries: `dth:transfer = <name>`.
+pub const TRANSFER_TAG: &str = "dth:transfer";
+/// On the worker ASG only: which fleet settings were left to their defaults (`subnet_ids`, `security_group_ids`,
+/// `ami_id`), so that `import` can tell a resolved default from a value the user wrote.
+pub const DEFAULTS_TAG: &str = "dth:defaults";
+
+/// Every id, name and ARN a transfer created: enough to read, update and delete it without listing anything.
+/// Empty strings (and `None`) mean "not created", which is also how a half-made transfer is rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Infra {
+    /// The control-plane region everything below lives in.
+    pub region: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub dlq_url: String,
+    pub dlq_arn: String,
+    pub table: String,
+    pub role_name: String,
+    pub role_arn: String,
+    pub policy_name: String,
+    pub instance_profile_name: String,
+    pub instance_profile_arn: String,
+    /// The egress-only group created when `fleet.security_group_ids` is empty.
+    pub security_group_id: Option<String>,
+    /// The subnets the worker ASG spans (the default VPC's when `fleet.subnet_ids` is empty).
+    pub subnet_ids: Vec<String>,
+    /// The AMI of the launch templates (resolved at create when `fleet.ami_id` is empty).
+    pub ami_id: String,
+    pub finder_launch_template_id: String,
+    pub finder_launch_template_version: i64,
+    pub worker_launch_template_id: String,
+    pub worker_launch_template_version: i64,
+    pub finder_asg: String,
+    pub worker_asg: String,
+    pub scale_out_policy_arn: String,
+    pub scale_in_policy_arn: String,
+    /// The finder's recurring scheduled action, when `schedule` is a cron expression.
+    pub schedule_action: Option<String>,
+    /// Queue backlog (scale out), queue empty (scale in), dead letters.
+    pub alarm_names: Vec<String>,
+    pub dashboard: String,
+    pub topic_arn: Option<String>,
+    pub subscription_arn: Option<String>,
+    /// Our entry in the source bucket's notification configuration.
+    pub notification_id: Option<String>,
+    /// The tags applied at the last create or update (spec tags, default tags and `dth:transfer`).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The name of each piece of transfer `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub queue: String,
+    pub dlq: String,
+    pub table: String,
+    pub role: String,
+    pub policy: String,
+    pub instance_profile: String,
+    pub security_group: String,
+    pub finder_launch_template: String,
+    pub worker_launch_template: String,
+    pub finder_asg: String,
+    pub worker_asg: String,
+    pub scale_out_policy: String,
+    pub scale_in_policy: String,
+    pub schedule_action: String,
+    pub backlog_alarm: String,
+    pub empty_alarm: String,
+    pub dead_letter_alarm: String,
+    pub dashboard: String,
+    pub topic: String,
+    pub notification_id: String,
+}
+
+impl Names {
+    pub fn new(name: &str) -> Names {
+        let n = |part: &str| format!("dth-{name}-{part}");
+        Names {
+            queue: n("jobs"),
+            dlq: n("dlq"),
+            table: n("ledger"),
+            role: n("role"),
+            policy: n("access"),
+            instance_profile: n("profile"),
+            security_group: n("egress"),
+            finder_launch_template: n("finder"),
+            worker_launch_template: n("worker"),
+            finder_asg: n("finder"),
+            worker_asg: n("worker"),
+            scale_out_policy: n("scale-out"),
+            scale_in_policy: n("scale-in"),
+            schedule_action: n("finder-schedule"),
+            backlog_alarm: n("queue-backlog"),
+            empty_alarm: n("queue-empty"),
+            dead_letter_alarm: n("dead-letters"),
+            dashboard: n("dashboard"),
+            topic: n("alarms"),
+            notification_id: format!("dth-{name}"),
+        }
+    }
+
+    /// Every name above, for checks that nothing of a transfer is left.
+    pub fn all(&self) -> Vec<&str> {
+        vec![
+            &self.queue,
+            &self.dlq,
+            &self.table,
+            &self.role,
+            &self.policy,
+            &self.instance_profile,
+            &self.security_group,
+            &self.finder_launch_template,
+            &self.worker_launch_template,
+            &self.finder_asg,
+            &self.worker_asg,
+            &self.scale_out_policy,
+            &self.scale_in_policy,
+            &self.schedule_action,
+            &self.backlog_alarm,
+            &self.empty_alarm,
+            &self.dead_letter_alarm,
+            &self.dashboard,
+            &self.topic,
+            &self.notification_id,
+        ]
+    }
+}
+
+/// The tags of every resource of a transfer: provider default tags, overridden by the spec's, plus
+/// `dth:transfer`.
+pub fn resource_tags(cfg: &ProviderConfig, spec: &TransferSpec) -> BTreeMap<String, String> {
+    let mut t = cfg.default_tags.clone();
+    t.extend(spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    t.insert(TRANSFER_TAG.into(), spec.name.clone());
+    t
+}
+
+/// The spec's `tags` from the tags found on a resource: ours and the provider's defaults taken out.
+pub fn spec_tags(
+    cfg: &ProviderConfig,
+    found: impl IntoIterator<Item = (String, String)>,
+) -> BTreeMap<String, String> {
+    found
+        .into_iter()
+        .filter(|(k, v)| {
+            !k.starts_with("dth:") && !k.starts_with("aws:") && cfg.default_tags.get(k) != Some(v)
+        })
+        .collect()
+}
+
+/// A provisioning step that failed: what was being done, to which resource, and why.
+#[derive(Debug, Clone)]
+pub struct ProvisionError {
+    /// "creating SQS queue", "reading launch template", ...
+    pub action: String,
+    /// The resource's name or id.
+    pub name: String,
+    pub cause: String,
+    /// The service's error code, when it gave one.
+    pub code: Option<String>,
+    /// Failures while rolling back a half-made transfer (each names what was left behind).
+    pub cleanup: Vec<String>,
+}
+
+impl fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.action, self.name, self.cause)?;
+        if !self.cleanup.is_empty() {
+            write!(
+                f,
+                "; rolling back also failed, left behind: {}",
+                self.cleanup.join("; ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProvisionError {}
+
+impl ProvisionError {
+    pub fn new(
+        action: impl Into<String>,
+        name: impl Into<String>,
+        cause: impl fmt::Display,
+    ) -> Self {
+        ProvisionError {
+            action: action.into(),
+            name: name.into(),
+            cause: cause.to_string(),
+            code: None,
+            cleanup: Vec::new(),
+        }
+    }
+
+    /// From an AWS SDK error: the service's code and message, or the transport problem.
+    pub fn sdk<E>(action: &str, name: &str, err: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let code = err.code().map(str::to_owned);
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let cause = match (&code, err.message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => format!("{c} (HTTP {})", status.unwrap_or(0)),
+            _ => {
+                let detail =
+                    aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+                let detail: String = detail.chars().take(400).collect();
+                match status {
+                    Some(s) => format!("HTTP {s}: {detail}"),
+                    None => detail,
+                }
+            }
+        };
+        let not_found_message = err
+            .message()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("not found"));
+        let mut e = ProvisionError::new(action, name, cause);
+        e.code = match code {
+            // Auto Scaling reports missing groups as a ValidationError; give it a code that says so.
+            Some(c) if c == "ValidationError" && not_found_message => Some("NotFound".into()),
+            other => other,
+        };
+        e
+    }
+
+    /// The resource is not there (any service's way of saying so).
+    pub fn is_not_found(&self) -> bool {
+        self.code.as_deref().is_some_and(is_not_found_code)
+    }
+}
+
+/// Error codes that mean "no such resource" across SQS, DynamoDB, IAM, EC2, Auto Scaling, CloudWatch, SNS, S3.
+pub fn is_not_found_code(code: &str) -> bool {
+    code.contains("NotFound")
+        || code.starts_with("NoSuch")
+        || code == "AWS.SimpleQueueService.NonExistentQueue"
+        || code == "QueueDoesNotExist"
+        || code == "InvalidLaunchTemplateId.Malformed"
+}
+
+/// `Result` of a provisioning step.
+pub type Result<T, E = ProvisionError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_pattern_and_fit_aws_limits() {
+        let long = "a".repeat(super::super::spec::MAX_NAME_LEN);
+        let n = Names::new(&long);
+        for name in n.all() {
+            assert!(name.starts_with(&format!("dth-{long}")), "{name}");
+        }
+        // IAM role and instance profile names: 64; SQS queue names: 80.
+        assert!(n.role.len() <= 64 && n.instance_profile.len() <= 64);
+        assert!(n.queue.len() <= 80 && n.dlq.len() <= 80);
+        // Security group names and launch template names: 255 / 128.
+        assert!(n.finder_launch_template.len() <= 128);
+        let short = Names::new("x");
+        assert_eq!(short.queue, "dth-x-jobs");
+        assert_eq!(short.notification_id, "dth-x");
+        let mut all = short.all();
+        all.sort();
+        // Launch templates and ASGs share names (separate namespaces); nothing else may.
+        all.dedup();
+        assert_eq!(all.len(), short.all().len() - 2);
+    }
+
+    #[test]
+    fn tags_layer_defaults_spec_and_ours() {
+        let cfg = ProviderConfig {
+            default_tags: [("team".into(), "data".into()), ("env".into(), "dev".into())].into(),
+            ..Default::default()
+        };
+        let mut spec = TransferSpec::new("x", "a-b", "c-d", "img");
+        spec.tags.insert("env".into(), "prod".into());
+        let t = resource_tags(&cfg, &spec);
+        assert_eq!(t.get("team").map(String::as_str), Some("data"));
+        assert_eq!(t.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(t.get(TRANSFER_TAG).map(String::as_str), Some("x"));
+        assert_eq!(spec_tags(&cfg, t), spec.tags);
+    }
+
+    #[test]
+    fn error_message_names_what_failed() {
+        let e = ProvisionError::new("creating SQS queue", "dth-x-jobs", "AccessDenied: no");
+        assert_eq!(
+            e.to_string(),
+            "creating SQS queue (dth-x-jobs): AccessDenied: no"
+        );
+        assert!(!e.is_not_found());
+        for c in [
+            "NoSuchEntity",
+            "ResourceNotFoundException",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "InvalidGroup.NotFound",
+            "InvalidLaunchTemplateName.NotFoundException",
+            "NotFound",
+        ] {
+            assert!(is_not_found_code(c), "{c}");
+        }
+    }
+}

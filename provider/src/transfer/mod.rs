@@ -1,0 +1,26 @@
+//! The `dth_s3_transfer` resource's AWS half: the spec a user writes, the AWS resources provisioned for it, and
+//! how they are created, read (with progress), imported, updated and deleted. Plain Rust and serde: no protocol
+//! types here; `resources/s3_transfer.rs` translates.
+//!
+//! | step    | function                  |
+//! |---------|---------------------------|
+//! | plan    | [`TransferSpec::validate`], [`requires_replace`], [`cost::estimate`] |
+//! | create  | [`create`]                |
+//! | read    | [`observe`] (fixed number of AWS calls), [`import`] |
+//! | update  | [`update`]                |
+//! | delete  | [`delete`]                |
+
+pub mod cost;
+mod create;
+mod delete;
+pub mod infra;
+mod read;
+pub mod spec;
+mod update;
+
+pub use create::{access_policy, architecture_of, create, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
+pub use delete::delete;
+pub use infra::{resource_tags, Infra, Names, ProvisionError, DEFAULTS_TAG, TRANSFER_TAG};
+pub use read::{import, observe, Component, Observed, Progress, Status};
+pub use spec::{Destination, Finder, Fleet, Schedule, Source, TransferSpec};
+pub use update::{requires_replace, update};

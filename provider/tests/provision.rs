@@ -1,0 +1,623 @@
+//! Provisioning a transfer against a private moto server: create → observe → update → observe → import →
+//! delete, then a check in moto that nothing of the transfer is left and the data is; a create that fails
+//! midway leaves nothing behind; and `observe` costs a fixed number of AWS calls whatever the bucket holds.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dth_provider::aws::{AwsClients, ProviderConfig, ServiceEndpoints};
+use dth_provider::transfer::{
+    create, delete, import, observe, update, Component, Names, Status, TransferSpec,
+};
+
+/// A moto server of our own on a free port, stopped (by its PID) when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+async fn moto() -> Moto {
+    let bin = repo_root().join(".venv/bin/moto_server");
+    assert!(
+        bin.exists(),
+        "moto is not installed: run `scripts/dev-env install` (the README's test command does)"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    // Its log (requests and tracebacks) goes next to the other test output, for when a call fails.
+    let log_dir = repo_root().join("target").join("provision");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let log = std::fs::File::create(log_dir.join(format!("moto-{port}.log")))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting moto_server");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto did not start on {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Moto { child, endpoint }
+}
+
+fn config(endpoint: &str) -> ProviderConfig {
+    let e = Some(endpoint.to_owned());
+    ProviderConfig {
+        region: Some("us-east-1".into()),
+        access_key: Some("test".into()),
+        secret_key: Some("test".into()),
+        endpoints: ServiceEndpoints {
+            s3: e.clone(),
+            sqs: e.clone(),
+            dynamodb: e.clone(),
+            autoscaling: e.clone(),
+            ec2: e.clone(),
+            iam: e.clone(),
+            secretsmanager: e.clone(),
+            cloudwatch: e.clone(),
+            sns: e.clone(),
+            sts: e,
+        },
+        default_tags: [("team".to_owned(), "data".to_owned())].into(),
+        s3_use_path_style: true,
+        ..Default::default()
+    }
+}
+
+async fn world() -> (Moto, ProviderConfig, AwsClients) {
+    let m = moto().await;
+    let cfg = config(&m.endpoint);
+    let clients = AwsClients::new(&cfg).await.expect("clients");
+    (m, cfg, clients)
+}
+
+async fn bucket_with(c: &AwsClients, bucket: &str, keys: &[String]) {
+    c.s3.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    for k in keys {
+        c.s3.put_object()
+            .bucket(bucket)
+            .key(k)
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                k.as_bytes().to_vec(),
+            ))
+            .send()
+            .await
+            .expect("put object");
+    }
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+async fn object_count(c: &AwsClients, bucket: &str) -> usize {
+    c.s3.list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list objects")
+        .contents()
+        .len()
+}
+
+/// Ids of the bucket's queue notifications. moto answers a bucket without any with a document the SDK cannot
+/// parse (another root element): that reads as none.
+async fn notification_ids(c: &AwsClients, bucket: &str) -> Vec<String> {
+    match c
+        .s3
+        .get_bucket_notification_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .queue_configurations()
+            .iter()
+            .filter_map(|q| q.id().map(str::to_owned))
+            .collect(),
+        Err(e) => {
+            let body = e
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            assert!(
+                !body.contains("Configuration"),
+                "bucket notifications: {e:?}"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Everything named `dth-<name>-*` that moto still holds, by kind.
+async fn leftovers(c: &AwsClients, name: &str, source_bucket: &str) -> Vec<String> {
+    let n = Names::new(name);
+    let prefix = format!("dth-{name}-");
+    let mut left = Vec::new();
+    let queues = c
+        .sqs
+        .list_queues()
+        .queue_name_prefix(&prefix)
+        .send()
+        .await
+        .expect("list queues");
+    left.extend(queues.queue_urls().iter().map(|u| format!("queue {u}")));
+    let tables = c.dynamodb.list_tables().send().await.expect("list tables");
+    left.extend(
+        tables
+            .table_names()
+            .iter()
+            .filter(|t| t.starts_with(&prefix))
+            .map(|t| format!("table {t}")),
+    );
+    if c.iam.get_role().role_name(&n.role).send().await.is_ok() {
+        left.push(format!("role {}", n.role));
+    }
+    if c.iam
+        .get_instance_profile()
+        .instance_profile_name(&n.instance_profile)
+        .send()
+        .await
+        .is_ok()
+    {
+        left.push(format!("instance profile {}", n.instance_profile));
+    }
+    let lts = c
+        .ec2
+        .describe_launch_templates()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("launch-template-name")
+                .values(&n.finder_launch_template)
+                .values(&n.worker_launch_template)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe launch templates");
+    left.extend(
+        lts.launch_templates()
+            .iter()
+            .map(|t| format!("launch template {:?}", t.launch_template_name())),
+    );
+    let sgs = c
+        .ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values(&n.security_group)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe security groups");
+    left.extend(
+        sgs.security_groups()
+            .iter()
+            .map(|g| format!("security group {:?}", g.group_id())),
+    );
+    let groups = c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .send()
+        .await
+        .expect("describe groups");
+    left.extend(
+        groups
+            .auto_scaling_groups()
+            .iter()
+            .filter_map(|g| g.auto_scaling_group_name())
+            .filter(|g| g.starts_with(&prefix))
+            .map(|g| format!("group {g}")),
+    );
+    let alarms = c
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix(&prefix)
+        .send()
+        .await
+        .expect("describe alarms");
+    left.extend(
+        alarms
+            .metric_alarms()
+            .iter()
+            .map(|a| format!("alarm {:?}", a.alarm_name())),
+    );
+    let dashboards = c
+        .cloudwatch
+        .list_dashboards()
+        .dashboard_name_prefix(&prefix)
+        .send()
+        .await
+        .expect("list dashboards");
+    left.extend(
+        dashboards
+            .dashboard_entries()
+            .iter()
+            .map(|d| format!("dashboard {:?}", d.dashboard_name())),
+    );
+    let topics = c.sns.list_topics().send().await.expect("list topics");
+    left.extend(
+        topics
+            .topics()
+            .iter()
+            .filter_map(|t| t.topic_arn())
+            .filter(|a| a.contains(&prefix))
+            .map(|a| format!("topic {a}")),
+    );
+    left.extend(
+        notification_ids(c, source_bucket)
+            .await
+            .into_iter()
+            .filter(|id| *id == n.notification_id)
+            .map(|id| format!("notification {id}")),
+    );
+    left
+}
+
+#[tokio::test]
+async fn create_observe_update_import_delete() {
+    let (_moto, cfg, c) = world().await;
+    bucket_with(&c, "life-src", &keys("in/", 5)).await;
+    bucket_with(&c, "life-dst", &[]).await;
+    // Someone else's notification on the source bucket: it must survive our create and delete.
+    let other = c
+        .sqs
+        .create_queue()
+        .queue_name("someone-else")
+        .send()
+        .await
+        .expect("queue");
+    let other_arn = c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(other.queue_url().unwrap_or_default())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("arn")
+        .attributes()
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .cloned()
+        })
+        .unwrap_or_default();
+    c.s3.put_bucket_notification_configuration()
+        .bucket("life-src")
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .queue_configurations(
+                    aws_sdk_s3::types::QueueConfiguration::builder()
+                        .id("someone-else")
+                        .queue_arn(&other_arn)
+                        .events(aws_sdk_s3::types::Event::from("s3:ObjectCreated:Put"))
+                        .build()
+                        .expect("queue configuration"),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("put notification");
+
+    let mut spec = TransferSpec::new("life", "life-src", "life-dst", "registry.local/dth:1");
+    spec.source.prefix = "in/".into();
+    spec.source.events = dth_core::config::EventsMode::Create;
+    spec.destination.prefix = "copy".into();
+    spec.alarm_email = Some("ops@example.com".into());
+    spec.tags.insert("project".into(), "photos".into());
+
+    let infra = create(&c, &cfg, &spec).await.expect("create");
+    assert_eq!(
+        infra.queue_arn,
+        "arn:aws:sqs:us-east-1:123456789012:dth-life-jobs"
+    );
+    assert!(infra.security_group_id.is_some());
+    assert_eq!(infra.alarm_names.len(), 3);
+    assert_eq!(infra.notification_id.as_deref(), Some("dth-life"));
+    assert!(!infra.ami_id.is_empty());
+
+    // The worker's user data carries the job config, parsed back exactly.
+    let lt = c
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&infra.worker_launch_template_id)
+        .versions("1")
+        .send()
+        .await
+        .expect("versions");
+    let data = lt.launch_template_versions()[0]
+        .launch_template_data()
+        .cloned()
+        .expect("data");
+    let launch = dth_core::userdata::parse(data.user_data().unwrap_or("")).expect("user data");
+    assert_eq!(launch.config, spec.job_config(&infra, &cfg));
+    assert_eq!(launch.args, ["--concurrency", "4"]);
+    assert_eq!(
+        data.metadata_options()
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str()),
+        Some("required")
+    );
+    assert_eq!(
+        data.block_device_mappings()[0]
+            .ebs()
+            .and_then(|e| e.encrypted()),
+        Some(true)
+    );
+    let group = c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&infra.finder_asg)
+        .send()
+        .await
+        .expect("groups");
+    let finder = &group.auto_scaling_groups()[0];
+    assert_eq!(
+        (
+            finder.min_size(),
+            finder.max_size(),
+            finder.desired_capacity()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
+    assert_eq!(
+        notification_ids(&c, "life-src").await,
+        ["someone-else", "dth-life"],
+        "ours merged with the existing one"
+    );
+    // S3 (and moto) confirm a new notification with a test event on the queue; a worker drops it.
+    let received = c
+        .sqs
+        .receive_message()
+        .queue_url(&infra.queue_url)
+        .send()
+        .await
+        .expect("receive");
+    let test_event = &received.messages()[0];
+    assert!(test_event.body().unwrap_or("").contains("s3:TestEvent"));
+    c.sqs
+        .delete_message()
+        .queue_url(&infra.queue_url)
+        .receipt_handle(test_event.receipt_handle().unwrap_or(""))
+        .send()
+        .await
+        .expect("delete test event");
+
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    assert_eq!(seen.progress.status, Status::Idle);
+    assert_eq!(seen.spec, spec);
+    assert_eq!(seen.infra, infra);
+
+    let mut new = spec.clone();
+    new.fleet.min = 2;
+    new.fleet.desired = 3;
+    new.fleet.max = 10;
+    new.fleet.worker_concurrency = 8;
+    new.schedule = "30 2 * * *".into();
+    new.tags.insert("owner".into(), "me".into());
+    new.tags.remove("project");
+    let (infra2, warnings) = update(&c, &cfg, (&spec, &infra), &new)
+        .await
+        .expect("update");
+    assert_eq!(infra2.worker_launch_template_version, 2);
+    assert_eq!(
+        infra2.schedule_action.as_deref(),
+        Some("dth-life-finder-schedule")
+    );
+    // moto answers StartInstanceRefresh with a 500: a warning, not an error.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("keep launch template version 1"),
+        "{warnings:?}"
+    );
+
+    let seen = observe(&c, &cfg, &new, &infra2)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    assert_eq!(seen.spec, new);
+    assert_eq!(seen.worker_desired, 3);
+    // A hand-made change shows up against the spec.
+    c.autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&infra2.worker_asg)
+        .max_size(4)
+        .send()
+        .await
+        .expect("hand edit");
+    let seen = observe(&c, &cfg, &new, &infra2)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.spec.fleet.max, 4);
+    assert_eq!(
+        seen.spec.fleet.desired, 3,
+        "autoscaling owns desired within min..max"
+    );
+    c.autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&infra2.worker_asg)
+        .max_size(10)
+        .send()
+        .await
+        .expect("hand edit undone");
+
+    let (imported, imported_infra) = import(&c, &cfg, "life").await.expect("import");
+    assert_eq!(imported, new);
+    assert_eq!(imported_infra, infra2);
+
+    let notes = delete(&c, &infra2, &new).await.expect("delete");
+    assert!(notes.is_empty(), "{notes:?}");
+    let left = leftovers(&c, "life", "life-src").await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(notification_ids(&c, "life-src").await, ["someone-else"]);
+    assert_eq!(object_count(&c, "life-src").await, 5, "source objects stay");
+    c.s3.head_bucket()
+        .bucket("life-dst")
+        .send()
+        .await
+        .expect("destination bucket stays");
+    // Deleting again finds nothing to delete, and that is fine.
+    delete(&c, &infra2, &new).await.expect("delete again");
+    assert!(observe(&c, &cfg, &new, &infra2)
+        .await
+        .expect("observe")
+        .is_none());
+}
+
+#[tokio::test]
+async fn failed_create_leaves_nothing_behind() {
+    let (_moto, cfg, c) = world().await;
+    bucket_with(&c, "fail-src", &keys("", 2)).await;
+    bucket_with(&c, "fail-dst", &[]).await;
+    // The role name is taken: create gets past the queues and the table, then fails.
+    c.iam
+        .create_role()
+        .role_name("dth-fail-role")
+        .assume_role_policy_document("{}")
+        .send()
+        .await
+        .expect("pre-existing role");
+    let spec = TransferSpec::new("fail", "fail-src", "fail-dst", "img:1");
+    let err = create(&c, &cfg, &spec).await.expect_err("role exists");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("creating IAM role (dth-fail-role): EntityAlreadyExists"),
+        "{text}"
+    );
+    assert!(err.cleanup.is_empty(), "{text}");
+    let left: Vec<String> = leftovers(&c, "fail", "fail-src")
+        .await
+        .into_iter()
+        .filter(|l| l != "role dth-fail-role")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The role that was there before is not ours to delete.
+    c.iam
+        .get_role()
+        .role_name("dth-fail-role")
+        .send()
+        .await
+        .expect("role kept");
+    assert_eq!(object_count(&c, "fail-src").await, 2);
+
+    // Invalid specs fail before any AWS call, naming the attribute.
+    let mut bad = spec.clone();
+    bad.fleet.min = 5;
+    bad.fleet.desired = 1;
+    let before = c.calls();
+    let err = create(&c, &cfg, &bad).await.expect_err("invalid");
+    assert!(err.to_string().contains("fleet.desired"), "{err}");
+    assert_eq!(c.calls(), before);
+}
+
+#[tokio::test]
+async fn observe_costs_a_fixed_number_of_calls() {
+    let (_moto, cfg, c) = world().await;
+    bucket_with(&c, "count-src", &keys("a/", 10)).await;
+    bucket_with(&c, "count-dst", &keys("x/", 3)).await;
+    let mut spec = TransferSpec::new("count", "count-src", "count-dst", "img:1");
+    spec.alarm_email = Some("ops@example.com".into());
+    spec.source.events = dth_core::config::EventsMode::CreateAndDelete;
+    let infra = create(&c, &cfg, &spec).await.expect("create");
+
+    // A finder run in the ledger, as the finder and workers write it.
+    let ledger = dth_core::ledger::DynamoLedger::new(c.dynamodb.clone(), &infra.table);
+    ledger.start_run("run-1").await.expect("start run");
+    ledger
+        .finish_run("run-1", 10, 100)
+        .await
+        .expect("finish run");
+
+    let calls = |before: u64| c.calls() - before;
+    let before = c.calls();
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    let small = calls(before);
+    assert_eq!(seen.progress.objects_found, 10);
+    assert_eq!(seen.progress.status, Status::Syncing, "found 10, none done");
+    assert!(seen.progress.last_finder_run.is_some());
+
+    // Many more objects on both sides: the same calls.
+    let more = keys("b/", 300);
+    for k in &more {
+        c.s3.put_object()
+            .bucket("count-src")
+            .key(k)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .expect("put");
+    }
+    let before = c.calls();
+    observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    let large = calls(before);
+    assert_eq!(
+        small, large,
+        "observe must not depend on the objects in the buckets"
+    );
+    // SQS 2, DynamoDB 2, Auto Scaling 3, EC2 4 (templates, 2 versions, security group), IAM 2,
+    // CloudWatch 2, SNS 1, S3 1.
+    assert_eq!(small, 17, "observe made {small} AWS calls");
+
+    // A piece deleted by hand is reported, so that it can be replaced.
+    c.sqs
+        .delete_queue()
+        .queue_url(&infra.queue_url)
+        .send()
+        .await
+        .expect("delete queue");
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.missing, [Component::Queue]);
+
+    delete(&c, &infra, &spec).await.expect("delete");
+    assert!(leftovers(&c, "count", "count-src").await.is_empty());
+    assert_eq!(object_count(&c, "count-src").await, 310);
+    assert_eq!(object_count(&c, "count-dst").await, 3);
+}
