@@ -24,6 +24,8 @@ pub struct ControlPlane {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub s3: aws_sdk_s3::Client,
+    /// For the finder to scale its own group in when a scheduled run is done ([`crate::fleet`]).
+    pub autoscaling: aws_sdk_autoscaling::Client,
 }
 
 async fn load(region: Option<&str>) -> SdkConfig {
@@ -61,8 +63,13 @@ impl ControlPlane {
         if let Some(u) = &e.s3 {
             s3 = s3.endpoint_url(u).force_path_style(true);
         }
+        let mut asg = aws_sdk_autoscaling::config::Builder::from(&sdk);
+        if let Some(u) = &e.autoscaling {
+            asg = asg.endpoint_url(u);
+        }
         Self {
             sqs: aws_sdk_sqs::Client::from_conf(sqs.build()),
+            autoscaling: aws_sdk_autoscaling::Client::from_conf(asg.build()),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(ddb.build()),
             secrets: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),

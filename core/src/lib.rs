@@ -7,6 +7,7 @@
 //! - [`finder`]: list → diff → pack into jobs → enqueue, streaming with bounded memory.
 //! - [`worker`]: dequeue → copy (single PUT / multipart / fleet-split) → verify → record.
 //! - [`queue`], [`ledger`]: the SQS job queue and the DynamoDB ledger.
+//! - [`fleet`]: what a binary does to its own Auto Scaling group (the finder scales itself in).
 
 pub mod aws;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod finder;
+pub mod fleet;
 pub mod job;
 pub mod ledger;
 pub mod limit;

@@ -109,11 +109,20 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
     let role = match comment(text, "role")? {
         "finder" => Role::Finder,
         "worker" => Role::Worker,
-        other => return Err(Error::config("user_data", format!("unknown role `{other}`"))),
+        other => {
+            return Err(Error::config(
+                "user_data",
+                format!("unknown role `{other}`"),
+            ))
+        }
     };
     let image = comment(text, "image")?.to_string();
-    let args: Vec<String> = serde_json::from_str(comment(text, "args")?)
-        .map_err(|e| Error::config("user_data", format!("`# dth:args=` is not a JSON list: {e}")))?;
+    let args: Vec<String> = serde_json::from_str(comment(text, "args")?).map_err(|e| {
+        Error::config(
+            "user_data",
+            format!("`# dth:args=` is not a JSON list: {e}"),
+        )
+    })?;
     let open = format!("<<'{HEREDOC}'\n");
     let start = text
         .find(&open)

@@ -6,7 +6,7 @@ use clap::Parser;
 use dth_core::cli::{exit_code, CommonArgs};
 use dth_core::finder::{self, Sink};
 use dth_core::limit::Limits;
-use dth_core::{aws, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
+use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +32,10 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// After a successful run (not a dry run), set this Auto Scaling group's desired capacity to 0: how a
+    /// finder started by a scheduled action on its group ends the run.
+    #[arg(long, value_name = "NAME", env = "DTH_SCALE_IN_ASG")]
+    scale_in_asg: Option<String>,
 }
 
 #[tokio::main]
@@ -53,6 +57,12 @@ async fn run(args: Args) -> dth_core::Result<()> {
         cfg.finder.parallelism = p;
     }
     cfg.validate()?;
+    if args.scale_in_asg.as_deref() == Some("") {
+        return Err(dth_core::Error::config(
+            "--scale-in-asg",
+            "must not be empty",
+        ));
+    }
     let cp = aws::ControlPlane::new(&cfg.aws).await;
     let limits = Arc::new(Limits::new(
         cfg.worker.bandwidth_limit,
@@ -74,9 +84,18 @@ async fn run(args: Args) -> dth_core::Result<()> {
     let (stats, totals) = stats::spawn("finder");
     let report = finder::run(&cfg, roots, src, dst, sink, args.run_id, stats).await?;
     let _ = totals.await;
-    if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-        return Ok(());
+    print_report(&report, args.json);
+    // Only after the report is out: a group that cannot be scaled in must not hide what the run did.
+    if let (Some(asg), false) = (&args.scale_in_asg, report.dry_run) {
+        fleet::scale_in(&cp.autoscaling, asg).await?;
+    }
+    Ok(())
+}
+
+fn print_report(report: &finder::FinderReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        return;
     }
     let c = &report.counts;
     let verb = if report.dry_run {
@@ -112,5 +131,4 @@ async fn run(args: Args) -> dth_core::Result<()> {
             report.control_plane_calls, report.seconds
         );
     }
-    Ok(())
 }

@@ -1,5 +1,8 @@
 //! Test harness: a private moto server per test (started and stopped by PID), AWS clients pointed at it,
-//! and the real `finder` / `worker` binaries run as child processes.
+//! and the real `finder` / `worker` binaries run as child processes — by hand, or by the EC2 stand-in
+//! ([`ec2`]) from the launch templates of Auto Scaling groups.
+
+pub mod ec2;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,8 @@ pub struct World {
     pub sqs: aws_sdk_sqs::Client,
     pub ddb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub ec2: aws_sdk_ec2::Client,
 }
 
 impl Drop for World {
@@ -131,6 +136,8 @@ impl World {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             ddb: aws_sdk_dynamodb::Client::new(&sdk),
             secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
+            ec2: aws_sdk_ec2::Client::new(&sdk),
             endpoint,
             moto,
             dir,
@@ -339,38 +346,19 @@ impl World {
             .unwrap();
     }
 
-    /// Ledger object rows of a run: key → status.
+    /// Object outcomes of a run, as the ledger answers them: key → status.
     pub async fn ledger_rows(
         &self,
         table: &str,
         run: &str,
     ) -> std::collections::BTreeMap<String, String> {
-        use aws_sdk_dynamodb::types::AttributeValue as Av;
-        let mut rows = std::collections::BTreeMap::new();
-        let mut start = None;
-        loop {
-            let o = self
-                .ddb
-                .query()
-                .table_name(table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                .expression_attribute_values(":pk", Av::S(format!("run#{run}")))
-                .expression_attribute_values(":p", Av::S("obj#".into()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .unwrap();
-            for i in o.items() {
-                rows.insert(
-                    i["key"].as_s().unwrap().clone(),
-                    i["status"].as_s().unwrap().clone(),
-                );
-            }
-            start = o.last_evaluated_key().cloned();
-            if start.is_none() {
-                return rows;
-            }
-        }
+        dth_core::ledger::DynamoLedger::new(self.ddb.clone(), table)
+            .objects(run)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key, r.status.as_str().to_owned()))
+            .collect()
     }
 
     pub async fn summary(
@@ -405,7 +393,28 @@ impl World {
             .to_owned()
     }
 
-    /// A job config for `src` → `dst` with everything on this world; `patch` is merged over it.
+    /// The JSON of a job config for `src` → `dst` with everything on this world; `patch` is merged over it.
+    pub fn config_json(
+        &self,
+        src: &str,
+        dst: &str,
+        q: &Queues,
+        table: &str,
+        patch: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "source": {"bucket": src, "endpoint": self.endpoint, "path_style": true, "region": REGION},
+            "destination": {"bucket": dst, "endpoint": self.endpoint, "path_style": true, "region": REGION},
+            "queue": {"url": q.url},
+            "ledger": {"table": table},
+            "aws": {"region": REGION, "endpoints": {"sqs": self.endpoint, "dynamodb": self.endpoint,
+                    "secretsmanager": self.endpoint, "s3": self.endpoint, "autoscaling": self.endpoint}}
+        });
+        merge(&mut v, patch);
+        v
+    }
+
+    /// [`World::config_json`] written to a file.
     pub fn config(
         &self,
         src: &str,
@@ -414,15 +423,7 @@ impl World {
         table: &str,
         patch: serde_json::Value,
     ) -> PathBuf {
-        let mut v = serde_json::json!({
-            "source": {"bucket": src, "endpoint": self.endpoint, "path_style": true, "region": REGION},
-            "destination": {"bucket": dst, "endpoint": self.endpoint, "path_style": true, "region": REGION},
-            "queue": {"url": q.url},
-            "ledger": {"table": table},
-            "aws": {"region": REGION, "endpoints": {"sqs": self.endpoint, "dynamodb": self.endpoint,
-                    "secretsmanager": self.endpoint, "s3": self.endpoint}}
-        });
-        merge(&mut v, patch);
+        let v = self.config_json(src, dst, q, table, patch);
         let path = self.dir.join(format!("config-{}.json", fastrand::u32(..)));
         std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
         path
@@ -466,6 +467,38 @@ impl World {
             .spawn()
             .unwrap();
         (Proc(child), log)
+    }
+}
+
+impl World {
+    /// Stand-in options for this world: the built binaries, logs under `<dir>/ec2`, and the world's
+    /// credentials for the stand-in and its processes.
+    pub fn standin_options(&self) -> ec2::Options {
+        let bin_dir = bin("finder")
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        ec2::Options::new(&self.endpoint, REGION, bin_dir, self.dir.join("ec2"))
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_LOG", "info")
+    }
+
+    /// Start the EC2 stand-in against this world; it stops its processes when dropped. Its log goes to the
+    /// test's output.
+    pub fn standin(&self) -> ec2::Ec2StandIn {
+        self.standin_with(self.standin_options())
+    }
+
+    pub fn standin_with(&self, opts: ec2::Options) -> ec2::Ec2StandIn {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        ec2::Ec2StandIn::spawn(opts).expect("starting the EC2 stand-in thread")
     }
 }
 
