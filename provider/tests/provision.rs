@@ -484,6 +484,35 @@ async fn create_observe_update_import_delete() {
     assert_eq!(imported, new);
     assert_eq!(imported_infra, infra2);
 
+    // The alarm email changes in place: a new subscription, then none (topic gone, alarm without action).
+    let mut other_email = new.clone();
+    other_email.alarm_email = Some("oncall@example.com".into());
+    let (infra3, _) = update(&c, &cfg, (&new, &infra2), &other_email)
+        .await
+        .expect("update email");
+    assert_ne!(infra3.subscription_arn, infra2.subscription_arn);
+    let seen = observe(&c, &cfg, &other_email, &infra3)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.spec.alarm_email.as_deref(), Some("oncall@example.com"));
+    let mut no_email = other_email.clone();
+    no_email.alarm_email = None;
+    let (infra4, _) = update(&c, &cfg, (&other_email, &infra3), &no_email)
+        .await
+        .expect("update email");
+    assert_eq!(
+        (infra4.topic_arn.as_ref(), infra4.subscription_arn.as_ref()),
+        (None, None)
+    );
+    let seen = observe(&c, &cfg, &no_email, &infra4)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    assert_eq!(seen.spec, no_email);
+    let (new, infra2) = (no_email, infra4);
+
     let notes = delete(&c, &infra2, &new).await.expect("delete");
     assert!(notes.is_empty(), "{notes:?}");
     let left = leftovers(&c, "life", "life-src").await;
