@@ -1,3 +1,4 @@
 //! terraform-provider-dth: the plugin-protocol-6 layer and the dth resources.
 pub mod aws;
+pub mod tfplugin;
 pub mod transfer;
