@@ -409,9 +409,10 @@ impl TransferSpec {
     /// arguments, not from here.
     pub fn apply_job_config(&mut self, jc: &JobConfig, cfg: &ProviderConfig) {
         let s3 = cfg.endpoints.s3.as_deref();
-        // An endpoint equal to the provider's S3 endpoint was filled in by job_config, not written by the user.
-        let strip = |e: &Option<String>| match e.as_deref() {
-            Some(x) if Some(x) == s3 => None,
+        // An endpoint equal to the provider's S3 endpoint was filled in by job_config, unless the spec we start
+        // from (the user's, when reading) says it was written that way.
+        let strip = |e: &Option<String>, mine: &Option<String>| match e.as_deref() {
+            Some(x) if Some(x) == s3 && mine.as_deref() != Some(x) => None,
             _ => e.clone(),
         };
         let s = &jc.source;
@@ -421,7 +422,7 @@ impl TransferSpec {
         self.source.prefix_list = s.prefix_list.clone();
         self.source.region = s.region.clone();
         self.source.endpoint = if s.kind == SourceType::AmazonS3 {
-            strip(&s.endpoint)
+            strip(&s.endpoint, &self.source.endpoint)
         } else {
             s.endpoint.clone()
         };
@@ -432,7 +433,7 @@ impl TransferSpec {
         self.destination.bucket = d.bucket.clone();
         self.destination.prefix = d.prefix.clone();
         self.destination.region = d.region.clone();
-        self.destination.endpoint = strip(&d.endpoint);
+        self.destination.endpoint = strip(&d.endpoint, &self.destination.endpoint);
         self.destination.credentials_secret_arn = d.credentials_secret_arn.clone();
         self.destination.storage_class = d.storage_class.clone();
         self.destination.acl = d.acl.clone();
