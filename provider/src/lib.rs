@@ -1,5 +1,6 @@
 //! terraform-provider-dth: the plugin-protocol-6 layer and the dth resources.
 pub mod aws;
+pub mod docs;
 pub mod provider;
 pub mod resources;
 pub mod tfplugin;

@@ -56,7 +56,8 @@ fn s(name: &str, md: &str) -> Attribute {
     Attribute::string(name).optional().description(md)
 }
 
-fn schema() -> Schema {
+/// The resource's schema (what [`Resource::schema`] serves, and what the docs are generated from).
+pub fn schema() -> Schema {
     let source = Block::new()
         .description("Where objects come from.")
         .attribute(

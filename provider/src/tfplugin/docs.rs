@@ -60,7 +60,17 @@ fn page(page_title: &str, heading: &str, schema: &Schema, example: &str) -> Stri
         );
     }
     let mut nested = Vec::new();
-    block_sections(&mut out, &schema.block, "", "###", &mut nested);
+    // Like the registry's pages: what the user writes under "Argument Reference", what the resource
+    // exports under "Attribute Reference", after the nested blocks' sections.
+    let mut exported = Vec::new();
+    block_sections(
+        &mut out,
+        &schema.block,
+        "",
+        "###",
+        &mut nested,
+        Some(&mut exported),
+    );
     while !nested.is_empty() {
         let pending = std::mem::take(&mut nested);
         for (anchor, block) in pending {
@@ -72,20 +82,37 @@ fn page(page_title: &str, heading: &str, schema: &Schema, example: &str) -> Stri
             if !block.block.description.trim().is_empty() {
                 let _ = write!(out, "\n{}\n", block.block.description.trim());
             }
-            block_sections(&mut out, &block.block, &anchor, "Heading", &mut nested);
+            block_sections(
+                &mut out,
+                &block.block,
+                &anchor,
+                "Heading",
+                &mut nested,
+                None,
+            );
+        }
+    }
+    if !exported.is_empty() {
+        out.push_str(
+            "\n## Attribute Reference\n\nIn addition to the arguments above, these attributes are exported:\n\n",
+        );
+        for line in exported {
+            let _ = writeln!(out, "{line}");
         }
     }
     out
 }
 
 /// Required / Optional / Read-Only lists of one block; nested blocks are queued for their own
-/// sections (breadth first, so a page reads top-down).
+/// sections (breadth first, so a page reads top-down). Read-only attributes go to `exported`
+/// when given, instead of a list of their own.
 fn block_sections<'a>(
     out: &mut String,
     block: &'a Block,
     anchor_prefix: &str,
     heading: &str,
     nested: &mut Vec<(String, &'a NestedBlock)>,
+    exported: Option<&mut Vec<String>>,
 ) {
     let mut required = Vec::new();
     let mut optional = Vec::new();
@@ -113,6 +140,9 @@ fn block_sections<'a>(
             optional.push(line);
         }
         nested.push((anchor, nested_block));
+    }
+    if let Some(exported) = exported {
+        exported.append(&mut read_only);
     }
     for (title, lines) in [
         ("Required", required),
@@ -272,8 +302,10 @@ mod tests {
         assert!(page.contains("```terraform\nresource \"toy_thing\" \"x\" {}\n```"));
         let required = page.find("### Required").unwrap();
         let optional = page.find("### Optional").unwrap();
-        let read_only = page.find("### Read-Only").unwrap();
-        assert!(required < optional && optional < read_only);
+        let nested = page.find("### Nested Schema for `source`").unwrap();
+        let exported = page.find("## Attribute Reference").unwrap();
+        assert!(required < optional && optional < nested && nested < exported);
+        assert!(!page.contains("### Read-Only"));
         assert!(page.contains(
             "- `name` (String) Name of the thing. Changing this forces a new resource.\n"
         ));
@@ -297,5 +329,6 @@ mod tests {
         let page = provider_markdown("dth", &Schema::new(0, Block::new()), "provider \"dth\" {}");
         assert!(page.contains("# dth Provider\n"));
         assert!(!page.contains("### Required"));
+        assert!(!page.contains("## Attribute Reference"));
     }
 }
