@@ -126,4 +126,18 @@ impl Provider for DthProvider {
     fn resources(&self) -> Vec<Box<dyn Resource<Client>>> {
         vec![Box::new(s3_transfer::S3Transfer)]
     }
+
+    /// The SDK's orchestrator and signer print resolved credentials (the access key id) and canonical
+    /// requests at trace level.
+    fn quiet_log_targets(&self) -> &'static [&'static str] {
+        &[
+            "aws_smithy_runtime",
+            "aws_smithy_runtime_api",
+            "aws_smithy_http_client",
+            "aws_sigv4",
+            "aws_config",
+            "aws_credential_types",
+            "aws_runtime",
+        ]
+    }
 }

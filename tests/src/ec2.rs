@@ -185,6 +185,23 @@ impl Launch {
     }
 }
 
+/// Every launch's log, headed by its group, number, pid and exit status: for a failed test's message.
+pub fn logs(launches: &[Launch]) -> String {
+    launches
+        .iter()
+        .map(|l| {
+            format!(
+                "--- {}-{} (pid {}, {:?}):\n{}",
+                l.group,
+                l.n,
+                l.pid,
+                l.ended.map(|e| e.1),
+                std::fs::read_to_string(&l.log).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 type Launches = Arc<Mutex<Vec<Launch>>>;
 
 fn lock(l: &Launches) -> std::sync::MutexGuard<'_, Vec<Launch>> {
@@ -245,6 +262,14 @@ impl Ec2StandIn {
             .iter()
             .filter(|l| l.group == group)
             .cloned()
+            .collect()
+    }
+
+    /// The processes of one group still running.
+    pub fn running(&self, group: &str) -> Vec<Launch> {
+        self.launches_of(group)
+            .into_iter()
+            .filter(Launch::running)
             .collect()
     }
 

@@ -2,7 +2,9 @@
 //! and the real `finder` / `worker` binaries run as child processes — by hand, or by the EC2 stand-in
 //! ([`ec2`]) from the launch templates of Auto Scaling groups.
 
+pub mod cloud;
 pub mod ec2;
+pub mod terraform;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,25 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sqs::types::QueueAttributeName;
+
+/// Poll `cond` (an async expression) every 250 ms until it holds; fail after `limit` with `what`.
+#[macro_export]
+macro_rules! wait_for {
+    ($limit:expr, $what:expr, $cond:expr) => {{
+        let deadline = std::time::Instant::now() + $limit;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {}",
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }};
+}
 
 pub const REGION: &str = "us-east-1";
 
@@ -33,15 +54,27 @@ fn target_dir() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
-/// Path of a workspace binary, building finder and worker once if needed.
+/// Path of a workspace binary, building every binary of the workspace once if needed.
 pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "finder", "-p", "worker"])
+        let mut cargo = Command::new(env!("CARGO"));
+        // `cargo test` gives this process the test package's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...; ring's
+        // build script reruns when those change (rerun-if-env-changed), and with it everything above ring (the
+        // TLS stack, every AWS SDK). Without them this build finds everything `cargo test` just built.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+                cargo.env_remove(&key);
+            }
+        }
+        let status = cargo
+            // The same selection as scripts/test, scripts/demo and scripts/install-provider: one build (and one
+            // set of resolved features) serves them all, so nothing is compiled twice.
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(repo_root())
             .status()
             .expect("running cargo build");
-        assert!(status.success(), "building finder and worker failed");
+        assert!(status.success(), "building the binaries failed");
     });
     target_dir().join("debug").join(name)
 }
@@ -73,6 +106,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Wait (up to 30 s) until moto, still running, answers HTTP on `port` as moto.
+async fn moto_answers(moto: &mut Child, port: u16) -> bool {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if !matches!(moto.try_wait(), Ok(None)) {
+            return false;
+        }
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reply = String::new();
+            let asked = conn.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            if asked.is_ok() && conn.read_to_string(&mut reply).is_ok() {
+                return reply.starts_with("HTTP/1") && reply.contains("Werkzeug");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 pub fn md5_hex(b: &[u8]) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(b))
@@ -102,23 +156,28 @@ impl World {
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let moto = Command::new(&moto_bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting moto_server");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start on {endpoint}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A free port can be taken by someone else (another test's provider plugin) before moto binds it: then
+        // moto exits, or the port answers but not as moto. Either way, start again on another port.
+        let mut attempt = 0;
+        let (moto, endpoint) = loop {
+            attempt += 1;
+            let port = free_port();
+            let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+            let mut moto = Command::new(&moto_bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting moto_server");
+            let endpoint = format!("http://127.0.0.1:{port}");
+            if moto_answers(&mut moto, port).await {
+                break (moto, endpoint);
+            }
+            let _ = moto.kill();
+            let _ = moto.wait();
+            let log = std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default();
+            assert!(attempt < 3, "moto did not start on {endpoint}:\n{log}");
+        };
         let creds = aws_credential_types::Credentials::new("test", "test", None, None, "test");
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))

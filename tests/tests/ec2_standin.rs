@@ -11,25 +11,11 @@ use aws_sdk_ec2::types::RequestLaunchTemplateData;
 use base64::Engine;
 use dth_core::userdata::{self, LaunchSpec, Role};
 use dth_core::JobConfig;
-use dth_tests::ec2::{alive, fire_schedule, Ec2StandIn, Launch};
+use dth_tests::ec2::{alive, fire_schedule, logs, Launch};
 use dth_tests::*;
 use serde_json::json;
 
 const TAG: &str = "dth:transfer";
-
-/// Poll `cond` (an async expression) every 250 ms until it holds; fail after `limit` with `what`.
-macro_rules! wait_for {
-    ($limit:expr, $what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + $limit;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }};
-}
 
 fn user_data(role: Role, config: &JobConfig, args: &[&str]) -> String {
     let text = userdata::render(&LaunchSpec {
@@ -110,29 +96,6 @@ async fn set_desired(w: &World, name: &str, n: i32) {
         .send()
         .await
         .unwrap();
-}
-
-fn logs(launches: &[Launch]) -> String {
-    launches
-        .iter()
-        .map(|l| {
-            format!(
-                "--- {}-{} (pid {}, {:?}):\n{}",
-                l.group,
-                l.n,
-                l.pid,
-                l.ended.map(|e| e.1),
-                std::fs::read_to_string(&l.log).unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
-fn running(s: &Ec2StandIn, group: &str) -> Vec<Launch> {
-    s.launches_of(group)
-        .into_iter()
-        .filter(Launch::running)
-        .collect()
 }
 
 /// Every expected object is at the destination, byte for byte.
@@ -237,7 +200,7 @@ async fn scheduled_finder_and_worker_group_copy_a_bucket() {
     wait_for!(
         Duration::from_secs(60),
         "two worker processes",
-        running(&s, "dth-t1-worker").len() == 2
+        s.running("dth-t1-worker").len() == 2
     );
     assert!(s.launches_of("dth-t1-finder").is_empty());
 
@@ -312,7 +275,7 @@ async fn scheduled_finder_and_worker_group_copy_a_bucket() {
     wait_for!(
         Duration::from_secs(90),
         format!("the workers to stop\n{}", logs(&workers)),
-        workers.iter().all(|l| !alive(l.pid)) && running(&s, "dth-t1-worker").is_empty()
+        workers.iter().all(|l| !alive(l.pid)) && s.running("dth-t1-worker").is_empty()
     );
     for l in s.launches_of("dth-t1-worker") {
         let status = l.ended.unwrap().1;
@@ -360,7 +323,7 @@ async fn template_versions_roll_and_crashes_are_replaced() {
     wait_for!(
         Duration::from_secs(60),
         "two version-1 workers",
-        running(&s, g).len() == 2
+        s.running(g).len() == 2
     );
     let v1 = s.launches_of(g);
     assert!(v1.iter().all(|l| l.template_version == 1));
@@ -383,12 +346,12 @@ async fn template_versions_roll_and_crashes_are_replaced() {
         Duration::from_secs(90),
         format!("version 2 to replace version 1\n{}", logs(&s.launches())),
         {
-            let r = running(&s, g);
+            let r = s.running(g);
             r.len() == 2 && r.iter().all(|l| l.template_version == 2)
         }
     );
     let t_refresh = t_refresh.elapsed();
-    let v2 = running(&s, g);
+    let v2 = s.running(g);
     let first_v1_end = s.launches_of(g)[..2]
         .iter()
         .map(|l| l.ended.unwrap().0)
@@ -415,7 +378,7 @@ async fn template_versions_roll_and_crashes_are_replaced() {
         Duration::from_secs(90),
         format!("version 1 again\n{}", logs(&s.launches())),
         {
-            let r = running(&s, g);
+            let r = s.running(g);
             r.len() == 2 && r.iter().all(|l| l.template_version == 1)
         }
     );
@@ -423,7 +386,7 @@ async fn template_versions_roll_and_crashes_are_replaced() {
     assert_eq!(s.launches_of(g).len(), 6);
 
     // A process dies under the group: replaced, after the backoff.
-    let victim = running(&s, g)[0].clone();
+    let victim = s.running(g)[0].clone();
     let killed = Instant::now();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(victim.pid as i32).unwrap(),
@@ -433,7 +396,7 @@ async fn template_versions_roll_and_crashes_are_replaced() {
     wait_for!(
         Duration::from_secs(60),
         format!("a replacement\n{}", logs(&s.launches())),
-        s.launches_of(g).len() == 7 && running(&s, g).len() == 2
+        s.launches_of(g).len() == 7 && s.running(g).len() == 2
     );
     let replacement = s.launches_of(g).pop().unwrap();
     let delay = replacement.started.duration_since(killed);

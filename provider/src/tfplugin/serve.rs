@@ -60,7 +60,7 @@ pub async fn serve<P: Provider>(provider: P) -> anyhow::Result<()> {
         );
         std::process::exit(1);
     }
-    init_logging();
+    init_logging(provider.quiet_log_targets());
 
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -128,8 +128,9 @@ fn tls_disabled() -> bool {
     std::env::var("TF_DISABLE_PLUGIN_TLS").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// RUST_LOG when set; otherwise terraform's TF_LOG_PROVIDER / TF_LOG level; otherwise warnings.
-fn init_logging() {
+/// RUST_LOG when set; otherwise terraform's TF_LOG_PROVIDER / TF_LOG level; otherwise warnings. `quiet`
+/// targets stay at `debug` at most whatever the level (see [`Provider::quiet_log_targets`]).
+fn init_logging(quiet: &[&str]) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let level = std::env::var("TF_LOG_PROVIDER")
@@ -146,8 +147,9 @@ fn init_logging() {
         };
         // HTTP/2 and TLS frame traces drown the provider's own lines.
         if matches!(level, "trace" | "debug") {
+            let quiet: String = quiet.iter().map(|t| format!(",{t}=debug")).collect();
             EnvFilter::new(format!(
-                "{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,rustls=info"
+                "{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,rustls=info{quiet}"
             ))
         } else {
             EnvFilter::new(level)

@@ -2,99 +2,20 @@
 //! delete, then a check in moto that nothing of the transfer is left and the data is; a create that fails
 //! midway leaves nothing behind; and `observe` costs a fixed number of AWS calls whatever the bucket holds.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use dth_provider::aws::{AwsClients, ProviderConfig, ServiceEndpoints};
+use dth_provider::aws::{AwsClients, ProviderConfig};
 use dth_provider::transfer::{
-    create, delete, import, observe, update, Component, Names, Status, TransferSpec,
+    create, delete, import, observe, update, Component, Status, TransferSpec,
 };
 
-/// A moto server of our own on a free port, stopped (by its PID) when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
+use dth_tests::cloud::{leftovers, notification_ids, provider_config};
+use dth_tests::World;
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
-
-async fn moto() -> Moto {
-    let bin = repo_root().join(".venv/bin/moto_server");
-    assert!(
-        bin.exists(),
-        "moto is not installed: run `scripts/dev-env install` (the README's test command does)"
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    // Its log (requests and tracebacks) goes next to the other test output, for when a call fails.
-    let log_dir = repo_root().join("target").join("provision");
-    let _ = std::fs::create_dir_all(&log_dir);
-    let log = std::fs::File::create(log_dir.join(format!("moto-{port}.log")))
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null());
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting moto_server");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto did not start on {endpoint}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Moto { child, endpoint }
-}
-
-fn config(endpoint: &str) -> ProviderConfig {
-    let e = Some(endpoint.to_owned());
-    ProviderConfig {
-        region: Some("us-east-1".into()),
-        access_key: Some("test".into()),
-        secret_key: Some("test".into()),
-        endpoints: ServiceEndpoints {
-            s3: e.clone(),
-            sqs: e.clone(),
-            dynamodb: e.clone(),
-            autoscaling: e.clone(),
-            ec2: e.clone(),
-            iam: e.clone(),
-            secretsmanager: e.clone(),
-            cloudwatch: e.clone(),
-            sns: e.clone(),
-            sts: e,
-        },
-        default_tags: [("team".to_owned(), "data".to_owned())].into(),
-        s3_use_path_style: true,
-        ..Default::default()
-    }
-}
-
-async fn world() -> (Moto, ProviderConfig, AwsClients) {
-    let m = moto().await;
-    let cfg = config(&m.endpoint);
+async fn world(name: &str) -> (World, ProviderConfig, AwsClients) {
+    let w = World::start(name).await;
+    let mut cfg = provider_config(&w.endpoint);
+    cfg.default_tags = [("team".to_owned(), "data".to_owned())].into();
     let clients = AwsClients::new(&cfg).await.expect("clients");
-    (m, cfg, clients)
+    (w, cfg, clients)
 }
 
 async fn bucket_with(c: &AwsClients, bucket: &str, keys: &[String]) {
@@ -130,166 +51,9 @@ async fn object_count(c: &AwsClients, bucket: &str) -> usize {
         .len()
 }
 
-/// Ids of the bucket's queue notifications. moto answers a bucket without any with a document the SDK cannot
-/// parse (another root element): that reads as none.
-async fn notification_ids(c: &AwsClients, bucket: &str) -> Vec<String> {
-    match c
-        .s3
-        .get_bucket_notification_configuration()
-        .bucket(bucket)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .queue_configurations()
-            .iter()
-            .filter_map(|q| q.id().map(str::to_owned))
-            .collect(),
-        Err(e) => {
-            let body = e
-                .raw_response()
-                .and_then(|r| r.body().bytes())
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            assert!(
-                !body.contains("Configuration"),
-                "bucket notifications: {e:?}"
-            );
-            Vec::new()
-        }
-    }
-}
-
-/// Everything named `dth-<name>-*` that moto still holds, by kind.
-async fn leftovers(c: &AwsClients, name: &str, source_bucket: &str) -> Vec<String> {
-    let n = Names::new(name);
-    let prefix = format!("dth-{name}-");
-    let mut left = Vec::new();
-    let queues = c
-        .sqs
-        .list_queues()
-        .queue_name_prefix(&prefix)
-        .send()
-        .await
-        .expect("list queues");
-    left.extend(queues.queue_urls().iter().map(|u| format!("queue {u}")));
-    let tables = c.dynamodb.list_tables().send().await.expect("list tables");
-    left.extend(
-        tables
-            .table_names()
-            .iter()
-            .filter(|t| t.starts_with(&prefix))
-            .map(|t| format!("table {t}")),
-    );
-    if c.iam.get_role().role_name(&n.role).send().await.is_ok() {
-        left.push(format!("role {}", n.role));
-    }
-    if c.iam
-        .get_instance_profile()
-        .instance_profile_name(&n.instance_profile)
-        .send()
-        .await
-        .is_ok()
-    {
-        left.push(format!("instance profile {}", n.instance_profile));
-    }
-    let lts = c
-        .ec2
-        .describe_launch_templates()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("launch-template-name")
-                .values(&n.finder_launch_template)
-                .values(&n.worker_launch_template)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("describe launch templates");
-    left.extend(
-        lts.launch_templates()
-            .iter()
-            .map(|t| format!("launch template {:?}", t.launch_template_name())),
-    );
-    let sgs = c
-        .ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-name")
-                .values(&n.security_group)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("describe security groups");
-    left.extend(
-        sgs.security_groups()
-            .iter()
-            .map(|g| format!("security group {:?}", g.group_id())),
-    );
-    let groups = c
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .send()
-        .await
-        .expect("describe groups");
-    left.extend(
-        groups
-            .auto_scaling_groups()
-            .iter()
-            .filter_map(|g| g.auto_scaling_group_name())
-            .filter(|g| g.starts_with(&prefix))
-            .map(|g| format!("group {g}")),
-    );
-    let alarms = c
-        .cloudwatch
-        .describe_alarms()
-        .alarm_name_prefix(&prefix)
-        .send()
-        .await
-        .expect("describe alarms");
-    left.extend(
-        alarms
-            .metric_alarms()
-            .iter()
-            .map(|a| format!("alarm {:?}", a.alarm_name())),
-    );
-    let dashboards = c
-        .cloudwatch
-        .list_dashboards()
-        .dashboard_name_prefix(&prefix)
-        .send()
-        .await
-        .expect("list dashboards");
-    left.extend(
-        dashboards
-            .dashboard_entries()
-            .iter()
-            .map(|d| format!("dashboard {:?}", d.dashboard_name())),
-    );
-    let topics = c.sns.list_topics().send().await.expect("list topics");
-    left.extend(
-        topics
-            .topics()
-            .iter()
-            .filter_map(|t| t.topic_arn())
-            .filter(|a| a.contains(&prefix))
-            .map(|a| format!("topic {a}")),
-    );
-    left.extend(
-        notification_ids(c, source_bucket)
-            .await
-            .into_iter()
-            .filter(|id| *id == n.notification_id)
-            .map(|id| format!("notification {id}")),
-    );
-    left
-}
-
 #[tokio::test]
 async fn create_observe_update_import_delete() {
-    let (_moto, cfg, c) = world().await;
+    let (_world, cfg, c) = world("provision-life").await;
     bucket_with(&c, "life-src", &keys("in/", 5)).await;
     bucket_with(&c, "life-dst", &[]).await;
     // Someone else's notification on the source bucket: it must survive our create and delete.
@@ -534,7 +298,7 @@ async fn create_observe_update_import_delete() {
 
 #[tokio::test]
 async fn failed_create_leaves_nothing_behind() {
-    let (_moto, cfg, c) = world().await;
+    let (_world, cfg, c) = world("provision-fail").await;
     bucket_with(&c, "fail-src", &keys("", 2)).await;
     bucket_with(&c, "fail-dst", &[]).await;
     // The role name is taken: create gets past the queues and the table, then fails.
@@ -580,7 +344,7 @@ async fn failed_create_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn observe_costs_a_fixed_number_of_calls() {
-    let (_moto, cfg, c) = world().await;
+    let (_world, cfg, c) = world("provision-count").await;
     bucket_with(&c, "count-src", &keys("a/", 10)).await;
     bucket_with(&c, "count-dst", &keys("x/", 3)).await;
     let mut spec = TransferSpec::new("count", "count-src", "count-dst", "img:1");

@@ -1,0 +1,553 @@
+//! dth_s3_transfer through the real terraform CLI (the provider installed from a filesystem mirror) against
+//! moto:
+//! - create → plan (no changes) → import and verify → update capacity and schedule → plan (no changes) →
+//!   destroy → nothing left in the cloud, data kept;
+//! - a transfer whose pieces disappear: one piece → replaced, all of it → dropped from state;
+//! - end to end with the EC2 stand-in: the finder runs from its group's launch template, the plan warns with
+//!   what is pending, workers copy a mixed bucket, and a refresh shows it in sync with its counts;
+//! - invalid configurations rejected with the attribute named;
+//! - secrets absent from plan output, state, TF_LOG=TRACE logs and the instances' user data.
+
+use dth_tests::cloud::{clients, leftovers, provider_config};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dth_tests::ec2::logs;
+use dth_tests::terraform::Terraform;
+use dth_tests::*;
+
+fn transfer(name: &str, desired: u32, max: u32, schedule: &str) -> String {
+    format!(
+        r#"
+resource "dth_s3_transfer" "t" {{
+  name = "{name}"
+  source {{
+    bucket = "{name}-src"
+    events = "create"
+  }}
+  destination {{
+    bucket        = "{name}-dst"
+    storage_class = "STANDARD"
+  }}
+  schedule    = "{schedule}"
+  alarm_email = "ops@example.com"
+  fleet {{
+    min     = 1
+    desired = {desired}
+    max     = {max}
+    image   = "dth:test"
+  }}
+}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_import_update_destroy() {
+    let w = World::start("tf-lifecycle").await;
+    let name = "life";
+    w.bucket("life-src").await;
+    w.bucket("life-dst").await;
+    w.put("life-dst", "kept.txt", b"copied data is never deleted")
+        .await;
+
+    let tf = Terraform::new(&w, "main");
+    tf.write(&transfer(name, 1, 4, "once"));
+    tf.ok(&["init", "-input=false"]);
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    let state = tf.state();
+    let values = &state["values"]["root_module"]["resources"][0]["values"];
+    assert_eq!(values["id"], name);
+    assert_eq!(values["status"], "idle");
+    assert_eq!(values["worker_asg_name"], "dth-life-worker");
+
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "a plan right after apply must be empty:\n{out}");
+
+    // Import into a fresh working directory with the same configuration: the state rebuilt from the cloud plans
+    // no changes.
+    let imported = Terraform::new(&w, "import");
+    imported.write(&transfer(name, 1, 4, "once"));
+    imported.ok(&["init", "-input=false"]);
+    imported.ok(&["import", "-input=false", "dth_s3_transfer.t", name]);
+    let (code, out) = imported.plan(&[]);
+    assert_eq!(code, 0, "an imported transfer must plan no changes:\n{out}");
+
+    // In place: capacity and schedule.
+    tf.write(&transfer(name, 3, 6, "0 3 * * *"));
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("1 to change, 0 to destroy"), "{out}");
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    let groups = w
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("dth-life-worker")
+        .send()
+        .await
+        .unwrap();
+    let g = &groups.auto_scaling_groups()[0];
+    assert_eq!((g.desired_capacity(), g.max_size()), (Some(3), Some(6)));
+    let actions = w
+        .autoscaling
+        .describe_scheduled_actions()
+        .auto_scaling_group_name("dth-life-finder")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        actions
+            .scheduled_update_group_actions()
+            .iter()
+            .any(|a| a.recurrence() == Some("0 3 * * *")),
+        "{actions:?}"
+    );
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(
+        code, 0,
+        "a plan right after the update must be empty:\n{out}"
+    );
+
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    let c = clients(&w.endpoint).await;
+    let left = leftovers(&c, name, "life-src").await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let kept = w.get("life-dst", "kept.txt").await;
+    assert_eq!(kept.as_deref(), Some(&b"copied data is never deleted"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disappears() {
+    let w = World::start("tf-disappears").await;
+    let name = "gone";
+    w.bucket("gone-src").await;
+    w.bucket("gone-dst").await;
+    let tf = Terraform::new(&w, "main");
+    tf.write(&transfer(name, 1, 2, "once"));
+    tf.ok(&["init", "-input=false"]);
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+
+    // The job queue deleted by hand: the plan replaces the transfer, and names what is missing.
+    let queue = w
+        .sqs
+        .get_queue_url()
+        .queue_name("dth-gone-jobs")
+        .send()
+        .await
+        .unwrap();
+    w.sqs
+        .delete_queue()
+        .queue_url(queue.queue_url().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("must be replaced"), "{out}");
+    assert!(out.contains("queue"), "{out}");
+    assert!(out.contains("1 to add, 0 to change, 1 to destroy"), "{out}");
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    w.sqs
+        .get_queue_url()
+        .queue_name("dth-gone-jobs")
+        .send()
+        .await
+        .expect("the queue is back");
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(
+        code, 0,
+        "a plan right after the replacement must be empty:\n{out}"
+    );
+
+    // Everything deleted outside Terraform: the refresh drops the transfer from state.
+    let c = clients(&w.endpoint).await;
+    let cfg = provider_config(&w.endpoint);
+    let (spec, infra) = dth_provider::transfer::import(&c, &cfg, name)
+        .await
+        .unwrap();
+    dth_provider::transfer::delete(&c, &infra, &spec)
+        .await
+        .unwrap();
+    assert!(leftovers(&c, name, "gone-src").await.is_empty());
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("dth_s3_transfer.t will be created"), "{out}");
+    assert!(out.contains("1 to add, 0 to change, 0 to destroy"), "{out}");
+    tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
+    let listed = tf.ok(&["state", "list"]);
+    assert_eq!(listed.trim(), "", "removed from state");
+}
+
+fn e2e_transfer(workers: u32) -> String {
+    format!(
+        r#"
+resource "dth_s3_transfer" "t" {{
+  name = "e2e"
+  source {{
+    bucket = "e2e-src"
+  }}
+  destination {{
+    bucket        = "e2e-dst"
+    prefix        = "copy"
+    storage_class = "STANDARD"
+  }}
+  finder {{
+    depth = 1
+  }}
+  fleet {{
+    min     = {workers}
+    desired = {workers}
+    max     = 4
+    image   = "dth:test"
+  }}
+  multipart {{
+    threshold  = 8388608
+    chunk_size = 5242880
+  }}
+}}
+"#
+    )
+}
+
+/// A bucket of mixed objects: small ones of many sizes, an empty one, odd keys, one copied in parts and one
+/// uploaded in parts.
+async fn mixed_bucket(w: &World, bucket: &str) -> BTreeMap<String, Vec<u8>> {
+    w.bucket(bucket).await;
+    let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for i in 0..12 {
+        objects.insert(
+            format!("photos/{}/img-{i:02}.jpg", 2020 + i % 3),
+            random_bytes(1 + i * 7919),
+        );
+    }
+    objects.insert("empty".into(), Vec::new());
+    objects.insert("readme.txt".into(), b"hello from dth\n".to_vec());
+    objects.insert("unicode/ü é €.txt".into(), "ünïcödé".as_bytes().to_vec());
+    objects.insert("plus+and%percent=eq".into(), b"odd key".to_vec());
+    objects.insert("big/single.bin".into(), random_bytes(9 * 1024 * 1024 + 17));
+    for (k, v) in &objects {
+        w.put(bucket, k, v).await;
+    }
+    let parts = random_bytes(11 * 1024 * 1024);
+    w.put_multipart(bucket, "big/parts.bin", &parts, 5 * 1024 * 1024)
+        .await;
+    objects.insert("big/parts.bin".into(), parts);
+    objects
+}
+
+/// Every object is at the destination under `copy/`, byte for byte.
+async fn copied(w: &World, objects: &BTreeMap<String, Vec<u8>>) -> bool {
+    for (k, body) in objects {
+        match w.get("e2e-dst", &format!("copy/{k}")).await {
+            Some(got) if md5_hex(&got) == md5_hex(body) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn values(tf: &Terraform) -> serde_json::Value {
+    tf.state()["values"]["root_module"]["resources"][0]["values"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn end_to_end_with_the_ec2_standin() {
+    let w = World::start("tf-e2e").await;
+    let objects = mixed_bucket(&w, "e2e-src").await;
+    let n = objects.len() as u64;
+    let bytes: u64 = objects.values().map(|v| v.len() as u64).sum();
+    w.bucket("e2e-dst").await;
+
+    // No workers yet: the finder runs (its group goes to 1 for a "once" schedule) and leaves the jobs queued.
+    let tf = Terraform::new(&w, "main");
+    tf.write(&e2e_transfer(0));
+    tf.ok(&["init", "-input=false"]);
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    let queue_url = values(&tf)["queue_url"].as_str().unwrap().to_owned();
+    let s = w.standin();
+    wait_for!(
+        Duration::from_secs(120),
+        format!(
+            "the finder to run and scale its group in\n{}",
+            logs(&s.launches())
+        ),
+        {
+            let f = s.launches_of("dth-e2e-finder");
+            !f.is_empty() && f.iter().all(|l| !l.running())
+        }
+    );
+    assert!(s.launches_of("dth-e2e-worker").is_empty());
+    assert_eq!(w.depth(&queue_url).await.1, 0);
+    assert!(w.depth(&queue_url).await.0 > 0, "jobs queued");
+
+    // Before the copy: the plan warns with what is pending and what moving it costs.
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    // Terraform wraps diagnostics at 78 columns.
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("Warning: dth_s3_transfer.e2e: not in sync"),
+        "{out}"
+    );
+    let detail = format!("{n} objects ({bytes} bytes) of the latest run still to move");
+    assert!(flat.contains(&detail), "{detail:?} in\n{out}");
+    assert!(flat.contains("will cost about"), "{out}");
+    assert!(w.keys("e2e-dst").await.is_empty());
+
+    // Two workers: started by the stand-in from the worker group's launch template.
+    tf.write(&e2e_transfer(2));
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    wait_for!(
+        Duration::from_secs(240),
+        format!("the copy\n{}", logs(&s.launches())),
+        copied(&w, &objects).await
+    );
+    wait_for!(
+        Duration::from_secs(60),
+        "the queue to drain",
+        w.depth(&queue_url).await == (0, 0)
+    );
+    assert_eq!(w.keys("e2e-dst").await.len() as u64, n);
+    assert_eq!(s.launches_of("dth-e2e-worker").len(), 2);
+    assert_eq!(w.incomplete_uploads("e2e-dst").await, 0);
+
+    let (code, out) = tf.plan(&["-refresh-only"]);
+    assert_eq!(code, 2, "{out}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains(&format!("objects_done = 0 -> {n}")), "{out}");
+    assert!(
+        flat.contains("status = \"syncing\" -> \"in_sync\""),
+        "{out}"
+    );
+    tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
+    let v = values(&tf);
+    assert_eq!(v["status"], "in_sync", "{v}");
+    assert_eq!(v["objects_found"], n, "{v}");
+    assert_eq!(v["objects_done"], n, "{v}");
+    assert_eq!(v["bytes_done"], bytes, "{v}");
+    assert_eq!(v["objects_failed"], 0, "{v}");
+    assert_eq!(v["dead_letters"], 0, "{v}");
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("Warning"), "in sync: no warning\n{out}");
+
+    s.stop();
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    assert!(copied(&w, &objects).await, "copied data is never deleted");
+}
+
+/// A valid transfer with `line` added inside the block named `block` ("" for the resource itself).
+fn with(block: &str, line: &str) -> String {
+    let mut blocks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    blocks.insert("source", vec!["bucket = \"bad-src\""]);
+    blocks.insert("destination", vec!["bucket = \"bad-dst\""]);
+    blocks.insert("fleet", vec!["image = \"dth:test\""]);
+    let mut top = vec!["name = \"bad\"".to_owned()];
+    if block.is_empty() {
+        top.push(line.to_owned());
+    } else {
+        blocks.entry(block).or_default().push(line);
+    }
+    for (b, lines) in &blocks {
+        top.push(format!("{b} {{\n    {}\n  }}", lines.join("\n    ")));
+    }
+    format!(
+        "resource \"dth_s3_transfer\" \"t\" {{\n  {}\n}}\n",
+        top.join("\n  ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_configurations_name_the_attribute() {
+    let w = World::start("tf-invalid").await;
+    let tf = Terraform::new(&w, "main");
+    tf.write(&with("", ""));
+    tf.ok(&["init", "-input=false"]);
+    tf.ok(&["validate"]);
+    let cases: Vec<(String, &str)> = vec![
+        (with("", "").replace("\"bad\"", "\"Bad_Name\""), "name"),
+        (with("", "").replace("\"bad\"", "\"\""), "name"),
+        (
+            with("", "").replace("\"bad\"", &format!("\"{}\"", "x".repeat(41))),
+            "name",
+        ),
+        (with("source", "type = \"Dropbox\""), "source.type"),
+        (with("source", "events = \"sometimes\""), "source.events"),
+        (
+            with("source", "type = \"Aliyun_OSS\"\n    events = \"create\""),
+            "source.events",
+        ),
+        (with("destination", "sse = \"DES\""), "destination.sse"),
+        (with("", "compare = \"md5\""), "compare"),
+        (with("", "schedule = \"every day\""), "schedule"),
+        (with("", "schedule = \"61 * * * *\""), "schedule"),
+        (with("", "alarm_email = \"not-an-email\""), "alarm_email"),
+        (with("", "tags = { \"aws:owner\" = \"me\" }"), "tags"),
+        (with("", "max_attempts = 0"), "max_attempts"),
+        (with("fleet", "max = 0"), "fleet.max"),
+        (with("fleet", "min = 5\n    max = 2"), "fleet.min"),
+        (with("fleet", "desired = 9\n    max = 4"), "fleet.desired"),
+        (
+            with("fleet", "instance_type = \"huge\""),
+            "fleet.instance_type",
+        ),
+        (with("fleet", "ami_id = \"img-123\""), "fleet.ami_id"),
+        (
+            with("fleet", "subnet_ids = [\"net-1\"]"),
+            "fleet.subnet_ids",
+        ),
+        (
+            with("fleet", "security_group_ids = [\"group\"]"),
+            "fleet.security_group_ids",
+        ),
+        (
+            with("fleet", "worker_concurrency = 0"),
+            "fleet.worker_concurrency",
+        ),
+        (
+            with("finder", "instance_type = \"x\""),
+            "finder.instance_type",
+        ),
+        (
+            with("multipart", "chunk_size = 1024"),
+            "multipart.chunk_size",
+        ),
+        (
+            with("filters", "include = [\"photos/[a\"]"),
+            "filters.include",
+        ),
+        (
+            with("source", "endpoint = \"not a url\""),
+            "source.endpoint",
+        ),
+        (
+            with("", "").replace("  fleet {\n    image = \"dth:test\"\n  }\n", ""),
+            "fleet",
+        ),
+        (with("", "colour = \"blue\""), "colour"),
+    ];
+    assert!(cases.len() >= 20);
+    let mut wrong = Vec::new();
+    for (config, attribute) in &cases {
+        tf.write(config);
+        let o = tf.run(&["validate"]);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if o.status.success() || !out.contains("Error:") || !out.contains(attribute) {
+            wrong.push(format!(
+                "--- expected an error naming {attribute}:\n{config}\n{out}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_stay_secret() {
+    const ACCESS_KEY: &str = "AKIADTHPROVIDERKEY01";
+    const SECRET_KEY: &str = "provider-secret-Zx81Qw";
+    const SOURCE_SECRET: &str = "source-secret-Pq77Lm";
+    let w = World::start("tf-secrets").await;
+    w.bucket("sec-src").await;
+    w.bucket("sec-dst").await;
+    let secret = w
+        .secrets
+        .create_secret()
+        .name("dth/source")
+        .secret_string(format!(
+            r#"{{"access_key_id":"AKIASOURCE","secret_access_key":"{SOURCE_SECRET}"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let arn = secret.arn().unwrap();
+    let tf = Terraform::new(&w, "main");
+    tf.write_with(
+        &format!("  access_key = \"{ACCESS_KEY}\"\n  secret_key = \"{SECRET_KEY}\""),
+        &format!(
+            r#"
+resource "dth_s3_transfer" "t" {{
+  name = "sec"
+  source {{
+    bucket                 = "sec-src"
+    credentials_secret_arn = "{arn}"
+  }}
+  destination {{
+    bucket = "sec-dst"
+  }}
+  fleet {{
+    image = "dth:test"
+  }}
+}}
+"#
+        ),
+    );
+    let log = tf.dir.join("trace.log");
+    let trace = [("TF_LOG", "TRACE"), ("TF_LOG_PATH", log.to_str().unwrap())];
+    // (where, text): everything a user or a log collector could see.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for args in [
+        &["init", "-input=false"][..],
+        &["plan", "-input=false"],
+        &["apply", "-auto-approve", "-input=false"],
+        &["plan", "-input=false"],
+        &["show"],
+        &["show", "-json"],
+        &["destroy", "-auto-approve", "-input=false"],
+    ] {
+        let o = tf.run_env(args, &trace);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "terraform {args:?}:\n{out}");
+        seen.push((format!("terraform {args:?}"), out));
+        if args[0] == "apply" {
+            // The instances get the secret's ARN and the instance role, never a key.
+            let versions = w
+                .ec2
+                .describe_launch_template_versions()
+                .launch_template_name("dth-sec-worker")
+                .send()
+                .await
+                .unwrap();
+            for v in versions.launch_template_versions() {
+                let data = v
+                    .launch_template_data()
+                    .and_then(|d| d.user_data())
+                    .unwrap_or_default();
+                let text = String::from_utf8_lossy(&base64_decode(data)).into_owned();
+                assert!(text.contains(arn), "the secret's ARN is in the job config");
+                seen.push(("worker user data".into(), text));
+            }
+            seen.push((
+                "terraform.tfstate".into(),
+                std::fs::read_to_string(tf.dir.join("terraform.tfstate")).unwrap(),
+            ));
+        }
+    }
+    let trace_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        trace_log.contains("provider.terraform-provider-dth"),
+        "the trace log holds the provider's own lines"
+    );
+    seen.push(("TF_LOG=TRACE log".into(), trace_log));
+    for secret in [ACCESS_KEY, SECRET_KEY, SOURCE_SECRET] {
+        for (place, text) in &seen {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{secret} leaked into {place}:\n{line}");
+            }
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|_| s.as_bytes().to_vec())
+}
