@@ -128,7 +128,7 @@ impl Provider for DthProvider {
     }
 
     /// The SDK's orchestrator and signer print resolved credentials (the access key id) and canonical
-    /// requests at trace level.
+    /// requests (the access key id in the config bag and the Authorization header) at debug and trace.
     fn quiet_log_targets(&self) -> &'static [&'static str] {
         &[
             "aws_smithy_runtime",

@@ -551,3 +551,71 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(s)
         .unwrap_or_else(|_| s.as_bytes().to_vec())
 }
+
+/// Copy the files of `from` (not its subdirectories) into `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_and_modules_are_valid() {
+    let w = World::start("tf-examples").await;
+    let root = repo_root();
+
+    // The docs' examples: the provider block and the resource, together.
+    let docs = Terraform::new(&w, "docs");
+    copy_files(&root.join("examples/provider"), &docs.dir);
+    copy_files(&root.join("examples/resources/dth_s3_transfer"), &docs.dir);
+    // The local example, as scripts/demo runs it.
+    let local = Terraform::new(&w, "local");
+    copy_files(&root.join("examples/local"), &local.dir);
+    // The module, called the way its README shows.
+    let module = Terraform::new(&w, "module");
+    copy_files(
+        &root.join("modules/s3-transfer"),
+        &module.dir.join("modules/s3-transfer"),
+    );
+    module.write(
+        r#"
+module "photos" {
+  source             = "./modules/s3-transfer"
+  name               = "photos"
+  source_bucket      = "photos-src"
+  destination_bucket = "photos-dst"
+  image              = "dth:test"
+  alarm_email        = "ops@example.com"
+}
+
+output "status" {
+  value = module.photos.status
+}
+"#,
+    );
+    for tf in [&docs, &local, &module] {
+        tf.ok(&["init", "-input=false", "-backend=false"]);
+        tf.ok(&["validate"]);
+    }
+
+    // The module's variables are checked before the provider is asked.
+    module.write(
+        r#"
+module "photos" {
+  source             = "./modules/s3-transfer"
+  name               = "Not A Name"
+  source_bucket      = "photos-src"
+  destination_bucket = "photos-dst"
+  image              = "dth:test"
+}
+"#,
+    );
+    let o = module.run(&["validate"]);
+    let out = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("var.name"), "{out}");
+}

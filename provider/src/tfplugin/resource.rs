@@ -126,7 +126,7 @@ pub trait Provider: Send + Sync + 'static {
 
     fn resources(&self) -> Vec<Box<dyn Resource<Self::Client>>>;
 
-    /// Log targets held at `debug` even under `TF_LOG=TRACE`: libraries whose trace lines carry credentials
+    /// Log targets held at `info` even under `TF_LOG=TRACE`: libraries whose debug and trace lines carry credentials
     /// or request bodies (an SDK's signing and identity resolution), which must never reach terraform's log.
     fn quiet_log_targets(&self) -> &'static [&'static str] {
         &[]

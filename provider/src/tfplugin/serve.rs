@@ -129,7 +129,7 @@ fn tls_disabled() -> bool {
 }
 
 /// RUST_LOG when set; otherwise terraform's TF_LOG_PROVIDER / TF_LOG level; otherwise warnings. `quiet`
-/// targets stay at `debug` at most whatever the level (see [`Provider::quiet_log_targets`]).
+/// targets stay at `info` at most whatever the level (see [`Provider::quiet_log_targets`]).
 fn init_logging(quiet: &[&str]) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -147,7 +147,7 @@ fn init_logging(quiet: &[&str]) {
         };
         // HTTP/2 and TLS frame traces drown the provider's own lines.
         if matches!(level, "trace" | "debug") {
-            let quiet: String = quiet.iter().map(|t| format!(",{t}=debug")).collect();
+            let quiet: String = quiet.iter().map(|t| format!(",{t}=info")).collect();
             EnvFilter::new(format!(
                 "{level},h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,rustls=info{quiet}"
             ))
