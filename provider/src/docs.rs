@@ -4,6 +4,7 @@
 //! `provider/tests/docs.rs` fails when the files on disk differ from [`render`];
 //! `DTH_UPDATE_DOCS=1 cargo test -p terraform-provider-dth --test docs` rewrites them.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::resources::s3_transfer;
@@ -53,6 +54,18 @@ fn s3_transfer_page() -> String {
         S3_TRANSFER_EXAMPLE,
     );
     page.push_str(
+        "\n## Timeouts\n\n\
+         The `timeouts` block sets how long each operation may take, as in other providers' \
+         [operation timeouts](https://developer.hashicorp.com/terraform/language/resources/syntax#operation-timeouts):\n\n",
+    );
+    for (operation, default) in s3_transfer::TIMEOUTS {
+        let _ = writeln!(page, "- `{operation}` - (Default `{default}`)");
+    }
+    page.push_str(
+        "\nA create that times out deletes what it made before it reports the error; an update or delete that \
+         times out keeps the prior state, and the next plan or destroy picks up where it stopped.\n",
+    );
+    page.push_str(
         "\n## Import\n\n\
          In Terraform v1.5.0 and later, use an `import` block to import a transfer by its `name`:\n\n\
          ```terraform\n\
@@ -98,6 +111,8 @@ mod tests {
         assert!(transfer.contains("## Argument Reference"));
         assert!(transfer.contains("## Attribute Reference"));
         assert!(transfer.contains("terraform import dth_s3_transfer.example photos"));
+        assert!(transfer.contains("## Timeouts\n"));
+        assert!(transfer.contains("- `create` - (Default `30m`)\n"));
         assert!(transfer.contains(&cost::markdown_table()));
     }
 }

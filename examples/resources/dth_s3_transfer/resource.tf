@@ -33,4 +33,8 @@ resource "dth_s3_transfer" "example" {
   tags = {
     team = "data"
   }
+
+  timeouts {
+    create = "1h"
+  }
 }

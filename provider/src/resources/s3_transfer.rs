@@ -5,6 +5,8 @@
 //! place and the schema repeats them for plans and docs); the computed ones come from [`Infra`] (what was
 //! created) and [`Progress`] (the ledger's run summary and the queues' depths).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use dth_core::config::MIB;
 
@@ -51,6 +53,111 @@ const PROGRESS: [(&str, &str); 9] = [
         "Jobs on the dead-letter queue (failed `max_attempts` times).",
     ),
 ];
+
+/// `timeouts { create, update, delete }`, like the AWS provider's: (operation, default). The block lives only in
+/// this layer: it is not part of [`TransferSpec`], so changing it never changes a transfer, and state keeps it
+/// exactly as written (null when absent, and after import).
+pub const TIMEOUTS: [(&str, &str); 3] = [("create", "30m"), ("update", "30m"), ("delete", "30m")];
+
+/// How long each operation may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timeouts {
+    create: Duration,
+    update: Duration,
+    delete: Duration,
+}
+
+/// A duration as Terraform providers write them (Go's `time.ParseDuration`): numbers with units, combined, like
+/// `30m`, `1h`, `90s`, `1h30m` or `1.5h`. Units: `h`, `m`, `s`, `ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const EXAMPLES: &str = "a duration like \"30m\", \"1h\", \"90s\" or \"1h30m\"";
+    if text.is_empty() {
+        return Err(format!("must not be empty: {EXAMPLES}"));
+    }
+    let mut rest = text;
+    let mut seconds = 0.0_f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not {EXAMPLES}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "" => {
+                return Err(format!(
+                    "{text:?} has a number without a unit (h, m, s or ms): {EXAMPLES}"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{text:?} has an unknown unit {other:?} (use h, m, s or ms): {EXAMPLES}"
+                ))
+            }
+        };
+        seconds += value * scale;
+        rest = tail;
+    }
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))?;
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+/// `duration` the way it would be written: `30m`, `1h30m`, `1m30s`, `500ms`.
+fn format_duration(duration: Duration) -> String {
+    let total = duration.as_secs();
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    let ms = duration.subsec_millis();
+    if ms > 0 || out.is_empty() {
+        out.push_str(&format!("{ms}ms"));
+    }
+    out
+}
+
+/// The `timeouts` of a configuration, plan or state, defaults filled in; unknown values count as defaults
+/// (validation sees them again once known). Problems come as (attribute path, message).
+fn timeouts_of(v: &Value) -> Result<Timeouts, Vec<(String, String)>> {
+    let block = v.get("timeouts");
+    let mut problems = Vec::new();
+    let mut get = |operation: &str, default: &str| {
+        let text = match block.get(operation) {
+            Value::Null | Value::Unknown => default,
+            other => other.as_str().unwrap_or(default),
+        };
+        parse_duration(text).unwrap_or_else(|message| {
+            problems.push((format!("timeouts.{operation}"), message));
+            Duration::ZERO
+        })
+    };
+    let t = Timeouts {
+        create: get(TIMEOUTS[0].0, TIMEOUTS[0].1),
+        update: get(TIMEOUTS[1].0, TIMEOUTS[1].1),
+        delete: get(TIMEOUTS[2].0, TIMEOUTS[2].1),
+    };
+    if problems.is_empty() {
+        Ok(t)
+    } else {
+        Err(problems)
+    }
+}
 
 fn s(name: &str, md: &str) -> Attribute {
     Attribute::string(name).optional().description(md)
@@ -132,6 +239,19 @@ pub fn schema() -> Schema {
         .attribute(Attribute::number("chunk_size").optional().default(5 * MIB).description("Part size (raised when an object would need more than 10,000 parts)."))
         .attribute(Attribute::number("giant_threshold").optional().default(1024 * MIB).description("Objects this size or larger are split into per-part jobs across the whole fleet."));
 
+    let mut timeouts = Block::new();
+    for (operation, default) in TIMEOUTS {
+        let verb = match operation {
+            "create" => "Creating the transfer",
+            "update" => "Updating the transfer in place",
+            _ => "Deleting the transfer",
+        };
+        timeouts = timeouts.attribute(s(
+            operation,
+            &format!("{verb} may take this long. Default: `{default}`."),
+        ));
+    }
+
     let mut root = Block::new()
         .description("A Data Transfer Hub S3 transfer: the job queue and dead-letter queue, the DynamoDB ledger, an IAM role, launch templates and Auto Scaling groups running the `finder` and `worker`, the finder's schedule, alarms and a dashboard — with the transfer's progress read back on every refresh.")
         .attribute(Attribute::string("id").computed().description("The transfer's name."))
@@ -178,7 +298,15 @@ pub fn schema() -> Schema {
                 .max_items(1)
                 .description("The worker fleet."),
         )
-        .block(NestedBlock::single("multipart", multipart).description("Multipart settings."));
+        .block(NestedBlock::single("multipart", multipart).description("Multipart settings."))
+        .block(
+            NestedBlock::single("timeouts", timeouts).description(
+                "How long create, update and delete may take.\n\n\
+                 Durations are numbers with units (`h`, `m`, `s`, `ms`), combined as in `1h30m`. An operation that \
+                 takes longer fails with an error naming it; a create that times out first deletes what it made. \
+                 Changing these never changes the transfer itself, and import leaves them unset.",
+            ),
+        );
     Schema::new(0, root)
 }
 
@@ -269,6 +397,11 @@ fn state_of(
     let mut v = Value::from_json(&j, &ty)
         .map_err(|e| Diagnostic::error("Internal error", format!("building state: {e}")))?;
     v.set("id", Value::string(&spec.name));
+    // Not part of the spec: kept exactly as the configuration (or prior state) has it; null after import.
+    v.set(
+        "timeouts",
+        shape.map_or(Value::Null, |s| s.get("timeouts").clone()),
+    );
     set_infra(&mut v, infra)?;
     set_progress(&mut v, progress);
     v.set(
@@ -339,6 +472,34 @@ fn failed(action: &str, e: impl std::fmt::Display) -> Diagnostics {
     Diagnostic::error(format!("{action} dth_s3_transfer failed"), e.to_string()).into()
 }
 
+/// The time limits of a plan or state; a bad value (which validation normally stops first) as diagnostics
+/// naming its attribute.
+fn limits_of(v: &Value) -> Result<Timeouts, Diagnostics> {
+    timeouts_of(v).map_err(|problems| {
+        let mut diags = Diagnostics::new();
+        problems_to_diagnostics("Invalid dth_s3_transfer", problems, &mut diags);
+        diags
+    })
+}
+
+/// An operation that ran out of its `timeouts.<operation>`; `outcome` says what was left behind.
+fn timed_out(operation: &str, name: &str, limit: Duration, outcome: &str) -> Diagnostics {
+    let (gerund, capitalised) = match operation {
+        "create" => ("creating", "Creating"),
+        "update" => ("updating", "Updating"),
+        _ => ("deleting", "Deleting"),
+    };
+    Diagnostic::error(
+        format!("{capitalised} dth_s3_transfer timed out"),
+        format!(
+            "{gerund} transfer {name} timed out after {} (timeouts.{operation}). {outcome} To allow more time, \
+             raise timeouts.{operation}.",
+            format_duration(limit)
+        ),
+    )
+    .into()
+}
+
 /// The plan-time report on a transfer that is not in sync: what is still to move, what died, and its price.
 fn drift_warning(spec: &TransferSpec, default_region: &str, prior: &Value) -> Option<Diagnostic> {
     let status = prior.get("status").as_str()?;
@@ -384,6 +545,10 @@ impl Resource<Client> for S3Transfer {
     }
 
     fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        // Each timeout stands alone: checked as soon as it is known.
+        if let Err(problems) = timeouts_of(config) {
+            problems_to_diagnostics("Invalid dth_s3_transfer", problems, diags);
+        }
         // Cross-field rules need the whole configuration; unknown values (from other resources) wait for apply.
         if !config.is_fully_known() {
             return;
@@ -432,9 +597,21 @@ impl Resource<Client> for S3Transfer {
 
     async fn create(&self, ctx: &Ctx<Client>, planned: &Value) -> Result<Value, Diagnostics> {
         let spec = spec_of(planned)?;
+        let limit = limits_of(planned)?.create;
         let c = &ctx.client;
+        // The limit bounds the creation steps only: the rollback of a create that timed out runs to its end.
         let infra = tokio::select! {
-            r = transfer::create(&c.aws, &c.config, &spec) => r.map_err(|e| failed("Creating", e))?,
+            r = transfer::create_within(&c.aws, &c.config, &spec, limit) => match r {
+                Ok(created) => created.map_err(|e| failed("Creating", e))?,
+                Err(t) => {
+                    let outcome = if t.cleanup.is_empty() {
+                        "What was made has been deleted again.".to_owned()
+                    } else {
+                        format!("Deleting what was made also failed, left behind: {}.", t.cleanup.join("; "))
+                    };
+                    return Err(timed_out("create", &spec.name, t.limit, &outcome));
+                }
+            },
             _ = ctx.cancel.cancelled() => return Err(failed("Creating", "interrupted: terraform asked the provider to stop (what was made is being rolled back only if the provider keeps running)")),
         };
         state_of(&spec, &infra, &Progress::default(), &[], Some(planned))
@@ -472,10 +649,27 @@ impl Resource<Client> for S3Transfer {
         let old = spec_of(prior)?;
         let infra = infra_of(prior)?;
         let new = spec_of(planned)?;
+        let limit = limits_of(planned)?.update;
         let c = &ctx.client;
-        let (infra, warnings) = transfer::update(&c.aws, &c.config, (&old, &infra), &new)
-            .await
-            .map_err(|e| failed("Updating", e))?;
+        let (infra, warnings) = if old == new {
+            // Only what the spec does not hold changed (`timeouts`): nothing to do in AWS, and the plan promised
+            // the infrastructure unchanged.
+            (infra, Vec::new())
+        } else {
+            let update = Box::pin(transfer::update(&c.aws, &c.config, (&old, &infra), &new));
+            match tokio::time::timeout(limit, update).await {
+                Ok(r) => r.map_err(|e| failed("Updating", e))?,
+                Err(_) => {
+                    return Err(timed_out(
+                        "update",
+                        &new.name,
+                        limit,
+                        "The prior state is kept; what was changed so far stays changed, and the next plan \
+                         shows what is still to do.",
+                    ))
+                }
+            }
+        };
         for w in warnings {
             tracing::warn!(transfer = %new.name, "{w}");
         }
@@ -493,10 +687,21 @@ impl Resource<Client> for S3Transfer {
     async fn delete(&self, ctx: &Ctx<Client>, prior: &Value) -> Result<(), Diagnostics> {
         let spec = spec_of(prior)?;
         let infra = infra_of(prior)?;
+        let limit = limits_of(prior)?.delete;
         let c = &ctx.client;
-        let notes = transfer::delete(&c.aws, &infra, &spec)
-            .await
-            .map_err(|e| failed("Deleting", e))?;
+        let delete = Box::pin(transfer::delete(&c.aws, &infra, &spec));
+        let notes = match tokio::time::timeout(limit, delete).await {
+            Ok(r) => r.map_err(|e| failed("Deleting", e))?,
+            Err(_) => {
+                return Err(timed_out(
+                    "delete",
+                    &spec.name,
+                    limit,
+                    "What was deleted so far stays deleted and the transfer stays in state: destroy again to \
+                     finish.",
+                ))
+            }
+        };
         for n in notes {
             tracing::info!(transfer = %spec.name, "{n}");
         }
@@ -526,6 +731,214 @@ mod tests {
         assert!(v.get("finder").is_null(), "{v:?}");
         assert_eq!(v.get("fleet").get("max").as_u64(), Some(20));
         assert_eq!(v.get("source").get("type").as_str(), Some("Amazon_S3"));
+    }
+
+    /// A configuration of the default transfer with `timeouts` as given (JSON; null for no block).
+    fn config_with_timeouts(timeouts: serde_json::Value) -> Value {
+        let mut j = serde_json::to_value(TransferSpec::new("t", "src", "dst", "img")).unwrap();
+        j["timeouts"] = timeouts;
+        Value::from_json(&j, &schema().value_type()).unwrap()
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn durations_parse_as_terraform_providers_write_them() {
+        for (text, seconds) in [
+            ("30m", 1800.0),
+            ("1h", 3600.0),
+            ("90s", 90.0),
+            ("1h30m", 5400.0),
+            ("1.5h", 5400.0),
+            ("2h45m30s", 9930.0),
+            ("500ms", 0.5),
+            (".5h", 1800.0),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs_f64(seconds)),
+                "{text}"
+            );
+        }
+        for (text, complaint) in [
+            ("", "must not be empty"),
+            ("30", "without a unit"),
+            ("30x", "unknown unit \"x\""),
+            ("1h 30m", "unknown unit \"h \""),
+            ("-5m", "is not a duration"),
+            ("m", "is not a duration"),
+            ("1..5h", "is not a duration"),
+            ("0s", "longer than zero"),
+            ("0h0m", "longer than zero"),
+        ] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.contains(complaint), "{text}: {err}");
+        }
+        for (seconds, text) in [
+            (1800.0, "30m"),
+            (5400.0, "1h30m"),
+            (90.0, "1m30s"),
+            (3600.0, "1h"),
+            (0.5, "500ms"),
+        ] {
+            assert_eq!(format_duration(Duration::from_secs_f64(seconds)), text);
+        }
+    }
+
+    #[test]
+    fn a_bad_timeout_is_reported_under_its_attribute() {
+        let config = config_with_timeouts(serde_json::json!({"create": "soon", "delete": "1h"}));
+        let mut diags = Diagnostics::new();
+        S3Transfer.validate(&config, &mut diags);
+        let found: Vec<&Diagnostic> = diags.iter().collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].is_error());
+        assert_eq!(
+            found[0].path,
+            Some(AttrPath::root("timeouts").attr("create"))
+        );
+        assert!(
+            found[0]
+                .detail
+                .starts_with("timeouts.create: \"soon\" is not a duration"),
+            "{}",
+            found[0].detail
+        );
+
+        // Checked while the rest of the configuration is still unknown; an unknown timeout waits.
+        let mut partly_unknown = config_with_timeouts(serde_json::json!({"update": "5 minutes"}));
+        partly_unknown.set("schedule", Value::Unknown);
+        let mut diags = Diagnostics::new();
+        S3Transfer.validate(&partly_unknown, &mut diags);
+        let paths: Vec<_> = diags.iter().map(|d| d.path.clone()).collect();
+        assert_eq!(paths, [Some(AttrPath::root("timeouts").attr("update"))]);
+
+        let mut unknown = config_with_timeouts(serde_json::Value::Null);
+        unknown.set(
+            "timeouts",
+            Value::object([("create", Value::Unknown), ("delete", Value::string("1h"))]),
+        );
+        let mut diags = Diagnostics::new();
+        S3Transfer.validate(&unknown, &mut diags);
+        assert!(diags.is_empty(), "{diags:?}");
+    }
+
+    #[test]
+    fn timeouts_stay_out_of_the_spec_and_state_keeps_them_as_written() {
+        let spec = TransferSpec::new("t", "src", "dst", "img");
+        let config = config_with_timeouts(serde_json::json!({"create": "45m"}));
+        assert_eq!(
+            timeouts_of(&config).unwrap(),
+            Timeouts {
+                create: 45 * MINUTE,
+                update: 30 * MINUTE,
+                delete: 30 * MINUTE,
+            }
+        );
+        // The spec never sees them: changing them alone changes no transfer.
+        assert_eq!(spec_of(&config).unwrap(), spec);
+        let state = state_of(
+            &spec,
+            &Infra::default(),
+            &Progress::default(),
+            &[],
+            Some(&config),
+        )
+        .unwrap();
+        assert_eq!(state.get("timeouts"), config.get("timeouts"));
+        assert!(state.get("timeouts").get("update").is_null());
+
+        // Absent stays absent; import leaves them null, which means the defaults.
+        let without = config_with_timeouts(serde_json::Value::Null);
+        let state = state_of(
+            &spec,
+            &Infra::default(),
+            &Progress::default(),
+            &[],
+            Some(&without),
+        )
+        .unwrap();
+        assert!(state.get("timeouts").is_null());
+        let imported = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
+        assert!(imported.get("timeouts").is_null());
+        assert_eq!(timeouts_of(&imported).unwrap().delete, 30 * MINUTE);
+    }
+
+    /// Clients whose every endpoint accepts connections and never answers: each AWS call hangs.
+    async fn silent_aws() -> (Ctx<Client>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let e = || Some(url.clone());
+        let config = crate::aws::ProviderConfig {
+            region: Some("us-east-1".into()),
+            access_key: Some("AKIDEXAMPLE".into()),
+            secret_key: Some("secret".into()),
+            endpoints: crate::aws::ServiceEndpoints {
+                s3: e(),
+                sqs: e(),
+                dynamodb: e(),
+                autoscaling: e(),
+                ec2: e(),
+                iam: e(),
+                secretsmanager: e(),
+                cloudwatch: e(),
+                sns: e(),
+                sts: e(),
+            },
+            ..Default::default()
+        };
+        let aws = crate::aws::AwsClients::new(&config).await.unwrap();
+        let ctx = Ctx {
+            client: std::sync::Arc::new(Client { aws, config }),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        (ctx, server)
+    }
+
+    #[tokio::test]
+    async fn create_and_delete_stop_at_their_timeouts() {
+        let (ctx, server) = silent_aws().await;
+        let planned = config_with_timeouts(serde_json::json!({"create": "300ms"}));
+        let started = std::time::Instant::now();
+        let err = S3Transfer
+            .create(&ctx, &planned)
+            .await
+            .expect_err("timed out");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let d = err.iter().next().unwrap();
+        assert_eq!(d.summary, "Creating dth_s3_transfer timed out");
+        assert!(
+            d.detail.starts_with("creating transfer t timed out after 300ms (timeouts.create). What was made has been deleted again."),
+            "{}",
+            d.detail
+        );
+
+        // A transfer whose worker group exists: deleting it waits on Auto Scaling, which never answers.
+        let spec = TransferSpec::new("t", "src", "dst", "img");
+        let infra = Infra {
+            worker_asg: "dth-t-worker".into(),
+            ..Infra::default()
+        };
+        let mut prior = state_of(&spec, &infra, &Progress::default(), &[], None).unwrap();
+        prior.set("timeouts", Value::object([("delete", Value::string("1s"))]));
+        let err = S3Transfer
+            .delete(&ctx, &prior)
+            .await
+            .expect_err("timed out");
+        let d = err.iter().next().unwrap();
+        assert_eq!(d.summary, "Deleting dth_s3_transfer timed out");
+        assert!(
+            d.detail.contains("timed out after 1s (timeouts.delete)"),
+            "{}",
+            d.detail
+        );
+        server.abort();
     }
 
     #[test]

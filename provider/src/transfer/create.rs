@@ -55,14 +55,53 @@ pub async fn create(
     cfg: &ProviderConfig,
     spec: &TransferSpec,
 ) -> Result<Infra> {
+    // Without a limit there is no timeout; the fallback only satisfies the type.
+    create_bounded(clients, cfg, spec, None)
+        .await
+        .unwrap_or_else(|t| {
+            Err(ProvisionError::new(
+                "creating transfer",
+                &spec.name,
+                format!("timed out after {:?}", t.limit),
+            ))
+        })
+}
+
+/// A [`create_within`] whose creation steps did not finish in time. What they had made was deleted again;
+/// `cleanup` lists what could not be (as [`ProvisionError::cleanup`] does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    pub limit: Duration,
+    pub cleanup: Vec<String>,
+}
+
+/// [`create`] with the creation steps bounded by `limit` (like [`tokio::time::timeout`], the outer `Err` is the
+/// timeout). When the limit passes, the step in progress is abandoned and what was made is deleted again; the
+/// rollback itself is not bounded, since stopping it halfway would leave part of a transfer behind that no state
+/// records. (An AWS call in flight at that moment may still complete on AWS's side without being recorded.)
+pub async fn create_within(
+    clients: &AwsClients,
+    cfg: &ProviderConfig,
+    spec: &TransferSpec,
+    limit: Duration,
+) -> std::result::Result<Result<Infra>, TimedOut> {
+    create_bounded(clients, cfg, spec, Some(limit)).await
+}
+
+async fn create_bounded(
+    clients: &AwsClients,
+    cfg: &ProviderConfig,
+    spec: &TransferSpec,
+    limit: Option<Duration>,
+) -> std::result::Result<Result<Infra>, TimedOut> {
     let problems = spec.validate();
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
-        return Err(ProvisionError::new(
+        return Ok(Err(ProvisionError::new(
             "validating transfer",
             &spec.name,
             list.join("; "),
-        ));
+        )));
     }
     let mut infra = Infra {
         region: clients.region().to_owned(),
@@ -71,12 +110,24 @@ pub async fn create(
     };
     // Boxed: the SDK's futures are large, and a create awaits dozens of them (debug builds overflowed a
     // 2 MiB thread stack with the whole state machine inline).
-    match Box::pin(build(clients, cfg, spec, &mut infra)).await {
-        Ok(()) => Ok(infra),
-        Err(mut e) => {
+    let steps = Box::pin(build(clients, cfg, spec, &mut infra));
+    let built = match limit {
+        None => Ok(steps.await),
+        Some(limit) => tokio::time::timeout(limit, steps).await,
+    };
+    // `steps` is gone here (finished or dropped), so `infra` holds what was made, whatever happened.
+    match built {
+        Ok(Ok(())) => Ok(Ok(infra)),
+        Ok(Err(mut e)) => {
             tracing::warn!(transfer = %spec.name, error = %e, "create failed; deleting what was made");
             e.cleanup = Box::pin(teardown(clients, &infra, spec)).await;
-            Err(e)
+            Ok(Err(e))
+        }
+        Err(_elapsed) => {
+            let limit = limit.unwrap_or_default();
+            tracing::warn!(transfer = %spec.name, ?limit, "create timed out; deleting what was made");
+            let cleanup = Box::pin(teardown(clients, &infra, spec)).await;
+            Err(TimedOut { limit, cleanup })
         }
     }
 }

@@ -18,7 +18,10 @@ mod read;
 pub mod spec;
 mod update;
 
-pub use create::{access_policy, architecture_of, create, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
+pub use create::{
+    access_policy, architecture_of, create, create_within, TimedOut, SCALE_IN_AFTER_MINUTES,
+    SCALE_OUT_STEPS,
+};
 pub use delete::delete;
 pub use infra::{resource_tags, Infra, Names, ProvisionError, DEFAULTS_TAG, TRANSFER_TAG};
 pub use read::{import, observe, Component, Observed, Progress, Status};
