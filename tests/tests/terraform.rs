@@ -425,6 +425,8 @@ async fn invalid_configurations_name_the_attribute() {
             "fleet",
         ),
         (with("", "colour = \"blue\""), "colour"),
+        (with("timeouts", "create = \"soon\""), "timeouts.create"),
+        (with("timeouts", "delete = \"-5m\""), "timeouts.delete"),
     ];
     assert!(cases.len() >= 20);
     let mut wrong = Vec::new();
