@@ -14,19 +14,7 @@ pub struct Terraform {
 
 /// Every endpoint of the provider block pointed at the world's moto; `extra` goes into the block as is.
 pub fn provider_block(endpoint: &str, extra: &str) -> String {
-    let services = [
-        "autoscaling",
-        "cloudwatch",
-        "dynamodb",
-        "ec2",
-        "iam",
-        "s3",
-        "secretsmanager",
-        "sns",
-        "sqs",
-        "sts",
-    ];
-    let lines: Vec<String> = services
+    let lines: Vec<String> = dth_provider::provider::ENDPOINT_SERVICES
         .iter()
         .map(|s| format!("    {s} = \"{endpoint}\""))
         .collect();
