@@ -18,44 +18,20 @@ async fn world(name: &str) -> (World, ProviderConfig, AwsClients) {
     (w, cfg, clients)
 }
 
-async fn bucket_with(c: &AwsClients, bucket: &str, keys: &[String]) {
-    c.s3.create_bucket()
-        .bucket(bucket)
-        .send()
-        .await
-        .expect("create bucket");
-    for k in keys {
-        c.s3.put_object()
-            .bucket(bucket)
-            .key(k)
-            .body(aws_sdk_s3::primitives::ByteStream::from(
-                k.as_bytes().to_vec(),
-            ))
-            .send()
-            .await
-            .expect("put object");
+/// Keys `<prefix>0000`, `<prefix>0001`, …, each object holding its own key.
+async fn fill(w: &World, bucket: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let k = format!("{prefix}{i:04}");
+        w.put(bucket, &k, k.as_bytes()).await;
     }
-}
-
-fn keys(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
-}
-
-async fn object_count(c: &AwsClients, bucket: &str) -> usize {
-    c.s3.list_objects_v2()
-        .bucket(bucket)
-        .send()
-        .await
-        .expect("list objects")
-        .contents()
-        .len()
 }
 
 #[tokio::test]
 async fn create_observe_update_import_delete() {
-    let (_world, cfg, c) = world("provision-life").await;
-    bucket_with(&c, "life-src", &keys("in/", 5)).await;
-    bucket_with(&c, "life-dst", &[]).await;
+    let (w, cfg, c) = world("provision-life").await;
+    w.bucket("life-src").await;
+    fill(&w, "life-src", "in/", 5).await;
+    w.bucket("life-dst").await;
     // Someone else's notification on the source bucket: it must survive our create and delete.
     let other = c
         .sqs
@@ -282,7 +258,7 @@ async fn create_observe_update_import_delete() {
     let left = leftovers(&c, "life", "life-src").await;
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(notification_ids(&c, "life-src").await, ["someone-else"]);
-    assert_eq!(object_count(&c, "life-src").await, 5, "source objects stay");
+    assert_eq!(w.keys("life-src").await.len(), 5, "source objects stay");
     c.s3.head_bucket()
         .bucket("life-dst")
         .send()
@@ -298,9 +274,10 @@ async fn create_observe_update_import_delete() {
 
 #[tokio::test]
 async fn failed_create_leaves_nothing_behind() {
-    let (_world, cfg, c) = world("provision-fail").await;
-    bucket_with(&c, "fail-src", &keys("", 2)).await;
-    bucket_with(&c, "fail-dst", &[]).await;
+    let (w, cfg, c) = world("provision-fail").await;
+    w.bucket("fail-src").await;
+    fill(&w, "fail-src", "", 2).await;
+    w.bucket("fail-dst").await;
     // The role name is taken: create gets past the queues and the table, then fails.
     c.iam
         .create_role()
@@ -330,7 +307,7 @@ async fn failed_create_leaves_nothing_behind() {
         .send()
         .await
         .expect("role kept");
-    assert_eq!(object_count(&c, "fail-src").await, 2);
+    assert_eq!(w.keys("fail-src").await.len(), 2);
 
     // Invalid specs fail before any AWS call, naming the attribute.
     let mut bad = spec.clone();
@@ -344,9 +321,11 @@ async fn failed_create_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn observe_costs_a_fixed_number_of_calls() {
-    let (_world, cfg, c) = world("provision-count").await;
-    bucket_with(&c, "count-src", &keys("a/", 10)).await;
-    bucket_with(&c, "count-dst", &keys("x/", 3)).await;
+    let (w, cfg, c) = world("provision-count").await;
+    w.bucket("count-src").await;
+    fill(&w, "count-src", "a/", 10).await;
+    w.bucket("count-dst").await;
+    fill(&w, "count-dst", "x/", 3).await;
     let mut spec = TransferSpec::new("count", "count-src", "count-dst", "img:1");
     spec.alarm_email = Some("ops@example.com".into());
     spec.source.events = dth_core::config::EventsMode::CreateAndDelete;
@@ -372,16 +351,7 @@ async fn observe_costs_a_fixed_number_of_calls() {
     assert!(seen.progress.last_finder_run.is_some());
 
     // Many more objects on both sides: the same calls.
-    let more = keys("b/", 300);
-    for k in &more {
-        c.s3.put_object()
-            .bucket("count-src")
-            .key(k)
-            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
-            .send()
-            .await
-            .expect("put");
-    }
+    fill(&w, "count-src", "b/", 300).await;
     let before = c.calls();
     observe(&c, &cfg, &spec, &infra)
         .await
@@ -411,6 +381,6 @@ async fn observe_costs_a_fixed_number_of_calls() {
 
     delete(&c, &infra, &spec).await.expect("delete");
     assert!(leftovers(&c, "count", "count-src").await.is_empty());
-    assert_eq!(object_count(&c, "count-src").await, 310);
-    assert_eq!(object_count(&c, "count-dst").await, 3);
+    assert_eq!(w.keys("count-src").await.len(), 310);
+    assert_eq!(w.keys("count-dst").await.len(), 3);
 }
