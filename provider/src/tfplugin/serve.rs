@@ -76,6 +76,11 @@ pub async fn serve<P: Provider>(provider: P) -> anyhow::Result<()> {
         }
     };
 
+    // The handler is installed here, before the handshake: from the moment terraform can see us, a
+    // Ctrl-C that reaches our process group must find it in place.
+    let interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("watching SIGINT")?;
+
     let type_name = provider.type_name();
     let shutdown = CancellationToken::new();
     let service = Arc::new(ProviderService::new(provider));
@@ -102,7 +107,7 @@ pub async fn serve<P: Provider>(provider: P) -> anyhow::Result<()> {
     }
     tracing::debug!(%addr, tls = tls.is_some(), "plugin serving (debug mode: {debug_mode})");
 
-    tokio::spawn(watch_interrupts(debug_mode, shutdown.clone()));
+    tokio::spawn(watch_interrupts(interrupts, debug_mode, shutdown.clone()));
     let incoming = accept_connections(listener, tls.map(|t| t.acceptor));
 
     let server = tonic::transport::Server::builder()
@@ -182,12 +187,12 @@ fn print_reattach(type_name: &str, addr: std::net::SocketAddr) {
 
 /// Terraform forwards Ctrl-C as StopProvider, but the signal also reaches this process (same
 /// process group): it must not kill the provider mid-apply. In debug mode it is the way out.
-async fn watch_interrupts(debug: bool, shutdown: CancellationToken) {
-    loop {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot watch SIGINT: {e}");
-            return;
-        }
+async fn watch_interrupts(
+    mut interrupts: tokio::signal::unix::Signal,
+    debug: bool,
+    shutdown: CancellationToken,
+) {
+    while interrupts.recv().await.is_some() {
         if debug {
             shutdown.cancel();
             return;
