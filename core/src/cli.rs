@@ -21,6 +21,12 @@ pub struct CommonArgs {
 impl CommonArgs {
     pub fn load(&self) -> crate::Result<JobConfig> {
         crate::telemetry::init(self.log_format);
+        tracing::info!(
+            version = crate::build_info::VERSION,
+            revision = crate::build_info::REVISION,
+            target = crate::build_info::TARGET,
+            "dth starting"
+        );
         JobConfig::load(self.config.as_deref(), self.config_json.as_deref())
     }
 }

@@ -120,6 +120,8 @@ pub struct RunSummary {
     pub bytes_done: u64,
     pub objects_failed: u64,
     pub objects_gone: u64,
+    /// Why the run failed, when it did (see [`DynamoLedger::fail_run`]).
+    pub error: Option<String>,
 }
 
 /// A multipart upload in progress, as the ledger remembers it (for resume and for fleet-split completion).
@@ -273,6 +275,33 @@ impl DynamoLedger {
         Ok(())
     }
 
+    /// Record that `run` failed with `error`, creating its summary when it failed before it started, and
+    /// make it the latest run: a refresh then reports the failure (`terraform plan` shows it) until the next
+    /// run replaces it.
+    pub async fn fail_run(&self, run: &str, error: &str) -> Result<()> {
+        let at = now();
+        for (pk, sk) in [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")] {
+            count_call();
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .update_expression(
+                    "SET #r = :run, started_at = if_not_exists(started_at, :at), failed_at = :at, #e = :e",
+                )
+                .expression_attribute_names("#r", "run")
+                .expression_attribute_names("#e", "error")
+                .expression_attribute_values(":run", s(run))
+                .expression_attribute_values(":at", s(&at))
+                .expression_attribute_values(":e", s(error))
+                .send()
+                .await
+                .map_err(self.err("recording a failed run"))?;
+        }
+        Ok(())
+    }
+
     pub async fn latest_run(&self) -> Result<Option<String>> {
         count_call();
         let out = self
@@ -310,6 +339,7 @@ impl DynamoLedger {
             bytes_done: get_n(i, "bytes_done"),
             objects_failed: get_n(i, "objects_failed"),
             objects_gone: get_n(i, "objects_gone"),
+            error: get_s(i, "error"),
         }))
     }
 

@@ -8,8 +8,10 @@
 //! - [`worker`]: dequeue → copy (single PUT / multipart / fleet-split) → verify → record.
 //! - [`queue`], [`ledger`]: the SQS job queue and the DynamoDB ledger.
 //! - [`fleet`]: what a binary does to its own Auto Scaling group (the finder scales itself in).
+//! - [`build_info`]: the version, revision and target baked into every binary.
 
 pub mod aws;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod copy;

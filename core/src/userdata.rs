@@ -1,19 +1,44 @@
 //! The EC2 user data that starts a finder or worker on an instance of a transfer's Auto Scaling group.
 //!
-//! The provider [`render`]s it into the launch templates; anything that plays EC2 (the test stand-in, or an
-//! operator debugging an instance) [`parse`]s it back. The script is plain bash: it writes the job config to
-//! `/etc/dth/job.json` (the config names secrets by ARN only, never their values), makes sure a container
-//! runtime is there, and runs the image's `finder` or `worker` with the arguments below. Machine-readable
-//! copies of the role and arguments sit in `# dth:` comment lines so that parsing never has to understand
-//! shell quoting.
+//! The provider [`render`]s it into the launch templates; the provider's own refresh and import [`parse`] it
+//! back. The script is plain bash, run once by cloud-init as root. It:
+//! - writes the job config to `/etc/dth/job.json`, readable only by the image's user (the config names secrets
+//!   by ARN only, never their values);
+//! - turns on BBR congestion control with fair queueing, as Data Transfer Hub does;
+//! - installs Docker when the AMI lacks it and reads the instance id from IMDSv2 (the launch template
+//!   requires tokens);
+//! - writes `/usr/local/libexec/dth/pull` (log in to ECR with the instance role when the image is there, then
+//!   pull the image, pinned by digest when the reference carries one);
+//! - installs one systemd unit for the role and starts it:
+//!   - the worker restarts on any exit with growing delays (systemd ≥ 254 honours the steps; older ones
+//!     restart every 10 s), and when it cannot stay up (5 failed starts in 15 minutes: image unpullable, config
+//!     refused, …) `dth-unhealthy.service` marks the instance Unhealthy so that its group replaces it;
+//!   - stopping gives the worker its shutdown grace plus time to release its jobs: `docker stop -t` and the
+//!     unit's `TimeoutStopSec` are both longer than `worker.shutdown_grace_secs`;
+//!   - the finder runs once; if it fails (the binary records the failed run in the ledger and scales its group
+//!     in itself when it gets that far) `dth-finder-failed.service` sets the group back to 0 so that the next
+//!     scheduled run still starts.
+//! - with a log group, the container's output goes to CloudWatch Logs (Docker's awslogs driver, one stream
+//!   per instance and role).
+//!
+//! Machine-readable copies of the role, group, image and arguments sit in `# dth:` comment lines so that
+//! [`parse`] never has to understand shell quoting.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
 
-const CONFIG_PATH: &str = "/etc/dth/job.json";
+/// Where the job config lives on the instance (and, mounted read-only, in the container).
+pub const CONFIG_PATH: &str = "/etc/dth/job.json";
+/// The image's non-root user (see `scripts/build-image`): the job config is handed to it.
+pub const IMAGE_USER: &str = "65532:65532";
+/// The systemd directory the units go to.
+pub const UNIT_DIR: &str = "/etc/systemd/system";
 const HEREDOC: &str = "DTH_JOB_CONFIG";
+/// Time to release jobs after the grace period (a visibility change per job in flight) and for Docker to
+/// stop the container: added to the grace for `docker stop -t`, and again for systemd's stop timeout.
+pub const RELEASE_MARGIN_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +54,11 @@ impl Role {
             Role::Worker => "worker",
         }
     }
+
+    /// The systemd unit (and container) name of the role: `dth-worker.service`, container `dth-worker`.
+    pub fn unit(self) -> String {
+        format!("dth-{}.service", self.binary())
+    }
 }
 
 /// What an instance runs: which binary, with which config and arguments, from which image.
@@ -40,6 +70,45 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// The container image holding the `finder` and `worker` binaries.
     pub image: String,
+    /// The instance's own Auto Scaling group (marked unhealthy, scaled in, lifecycle actions completed).
+    pub group: String,
+    /// The region of the control plane (the group, the log group, an ECR image's registry).
+    pub region: String,
+    /// CloudWatch Logs group for the container's output; None keeps Docker's local json-file logs.
+    pub log_group: Option<String>,
+}
+
+/// An image reference's ECR registry host and region, when it is in ECR
+/// (`<account>.dkr.ecr.<region>.amazonaws.com[.cn]/repo[:tag|@digest]`).
+pub fn ecr_registry(image: &str) -> Option<(&str, &str)> {
+    let (host, _) = image.split_once('/')?;
+    let mut parts = host.split('.');
+    let account = parts.next()?;
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (dkr, ecr, region) = (parts.next()?, parts.next()?, parts.next()?);
+    let rest: Vec<&str> = parts.collect();
+    let domain_ok = matches!(
+        rest.as_slice(),
+        ["amazonaws", "com"] | ["amazonaws", "com", "cn"]
+    );
+    (dkr == "dkr" && ecr == "ecr" && !region.is_empty() && domain_ok).then_some((host, region))
+}
+
+/// An ECR image's account, region and repository (`team/dth` in `…amazonaws.com/team/dth:1` or `@sha256:…`).
+pub fn ecr_repository(image: &str) -> Option<(&str, &str, &str)> {
+    let (host, region) = ecr_registry(image)?;
+    let path = &image[host.len() + 1..];
+    let path = path.split_once('@').map_or(path, |(p, _)| p);
+    // A tag follows the last `:` after the last `/`.
+    let name_start = path.rfind('/').map_or(0, |i| i + 1);
+    let repository = match path[name_start..].find(':') {
+        Some(i) => &path[..name_start + i],
+        None => path,
+    };
+    let account = host.split('.').next()?;
+    (!repository.is_empty()).then_some((account, region, repository))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -53,35 +122,258 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// A word of a systemd `Exec*=` line: systemd splits on spaces and honours double quotes and backslash
+/// escapes, and expands `%` specifiers and `$VAR`, so those are escaped (`%%`, `$$`).
+fn unit_word(s: &str) -> String {
+    let escaped = s.replace('%', "%%").replace('$', "$$");
+    if !escaped.is_empty()
+        && escaped
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,$".contains(&b))
+    {
+        escaped
+    } else {
+        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// The `docker run` of the role's unit (one line, systemd-quoted). Commands are bare names, found by
+/// systemd in its fixed search path (`/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin`, systemd ≥ 239).
+fn docker_run(spec: &LaunchSpec) -> String {
+    let role = spec.role.binary();
+    let grace = spec.config.worker.shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let mut words: Vec<String> = [
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        &format!("dth-{role}"),
+        "--network",
+        "host",
+        "--user",
+        IMAGE_USER,
+        "--stop-timeout",
+        &grace.to_string(),
+        "--volume",
+        &format!("{CONFIG_PATH}:{CONFIG_PATH}:ro"),
+        "--env",
+        "DTH_INSTANCE_ID=${DTH_INSTANCE_ID}",
+        "--env",
+        &format!("DTH_AUTO_SCALING_GROUP={}", spec.group),
+        "--env",
+        &format!("AWS_REGION={}", spec.region),
+    ]
+    .iter()
+    .map(|w| {
+        // The instance id is the one expansion systemd is meant to do (from the EnvironmentFile).
+        if w.contains("${DTH_INSTANCE_ID}") {
+            (*w).to_owned()
+        } else {
+            unit_word(w)
+        }
+    })
+    .collect();
+    if let Some(group) = &spec.log_group {
+        for opt in [
+            "--log-driver".to_owned(),
+            "awslogs".to_owned(),
+            "--log-opt".to_owned(),
+            format!("awslogs-region={}", spec.region),
+            "--log-opt".to_owned(),
+            format!("awslogs-group={group}"),
+        ] {
+            words.push(unit_word(&opt));
+        }
+        words.push("--log-opt".to_owned());
+        words.push(format!("awslogs-stream=${{DTH_INSTANCE_ID}}/{role}"));
+    }
+    words.push(unit_word(&spec.image));
+    for w in [role, "--config", CONFIG_PATH, "--log-format", "json"] {
+        words.push(unit_word(w));
+    }
+    words.extend(spec.args.iter().map(|a| unit_word(a)));
+    words.join(" ")
+}
+
+fn unit(spec: &LaunchSpec) -> String {
+    let role = spec.role.binary();
+    let grace = spec.config.worker.shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let common_unit = "Wants=network-online.target\n\
+                       After=network-online.target docker.service\n\
+                       Requires=docker.service";
+    let common_service = format!(
+        "Type=exec\n\
+         EnvironmentFile=/etc/dth/instance.env\n\
+         # Pulling a first image over a slow link can take minutes.\n\
+         TimeoutStartSec=900\n\
+         ExecStartPre=/usr/local/libexec/dth/pull\n\
+         ExecStartPre=-docker rm --force dth-{role}\n\
+         ExecStart={run}\n\
+         ExecStop=docker stop --time {grace} dth-{role}\n\
+         TimeoutStopSec={stop}",
+        run = docker_run(spec),
+        stop = grace + RELEASE_MARGIN_SECS,
+    );
+    match spec.role {
+        Role::Worker => format!(
+            "[Unit]\n\
+             Description=Data Transfer Hub worker\n\
+             {common_unit}\n\
+             # A worker that cannot stay up (image unpullable, config refused, ...) is an instance to replace.\n\
+             StartLimitIntervalSec=900\n\
+             StartLimitBurst=5\n\
+             OnFailure=dth-unhealthy.service\n\
+             \n\
+             [Service]\n\
+             {common_service}\n\
+             Restart=always\n\
+             RestartSec=10\n\
+             RestartSteps=5\n\
+             RestartMaxDelaySec=300\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
+        ),
+        Role::Finder => format!(
+            "[Unit]\n\
+             Description=Data Transfer Hub finder\n\
+             {common_unit}\n\
+             # A failed run still ends: the group goes back to 0 so the next scheduled run starts afresh.\n\
+             OnFailure=dth-finder-failed.service\n\
+             \n\
+             [Service]\n\
+             {common_service}\n\
+             Restart=no\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
+        ),
+    }
+}
+
+/// The oneshot unit the role's unit triggers when it fails.
+fn on_failure_unit(spec: &LaunchSpec) -> (&'static str, String) {
+    let region = unit_word(&spec.region);
+    let group = unit_word(&spec.group);
+    match spec.role {
+        Role::Worker => (
+            "dth-unhealthy.service",
+            format!(
+                "[Unit]\n\
+                 Description=Mark this instance unhealthy: its Data Transfer Hub worker cannot stay up\n\
+                 \n\
+                 [Service]\n\
+                 Type=oneshot\n\
+                 EnvironmentFile=/etc/dth/instance.env\n\
+                 ExecStart=aws autoscaling set-instance-health --region {region} \
+                 --instance-id ${{DTH_INSTANCE_ID}} --health-status Unhealthy --no-should-respect-grace-period\n"
+            ),
+        ),
+        Role::Finder => (
+            "dth-finder-failed.service",
+            format!(
+                "[Unit]\n\
+                 Description=End a failed Data Transfer Hub finder run: set its group back to 0\n\
+                 \n\
+                 [Service]\n\
+                 Type=oneshot\n\
+                 ExecStart=aws autoscaling set-desired-capacity --region {region} \
+                 --auto-scaling-group-name {group} --desired-capacity 0 --no-honor-cooldown\n"
+            ),
+        ),
+    }
+}
+
+/// `/usr/local/libexec/dth/pull`: the image, once per boot (restarts reuse it), after an ECR login.
+fn pull_script(spec: &LaunchSpec) -> String {
+    let image = shell_quote(&spec.image);
+    let login = match ecr_registry(&spec.image) {
+        Some((host, region)) => format!(
+            "# ECR: log in with the instance role (tokens last 12 hours; a pull logs in afresh).\n\
+             aws ecr get-login-password --region {region} \\\n  | docker login --username AWS --password-stdin {host}\n",
+            region = shell_quote(region),
+            host = shell_quote(host),
+        ),
+        None => String::new(),
+    };
+    format!(
+        "#!/bin/bash\n\
+         set -euo pipefail\n\
+         docker image inspect {image} >/dev/null 2>&1 && exit 0\n\
+         {login}\
+         for attempt in 1 2 3; do\n\
+         \x20 docker pull {image} && exit 0\n\
+         \x20 sleep $((attempt * 10))\n\
+         done\n\
+         exit 1\n"
+    )
+}
+
 /// The user data script for `spec` (plain text; EC2 wants it base64-encoded).
 pub fn render(spec: &LaunchSpec) -> String {
     let config = serde_json::to_string_pretty(&spec.config).expect("JobConfig serialises");
     let args_json = serde_json::to_string(&spec.args).expect("strings serialise");
     let role = spec.role.binary();
-    let args: Vec<String> = spec.args.iter().map(|a| shell_quote(a)).collect();
-    let image = shell_quote(&spec.image);
+    let (failure_name, failure_unit) = on_failure_unit(spec);
+    let unit_name = spec.role.unit();
     format!(
         r#"#!/bin/bash
 # Data Transfer Hub {role}, written by terraform-provider-dth; terraform replaces this launch template version.
 # dth:role={role}
+# dth:group={group}
+# dth:region={region}
+# dth:log_group={log_group}
 # dth:image={image_raw}
 # dth:args={args_json}
 set -euo pipefail
-install -d -m 0700 /etc/dth
-umask 077
+umask 022
+install -d -m 0755 /etc/dth /etc/sysctl.d /usr/local/libexec/dth {UNIT_DIR}
+# The job config: for the image's user only (it names secrets by ARN, never their values).
+install -m 0400 -o {uid} -g {gid} /dev/null {CONFIG_PATH}
 cat > {CONFIG_PATH} <<'{HEREDOC}'
 {config}
 {HEREDOC}
+
+# BBR congestion control with fair queueing, as Data Transfer Hub sets it: long, lossy paths copy faster.
+cat > /etc/sysctl.d/90-dth.conf <<'DTH_SYSCTL'
+net.core.default_qdisc = fq
+net.ipv4.tcp_congestion_control = bbr
+DTH_SYSCTL
+sysctl -p /etc/sysctl.d/90-dth.conf
+
 if ! command -v docker >/dev/null 2>&1; then
-  (dnf install -y docker || yum install -y docker || apt-get install -y docker.io)
+  for attempt in 1 2 3; do dnf install -y docker && break || sleep $((attempt * 10)); done
 fi
 systemctl enable --now docker
-for attempt in 1 2 3 4 5; do docker pull {image} && break || sleep $((attempt * 10)); done
-exec docker run --rm --network host --name dth-{role} -v /etc/dth:/etc/dth:ro {image} \
-  {role} --config {CONFIG_PATH} --log-format json {args}
+
+# IMDSv2 only: every metadata read carries a session token.
+imds() {{
+  local base="${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}}" token
+  base="${{base%/}}"
+  token="$(curl -fsS --retry 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$base/latest/api/token")"
+  curl -fsS --retry 5 -H "X-aws-ec2-metadata-token: $token" "$base/latest/meta-data/$1"
+}}
+printf 'DTH_INSTANCE_ID=%s\n' "$(imds instance-id)" > /etc/dth/instance.env
+
+cat > /usr/local/libexec/dth/pull <<'DTH_PULL'
+{pull}DTH_PULL
+chmod 0755 /usr/local/libexec/dth/pull
+
+cat > {UNIT_DIR}/{failure_name} <<'DTH_UNIT'
+{failure_unit}DTH_UNIT
+cat > {UNIT_DIR}/{unit_name} <<'DTH_UNIT'
+{unit}DTH_UNIT
+systemctl daemon-reload
+systemctl enable --now {unit_name}
 "#,
+        group = spec.group,
+        region = spec.region,
+        log_group = spec.log_group.as_deref().unwrap_or(""),
         image_raw = spec.image,
-        args = args.join(" "),
+        uid = IMAGE_USER.split(':').next().unwrap_or("0"),
+        gid = IMAGE_USER.split(':').nth(1).unwrap_or("0"),
+        pull = pull_script(spec),
+        unit = unit(spec),
     )
 }
 
@@ -117,6 +409,11 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
         }
     };
     let image = comment(text, "image")?.to_string();
+    let group = comment(text, "group")?.to_string();
+    let region = comment(text, "region")?.to_string();
+    let log_group = Some(comment(text, "log_group")?)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned);
     let args: Vec<String> = serde_json::from_str(comment(text, "args")?).map_err(|e| {
         Error::config(
             "user_data",
@@ -139,6 +436,9 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
         config,
         args,
         image,
+        group,
+        region,
+        log_group,
     })
 }
 
@@ -161,13 +461,54 @@ mod tests {
             config: config(),
             args: vec!["--concurrency".into(), "4".into(), "it's odd".into()],
             image: "public.ecr.aws/dth/dth:0.1.0".into(),
+            group: "dth-x-workers".into(),
+            region: "eu-west-1".into(),
+            log_group: Some("/dth/x".into()),
         };
         let text = render(&spec);
-        assert!(text.contains("'it'\\''s odd'"), "{text}");
+        assert!(text.contains("\"it's odd\""), "{text}");
         assert_eq!(parse(&text).unwrap(), spec);
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&text);
         assert_eq!(parse(&b64).unwrap(), spec);
+    }
+
+    #[test]
+    fn ecr_images_are_recognised_by_their_registry_host() {
+        assert_eq!(
+            ecr_registry("123456789012.dkr.ecr.eu-west-1.amazonaws.com/dth@sha256:ab"),
+            Some(("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "eu-west-1"))
+        );
+        assert_eq!(
+            ecr_registry("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/team/dth:1"),
+            Some((
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                "cn-north-1"
+            ))
+        );
+        assert_eq!(
+            ecr_repository("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/dth:1.2@sha256:ab"),
+            Some(("123456789012", "eu-west-1", "team/dth"))
+        );
+        assert_eq!(
+            ecr_repository("123456789012.dkr.ecr.eu-west-1.amazonaws.com/dth"),
+            Some(("123456789012", "eu-west-1", "dth"))
+        );
+        for other in [
+            "public.ecr.aws/dth/dth:0.1.0",
+            "dth:1",
+            "127.0.0.1:5000/dth@sha256:ab",
+            "12345.dkr.ecr.eu-west-1.amazonaws.com/x",
+            "123456789012.dkr.ecr.eu-west-1.example.com/x",
+        ] {
+            assert_eq!(ecr_registry(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn unit_words_escape_what_systemd_expands() {
+        assert_eq!(unit_word("a%b$c"), "a%%b$$c");
+        assert_eq!(unit_word("x y\\\"z"), "\"x y\\\\\\\"z\"");
     }
 
     #[test]

@@ -910,6 +910,9 @@ fn start(
         .args(&spec.args)
         .env_clear()
         .envs(opts.env.iter().map(|(k, v)| (k, v)))
+        // What the user data's `docker run` hands the container: its instance and group.
+        .env("DTH_INSTANCE_ID", format!("i-standin{n:09}"))
+        .env("DTH_AUTO_SCALING_GROUP", group)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

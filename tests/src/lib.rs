@@ -4,6 +4,8 @@
 
 pub mod cloud;
 pub mod ec2;
+pub mod instance;
+pub mod systemd;
 pub mod terraform;
 
 use std::net::TcpListener;

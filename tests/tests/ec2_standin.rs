@@ -23,6 +23,9 @@ fn user_data(role: Role, config: &JobConfig, args: &[&str]) -> String {
         config: config.clone(),
         args: args.iter().map(|a| a.to_string()).collect(),
         image: "dth:test".into(),
+        group: String::new(),
+        region: REGION.into(),
+        log_group: None,
     });
     base64::engine::general_purpose::STANDARD.encode(text)
 }

@@ -265,6 +265,7 @@ pub fn schema() -> Schema {
         .attribute(Attribute::map("tags", Type::String).optional().description("Tags of every taggable resource, on top of the provider's `default_tags`."))
         .attribute(Attribute::string("status").computed().description("`idle` (nothing run yet), `syncing`, `in_sync` or `failed`."))
         .attribute(Attribute::string("last_finder_run").computed().description("When the latest finder run started (RFC 3339)."))
+        .attribute(Attribute::string("last_finder_error").computed().description("Why the latest finder run failed, when it did (the transfer is then `failed`; the next scheduled run tries again)."))
         .attribute(Attribute::list("missing_components", Type::String).computed().description("Pieces of the transfer deleted outside Terraform; any forces a replacement."))
         .attribute(Attribute::string("queue_url").computed().description("The job queue."))
         .attribute(Attribute::string("dead_letter_queue_url").computed().description("The dead-letter queue."))
@@ -428,13 +429,15 @@ fn set_infra(v: &mut Value, infra: &Infra) -> Result<(), Diagnostics> {
 
 fn set_progress(v: &mut Value, p: &Progress) {
     v.set("status", Value::string(p.status_of().as_str()));
-    v.set(
-        "last_finder_run",
-        p.last_finder_run
-            .as_ref()
-            .map(Value::string)
-            .unwrap_or(Value::Null),
-    );
+    for (name, text) in [
+        ("last_finder_run", &p.last_finder_run),
+        ("last_finder_error", &p.finder_error),
+    ] {
+        v.set(
+            name,
+            text.as_ref().map(Value::string).unwrap_or(Value::Null),
+        );
+    }
     for (name, n) in [
         ("objects_found", p.objects_found),
         ("bytes_found", p.bytes_found),
@@ -463,6 +466,7 @@ fn progress_of(v: &Value) -> Progress {
         queue_in_flight: n("queue_in_flight"),
         dead_letters: n("dead_letters"),
         last_finder_run: v.get("last_finder_run").as_str().map(str::to_owned),
+        finder_error: v.get("last_finder_error").as_str().map(str::to_owned),
         finder_finished: v.get("status").as_str() != Some("syncing"),
         ..Default::default()
     }
@@ -521,6 +525,12 @@ fn drift_warning(spec: &TransferSpec, default_region: &str, prior: &Value) -> Op
         detail.push(' ');
         detail.push_str(&estimate.describe(objects, bytes, from, to));
         detail.push('.');
+    }
+    if let Some(e) = &p.finder_error {
+        detail.push_str(&format!(
+            " The latest finder run failed: {e}. The next scheduled run starts afresh; fix the cause or run the \
+             finder again."
+        ));
     }
     if p.dead_letters > 0 {
         detail.push_str(
@@ -678,7 +688,7 @@ impl Resource<Client> for S3Transfer {
         for (name, _) in PROGRESS {
             v.set(name, prior.get(name).clone());
         }
-        for name in ["status", "last_finder_run"] {
+        for name in ["status", "last_finder_run", "last_finder_error"] {
             v.set(name, prior.get(name).clone());
         }
         Ok(v)

@@ -485,6 +485,36 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Strin
         ),
     }));
     statements.push(json!({
+        "Sid": "WorkersLeaveTheirGroup",
+        "Effect": "Allow",
+        "Action": [
+            "autoscaling:SetInstanceHealth", "autoscaling:CompleteLifecycleAction",
+            "autoscaling:RecordLifecycleActionHeartbeat"
+        ],
+        "Resource": format!(
+            "arn:{p}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{}",
+            names.worker_asg
+        ),
+    }));
+    if let Some((registry_account, registry_region, repository)) =
+        userdata::ecr_repository(&spec.fleet.image)
+    {
+        let rp = crate::aws::partition_of(registry_region);
+        // GetAuthorizationToken has no resource to scope to; the pull is this one repository.
+        statements.push(json!({
+            "Sid": "PullImageLogin",
+            "Effect": "Allow",
+            "Action": ["ecr:GetAuthorizationToken"],
+            "Resource": "*",
+        }));
+        statements.push(json!({
+            "Sid": "PullImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            "Resource": format!("arn:{rp}:ecr:{registry_region}:{registry_account}:repository/{repository}"),
+        }));
+    }
+    statements.push(json!({
         "Sid": "Metrics",
         "Effect": "Allow",
         "Action": ["cloudwatch:PutMetricData"],
@@ -784,24 +814,32 @@ pub(crate) fn launch_template_data(
     names: &Names,
     role: Role,
 ) -> RequestLaunchTemplateData {
-    let (instance_type, args) = match role {
+    let (instance_type, group, args) = match role {
         Role::Finder => (
             &spec.finder.instance_type,
+            &names.finder_asg,
             vec!["--scale-in-asg".to_owned(), names.finder_asg.clone()],
         ),
         Role::Worker => (
             &spec.fleet.instance_type,
+            &names.worker_asg,
             vec![
                 "--concurrency".to_owned(),
                 spec.fleet.worker_concurrency.to_string(),
+                "--lifecycle-hook".to_owned(),
+                names.drain_hook.clone(),
             ],
         ),
     };
+    let config = spec.job_config(infra, cfg);
     let script = userdata::render(&LaunchSpec {
         role,
-        config: spec.job_config(infra, cfg),
+        region: config.aws.region.clone().unwrap_or_default(),
+        config,
         args,
         image: spec.fleet.image.clone(),
+        group: group.clone(),
+        log_group: None,
     });
     let groups = match &infra.security_group_id {
         Some(g) => vec![g.clone()],
@@ -982,6 +1020,30 @@ where
     }
 }
 
+/// How long scale-in waits for a worker to finish or release its jobs and complete the drain hook: the
+/// worker's grace (the job config's default; the resource does not change it), Docker's and systemd's stop
+/// margins, and a minute for the metadata poll and the call. AWS accepts 30 s to 7,200 s.
+pub(crate) fn drain_timeout_secs() -> i32 {
+    let grace = dth_core::config::WorkerOptions::default().shutdown_grace_secs;
+    (grace + 2 * userdata::RELEASE_MARGIN_SECS + 60).clamp(30, 7200) as i32
+}
+
+/// The worker group's termination lifecycle hook (PutLifecycleHook creates or updates it). Instances wait in
+/// `Terminating:Wait` until their worker completes it, or until the timeout, after which they go anyway.
+pub(crate) async fn put_drain_hook(c: &AwsClients, n: &Names) -> Result<()> {
+    c.autoscaling
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(&n.worker_asg)
+        .lifecycle_hook_name(&n.drain_hook)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(drain_timeout_secs())
+        .default_result("CONTINUE")
+        .send()
+        .await
+        .map_err(|e| ProvisionError::sdk("creating lifecycle hook", &n.drain_hook, e))?;
+    Ok(())
+}
+
 async fn create_worker_fleet(
     c: &AwsClients,
     spec: &TransferSpec,
@@ -1010,6 +1072,7 @@ async fn create_worker_fleet(
     })
     .await?;
     infra.worker_asg = asg.clone();
+    put_drain_hook(c, n).await?;
 
     let what = "creating scaling policy";
     let mut out_policy = c

@@ -76,6 +76,8 @@ pub struct Names {
     pub worker_launch_template: String,
     pub finder_asg: String,
     pub worker_asg: String,
+    /// The worker group's termination lifecycle hook: scale-in waits for a worker to release its jobs.
+    pub drain_hook: String,
     pub scale_out_policy: String,
     pub scale_in_policy: String,
     pub schedule_action: String,
@@ -102,6 +104,7 @@ impl Names {
             worker_launch_template: n("worker"),
             finder_asg: n("finder"),
             worker_asg: n("worker"),
+            drain_hook: n("drain"),
             scale_out_policy: n("scale-out"),
             scale_in_policy: n("scale-in"),
             schedule_action: n("finder-schedule"),

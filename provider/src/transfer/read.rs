@@ -76,19 +76,21 @@ pub struct Progress {
     pub last_finder_run: Option<String>,
     /// Whether the latest finder run finished listing.
     pub finder_finished: bool,
+    /// Why the latest finder run failed, when it did.
+    pub finder_error: Option<String>,
 }
 
 impl Progress {
     /// The status rule, in order:
     /// 1. jobs visible or in flight on the queue → `syncing` (work is under way, whatever else holds);
-    /// 2. dead letters, or objects that failed → `failed` (nothing is left to retry them);
+    /// 2. dead letters, objects that failed, or a failed finder run → `failed` (nothing is left to retry them);
     /// 3. no finder run yet → `idle`;
     /// 4. the finder still listing, or found objects not all done / failed / gone → `syncing`;
     /// 5. otherwise → `in_sync`.
     pub fn status_of(&self) -> Status {
         if self.queue_visible + self.queue_in_flight > 0 {
             Status::Syncing
-        } else if self.dead_letters > 0 || self.objects_failed > 0 {
+        } else if self.dead_letters > 0 || self.objects_failed > 0 || self.finder_error.is_some() {
             Status::Failed
         } else if self.last_finder_run.is_none() {
             Status::Idle
@@ -214,6 +216,7 @@ async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progress) -> Resul
     };
     p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
     p.finder_finished = s.finished_at.is_some();
+    p.finder_error = s.error;
     p.objects_found = s.objects_found;
     p.bytes_found = s.bytes_found;
     p.objects_done = s.objects_done;
@@ -1102,6 +1105,16 @@ mod tests {
             ..done.clone()
         };
         assert_eq!(dead.status_of(), Status::Failed);
+        let finder_failed = Progress {
+            finder_error: Some("listing src: AccessDenied".into()),
+            finder_finished: false,
+            ..started.clone()
+        };
+        assert_eq!(
+            finder_failed.status_of(),
+            Status::Failed,
+            "a failed run is not still listing"
+        );
         let failed = Progress {
             objects_failed: 1,
             objects_done: 8,

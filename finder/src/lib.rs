@@ -1,0 +1,173 @@
+//! `finder`: list source and destination, enqueue what must move (or, with --dry-run, show it).
+
+use std::sync::Arc;
+
+use clap::Parser;
+use dth_core::cli::{exit_code, CommonArgs};
+use dth_core::finder::{self, Sink};
+use dth_core::limit::Limits;
+use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "finder",
+    version = dth_core::build_info::LONG_VERSION,
+    about = "Find objects that must be transferred and enqueue them as jobs"
+)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print what would move (count, bytes, first keys) and enqueue nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run id to record in the ledger (default: time-based).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Override finder.depth.
+    #[arg(long)]
+    depth: Option<u32>,
+    /// Override finder.parallelism.
+    #[arg(long)]
+    parallelism: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// After a successful run (not a dry run), set this Auto Scaling group's desired capacity to 0: how a
+    /// finder started by a scheduled action on its group ends the run.
+    #[arg(long, value_name = "NAME", env = "DTH_SCALE_IN_ASG")]
+    scale_in_asg: Option<String>,
+}
+
+/// The `finder` command: parse `args` (the first is the program name), run, and exit with 0, 1 (failed) or
+/// 2 (invalid configuration). Shared by the `finder` binary and the image's multi-call `dth`.
+pub fn main_from<I, T>(args: I) -> !
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Args::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("finder: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = runtime.block_on(run(args));
+    drop(runtime);
+    if let Err(e) = outcome {
+        tracing::error!("{e}");
+        eprintln!("finder: {e}");
+        std::process::exit(exit_code(&e));
+    }
+    std::process::exit(0)
+}
+
+async fn run(args: Args) -> dth_core::Result<()> {
+    let mut cfg = args.common.load()?;
+    if let Some(d) = args.depth {
+        cfg.finder.depth = d;
+    }
+    if let Some(p) = args.parallelism {
+        cfg.finder.parallelism = p;
+    }
+    cfg.validate()?;
+    if args.scale_in_asg.as_deref() == Some("") {
+        return Err(dth_core::Error::config(
+            "--scale-in-asg",
+            "must not be empty",
+        ));
+    }
+    let cp = aws::ControlPlane::new(&cfg.aws).await;
+    let limits = Arc::new(Limits::new(
+        cfg.worker.bandwidth_limit,
+        cfg.worker.requests_per_second,
+    ));
+    let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
+    let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
+    let sink = if args.dry_run {
+        Sink::DryRun
+    } else {
+        let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
+        ledger.check().await?;
+        Sink::Queue {
+            queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url),
+            ledger,
+        }
+    };
+    let run_id = args.run_id.unwrap_or_else(finder::new_run_id);
+    let ledger = match &sink {
+        Sink::Queue { ledger, .. } => Some(ledger.clone()),
+        Sink::DryRun => None,
+    };
+    let outcome = async {
+        let roots = finder::roots(&cfg, &cp.s3).await?;
+        let (stats, totals) = stats::spawn("finder");
+        let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id.clone()), stats).await?;
+        let _ = totals.await;
+        print_report(&report, args.json);
+        Ok::<_, dth_core::Error>(())
+    }
+    .await;
+    if let (Err(e), Some(ledger)) = (&outcome, &ledger) {
+        // What `terraform plan` shows: the run failed, and why.
+        if let Err(record) = ledger.fail_run(&run_id, &e.to_string()).await {
+            tracing::error!("recording the failed run {run_id} in the ledger: {record}");
+        }
+    }
+    // A scheduled run ends here whether it succeeded or not (after the report is out: a group that cannot be
+    // scaled in must not hide what the run did); the next scheduled action starts a new one.
+    let scaled = match (&args.scale_in_asg, &ledger) {
+        (Some(asg), Some(_)) => fleet::scale_in(&cp.autoscaling, asg).await,
+        _ => Ok(()),
+    };
+    outcome.and(scaled)
+}
+
+fn print_report(report: &finder::FinderReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("build".into(), dth_core::build_info::json());
+        }
+        println!("{value}");
+        return;
+    }
+    let c = &report.counts;
+    let verb = if report.dry_run {
+        "would move"
+    } else {
+        "enqueued"
+    };
+    println!(
+        "run {}: scanned {} objects; {verb} {} objects ({} bytes, {}) in {} jobs; {} up to date, {} filtered, {} archived",
+        report.run,
+        c.scanned,
+        c.to_move,
+        c.bytes_to_move,
+        stats::human_bytes(c.bytes_to_move),
+        report.jobs,
+        c.up_to_date,
+        c.filtered,
+        c.archived
+    );
+    if report.dry_run {
+        for k in &report.sample_keys {
+            println!("  {k}");
+        }
+        if c.to_move > report.sample_keys.len() as u64 {
+            println!(
+                "  ... and {} more",
+                c.to_move - report.sample_keys.len() as u64
+            );
+        }
+    } else {
+        println!(
+            "control-plane calls: {} in {:.1}s",
+            report.control_plane_calls, report.seconds
+        );
+    }
+}
