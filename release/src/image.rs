@@ -171,37 +171,100 @@ fn group() -> String {
     format!("root:x:0:\ndth:x:{UID}:\n")
 }
 
-/// Reads `finder` and `worker` from a platform's bin dir, refusing what would not run there.
-pub fn read_binaries(platform: Platform, dir: &Path) -> Result<Vec<(&'static str, Vec<u8>)>> {
+/// One of the image's programs in `usr/local/bin`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Binary {
+    File {
+        name: String,
+        bytes: Vec<u8>,
+    },
+    /// A symlink to a file of the same directory: one multi-call binary that acts as `finder` or `worker` by
+    /// the name it runs as (scripts/build-binaries writes `dth` with `finder` and `worker` linked to it).
+    Link {
+        name: String,
+        target: String,
+    },
+}
+
+/// A symlink target that names a file in the link's own directory.
+fn sibling_name(target: &Path) -> Option<&str> {
+    let t = target.to_str()?;
+    let plain = !t.is_empty()
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    plain.then_some(t)
+}
+
+/// Reads `finder` and `worker` from a platform's bin dir, refusing what would not run there. A symlink to a
+/// file beside it stays a symlink (the file is stored once); any other symlink is followed and copied.
+pub fn read_binaries(platform: Platform, dir: &Path) -> Result<Vec<Binary>> {
     let flag = format!("--bin-dir {}={}", platform.name(), dir.display());
-    let mut out = Vec::new();
+    let mut links = Vec::new();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for name in BINARIES {
         let path = dir.join(name);
-        let meta = fs::metadata(&path).map_err(|e| {
+        let meta = fs::symlink_metadata(&path).map_err(|e| {
             anyhow!(
                 "{flag}: {} is missing ({e}); build it with scripts/build-binaries --arch {}",
                 path.display(),
                 platform.name()
             )
         })?;
+        let mut file = name.to_string();
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path)
+                .with_context(|| format!("{flag}: reading the link {}", path.display()))?;
+            if let Some(t) = sibling_name(&target) {
+                if fs::symlink_metadata(dir.join(t)).is_ok_and(|m| m.is_file()) {
+                    links.push(Binary::Link {
+                        name: name.to_string(),
+                        target: t.to_string(),
+                    });
+                    file = t.to_string();
+                }
+            }
+        }
+        if files.contains_key(&file) {
+            continue;
+        }
+        let what = if file == name {
+            name.to_string()
+        } else {
+            format!("{name} (-> {file})")
+        };
+        let path = dir.join(&file);
+        let meta = fs::metadata(&path).map_err(|e| {
+            anyhow!(
+                "{flag}: {what}: {} is missing ({e}); build it with scripts/build-binaries --arch {}",
+                path.display(),
+                platform.name()
+            )
+        })?;
         if !meta.is_file() {
-            bail!("{flag}: {} is not a regular file", path.display());
+            bail!("{flag}: {what}: {} is not a regular file", path.display());
         }
         let bytes =
             fs::read(&path).with_context(|| format!("{flag}: reading {}", path.display()))?;
         elf::check(&bytes, platform.elf_machine()).map_err(|why| {
             anyhow!(
-                "{flag}: {name} is {why}; the {} image would not run it",
+                "{flag}: {what} is {why}; the {} image would not run it",
                 platform.display()
             )
         })?;
-        out.push((name, bytes));
+        files.insert(file, bytes);
     }
+    let mut out: Vec<Binary> = files
+        .into_iter()
+        .map(|(name, bytes)| Binary::File { name, bytes })
+        .collect();
+    out.extend(links);
     Ok(out)
 }
 
 /// The layer's entries for a platform's binaries.
-pub fn entries(binaries: Vec<(&'static str, Vec<u8>)>) -> Vec<Entry> {
+pub fn entries(binaries: Vec<Binary>) -> Vec<Entry> {
     let mut e = vec![
         Entry::dir("etc/", 0o755),
         Entry::file("etc/group", 0o644, group()),
@@ -214,8 +277,15 @@ pub fn entries(binaries: Vec<(&'static str, Vec<u8>)>) -> Vec<Entry> {
         Entry::dir("usr/local/", 0o755),
         Entry::dir("usr/local/bin/", 0o755),
     ];
-    for (name, bytes) in binaries {
-        e.push(Entry::file(&format!("usr/local/bin/{name}"), 0o755, bytes));
+    for b in binaries {
+        e.push(match b {
+            Binary::File { name, bytes } => {
+                Entry::file(&format!("usr/local/bin/{name}"), 0o755, bytes)
+            }
+            Binary::Link { name, target } => {
+                Entry::symlink(&format!("usr/local/bin/{name}"), &target)
+            }
+        });
     }
     e
 }
@@ -612,6 +682,94 @@ mod tests {
         assert!(
             err.contains("worker is missing")
                 && err.contains("scripts/build-binaries --arch amd64"),
+            "{err}"
+        );
+    }
+
+    /// The layout scripts/build-binaries writes: one multi-call `dth`, `finder` and `worker` linked to it.
+    fn multicall_bins(
+        root: &Path,
+        amd64_machine: u16,
+        arm64_machine: u16,
+    ) -> Vec<(Platform, PathBuf)> {
+        let mut dirs = Vec::new();
+        for (p, m) in [
+            (Platform::Amd64, amd64_machine),
+            (Platform::Arm64, arm64_machine),
+        ] {
+            let dir = root.join(p.name());
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("dth"), elf::fake(m, &[1])).unwrap();
+            for b in BINARIES {
+                std::os::unix::fs::symlink("dth", dir.join(b)).unwrap();
+            }
+            dirs.push((p, dir));
+        }
+        dirs
+    }
+
+    #[test]
+    fn a_multicall_binary_is_stored_once_with_its_links() {
+        let tmp = TempDir::new("multicall");
+        let dirs = multicall_bins(&tmp.0, elf::EM_X86_64, elf::EM_AARCH64);
+        let bins = read_binaries(Platform::Arm64, &dirs[1].1).unwrap();
+        assert_eq!(
+            bins,
+            [
+                Binary::File {
+                    name: "dth".into(),
+                    bytes: elf::fake(elf::EM_AARCH64, &[1])
+                },
+                Binary::Link {
+                    name: "finder".into(),
+                    target: "dth".into()
+                },
+                Binary::Link {
+                    name: "worker".into(),
+                    target: "dth".into()
+                },
+            ]
+        );
+        let a = write(&spec(dirs.clone()), &tmp.0.join("a")).unwrap();
+        assert_eq!(
+            write(&spec(dirs), &tmp.0.join("b")).unwrap().index_digest,
+            a.index_digest
+        );
+
+        // A link out of the bin dir is followed and copied.
+        let other = tmp.0.join("elsewhere");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("w"), elf::fake(elf::EM_AARCH64, &[])).unwrap();
+        fs::remove_file(tmp.0.join("arm64/worker")).unwrap();
+        std::os::unix::fs::symlink(other.join("w"), tmp.0.join("arm64/worker")).unwrap();
+        let bins = read_binaries(Platform::Arm64, &tmp.0.join("arm64")).unwrap();
+        assert_eq!(bins.len(), 3);
+        assert!(bins.contains(&Binary::File {
+            name: "worker".into(),
+            bytes: elf::fake(elf::EM_AARCH64, &[])
+        }));
+    }
+
+    #[test]
+    fn refuses_a_multicall_binary_of_the_wrong_machine_naming_the_link() {
+        let tmp = TempDir::new("multicall-wrong");
+        let s = spec(multicall_bins(&tmp.0, elf::EM_X86_64, elf::EM_X86_64));
+        let err = format!("{:#}", write(&s, &tmp.0.join("out")).err().unwrap());
+        assert!(err.starts_with("--bin-dir arm64="), "{err}");
+        assert!(
+            err.contains("finder (-> dth) is an x86_64 ELF binary"),
+            "{err}"
+        );
+        // A dangling link is a missing binary.
+        let tmp = TempDir::new("multicall-dangling");
+        let dirs = multicall_bins(&tmp.0, elf::EM_X86_64, elf::EM_AARCH64);
+        fs::remove_file(tmp.0.join("amd64/dth")).unwrap();
+        let err = format!(
+            "{:#}",
+            write(&spec(dirs), &tmp.0.join("out")).err().unwrap()
+        );
+        assert!(
+            err.starts_with("--bin-dir amd64=") && err.contains("is missing"),
             "{err}"
         );
     }

@@ -1,6 +1,7 @@
 //! The image's one layer: a tar whose bytes depend only on its entries and one timestamp, gzipped with a fixed
 //! header. Every header is plain ustar: the path, a fixed mode, uid/gid 0, no user or group names, mtime = the
-//! image's creation time, no PAX records (so no atime/ctime), entries in byte order of their paths.
+//! image's creation time, no PAX records (so no atime/ctime), entries in byte order of their paths. Entries are
+//! directories, regular files and relative symlinks.
 
 use std::io::Write;
 
@@ -9,12 +10,20 @@ use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-/// One file or directory of the layer. Directory paths end in `/`.
+/// One directory, file or symlink of the layer. Directory paths end in `/`.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub path: String,
     pub mode: u32,
-    pub data: Option<Vec<u8>>,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Dir,
+    File(Vec<u8>),
+    /// A symlink to this target, relative to the link's directory.
+    Symlink(String),
 }
 
 impl Entry {
@@ -23,7 +32,7 @@ impl Entry {
         Entry {
             path: path.into(),
             mode,
-            data: None,
+            kind: Kind::Dir,
         }
     }
 
@@ -32,7 +41,20 @@ impl Entry {
         Entry {
             path: path.into(),
             mode,
-            data: Some(data.into()),
+            kind: Kind::File(data.into()),
+        }
+    }
+
+    /// A symlink (mode 0777, as symlinks are) to `target`, a name in the same directory.
+    pub fn symlink(path: &str, target: &str) -> Entry {
+        assert!(
+            !path.ends_with('/'),
+            "symlink paths do not end in /: {path}"
+        );
+        Entry {
+            path: path.into(),
+            mode: 0o777,
+            kind: Kind::Symlink(target.into()),
         }
     }
 }
@@ -67,14 +89,30 @@ pub fn tar(mut entries: Vec<Entry>, mtime: u64) -> Result<Vec<u8>> {
         h.set_mtime(mtime);
         h.set_device_major(0)?;
         h.set_device_minor(0)?;
-        let data: &[u8] = match &e.data {
-            Some(d) => {
+        let data: &[u8] = match &e.kind {
+            Kind::File(d) => {
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(d.len() as u64);
                 d
             }
-            None => {
+            Kind::Dir => {
                 h.set_entry_type(EntryType::Directory);
+                h.set_size(0);
+                &[]
+            }
+            Kind::Symlink(target) => {
+                if target.is_empty()
+                    || target.starts_with('/')
+                    || target.split('/').any(|s| s == "..")
+                {
+                    bail!(
+                        "symlink {} -> {target} must point inside its directory",
+                        e.path
+                    );
+                }
+                h.set_entry_type(EntryType::Symlink);
+                h.set_link_name(target)
+                    .with_context(|| format!("symlink {} -> {target}", e.path))?;
                 h.set_size(0);
                 &[]
             }
@@ -122,6 +160,7 @@ mod tests {
             Entry::dir("etc/", 0o755),
             Entry::dir("usr/local/bin/", 0o755),
             Entry::file("usr/local/bin/finder", 0o755, vec![7u8; 3000]),
+            Entry::symlink("usr/local/bin/find", "finder"),
         ]
     }
 
@@ -162,6 +201,9 @@ mod tests {
             );
             let mode = h.mode().unwrap();
             let kind = h.entry_type();
+            if kind == EntryType::Symlink {
+                assert_eq!(e.link_name().unwrap().unwrap().to_str(), Some("finder"));
+            }
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
             seen.push((path, mode, kind, data.len()));
@@ -174,16 +216,19 @@ mod tests {
                 "etc/passwd",
                 "tmp/",
                 "usr/local/bin/",
+                "usr/local/bin/find",
                 "usr/local/bin/finder",
                 "usr/local/bin/worker"
             ]
         );
         let modes: Vec<u32> = seen.iter().map(|s| s.1).collect();
-        assert_eq!(modes, [0o755, 0o644, 0o1777, 0o755, 0o755, 0o755]);
+        assert_eq!(modes, [0o755, 0o644, 0o1777, 0o755, 0o777, 0o755, 0o755]);
         assert!(seen
             .iter()
             .all(|s| (s.2 == EntryType::Directory) == s.0.ends_with('/')));
-        assert_eq!(seen[4].3, 3000);
+        assert_eq!(seen[4].2, EntryType::Symlink);
+        assert_eq!(seen[4].3, 0);
+        assert_eq!(seen[5].3, 3000);
         // Two zero blocks end the archive; the whole is a multiple of 512 bytes.
         assert_eq!(bytes.len() % 512, 0);
         assert!(bytes[bytes.len() - 1024..].iter().all(|&b| b == 0));
@@ -210,5 +255,7 @@ mod tests {
         assert!(tar(e, T).unwrap_err().to_string().contains("etc/passwd"));
         assert!(tar(vec![Entry::file("/etc/x", 0o644, "")], T).is_err());
         assert!(tar(vec![Entry::file("etc/../../x", 0o644, "")], T).is_err());
+        assert!(tar(vec![Entry::symlink("usr/x", "/bin/sh")], T).is_err());
+        assert!(tar(vec![Entry::symlink("usr/x", "../etc/passwd")], T).is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! `dth-release`: the release artifacts that need no Docker engine. Today: the image.
 //!
 //! `dth-release image` writes one OCI image layout holding one image index (linux/amd64 + linux/arm64/v8)
-//! of the static `finder` and `worker`, Mozilla's CA roots, a non-root user and the OCI annotations; nothing
-//! else (no shell, no package manager). `scripts/build-image` runs it, `scripts/publish-image` pushes the
+//! of the static `finder` and `worker` (or one multi-call binary they link to), Mozilla's CA roots, a non-root
+//! user and the OCI annotations; nothing else (no shell, no package manager). `scripts/build-image` runs it, `scripts/publish-image` pushes the
 //! layout with `skopeo copy --all`.
 //!
 //! Why a layout written by hand with `oci-spec` (plus `tar`, `flate2`, `sha2`) rather than umoci:

@@ -302,19 +302,68 @@ fn script(name: &str) -> Command {
     cmd
 }
 
-/// The files of a gzip layer: (path, mode, bytes).
-fn unpack(layer: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+/// An entry of a layer: path, mode, file bytes, symlink target.
+struct Unpacked {
+    path: String,
+    mode: u32,
+    data: Vec<u8>,
+    link: Option<String>,
+}
+
+fn unpack(layer: &[u8]) -> Vec<Unpacked> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer));
     let mut out = Vec::new();
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
         let path = e.path().unwrap().to_string_lossy().into_owned();
         let mode = e.header().mode().unwrap();
+        let link = (e.header().entry_type() == tar::EntryType::Symlink).then(|| {
+            e.link_name()
+                .unwrap()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        });
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
-        out.push((path, mode, data));
+        out.push(Unpacked {
+            path,
+            mode,
+            data,
+            link,
+        });
     }
     out
+}
+
+/// What the image must hold for a bin dir: `finder` and `worker`, or links to the multi-call file beside them.
+fn expected_listing(bin_dir: &Path) -> Vec<(String, u32)> {
+    let mut want: Vec<(String, u32)> = [
+        ("etc/", 0o755),
+        ("etc/group", 0o644),
+        ("etc/passwd", 0o644),
+        ("etc/ssl/", 0o755),
+        ("etc/ssl/certs/", 0o755),
+        ("etc/ssl/certs/ca-certificates.crt", 0o644),
+        ("tmp/", 0o1777),
+        ("usr/", 0o755),
+        ("usr/local/", 0o755),
+        ("usr/local/bin/", 0o755),
+    ]
+    .map(|(p, m)| (p.to_string(), m))
+    .to_vec();
+    for b in ["finder", "worker"] {
+        match fs::read_link(bin_dir.join(b)) {
+            Ok(t) if !t.to_string_lossy().contains('/') => {
+                want.push((format!("usr/local/bin/{b}"), 0o777));
+                want.push((format!("usr/local/bin/{}", t.to_string_lossy()), 0o755));
+            }
+            _ => want.push((format!("usr/local/bin/{b}"), 0o755)),
+        }
+    }
+    want.sort();
+    want.dedup();
+    want
 }
 
 #[test]
@@ -383,7 +432,7 @@ fn published_index_serves_both_platforms_and_their_binaries_run() {
         ]
     );
 
-    for (arch, manifest_digest, layer_digest, _) in &platforms {
+    for ((arch, manifest_digest, layer_digest, _), (_, bin_dir)) in platforms.iter().zip(dist()) {
         // What a host of this platform is given.
         let mut inspect = skopeo();
         inspect.args(["--override-os", "linux", "--override-arch", arch]);
@@ -424,30 +473,23 @@ fn published_index_serves_both_platforms_and_their_binaries_run() {
         assert_eq!(config["architecture"], arch.as_str());
         assert_eq!(config["config"]["User"], "65532:65532");
         let files = unpack(&layer_bytes);
-        let listing: Vec<(&str, u32)> = files.iter().map(|f| (f.0.as_str(), f.1)).collect();
+        let listing: Vec<(String, u32)> = files.iter().map(|f| (f.path.clone(), f.mode)).collect();
         assert_eq!(
             listing,
-            [
-                ("etc/", 0o755),
-                ("etc/group", 0o644),
-                ("etc/passwd", 0o644),
-                ("etc/ssl/", 0o755),
-                ("etc/ssl/certs/", 0o755),
-                ("etc/ssl/certs/ca-certificates.crt", 0o644),
-                ("tmp/", 0o1777),
-                ("usr/", 0o755),
-                ("usr/local/", 0o755),
-                ("usr/local/bin/", 0o755),
-                ("usr/local/bin/finder", 0o755),
-                ("usr/local/bin/worker", 0o755),
-            ],
+            expected_listing(&bin_dir),
             "{arch}: nothing else in the image"
         );
-        let worker = &files
+        let worker = files
             .iter()
-            .find(|f| f.0 == "usr/local/bin/worker")
-            .unwrap()
-            .2;
+            .find(|f| f.path == "usr/local/bin/worker")
+            .unwrap();
+        let worker = match &worker.link {
+            Some(target) => {
+                let path = format!("usr/local/bin/{target}");
+                &files.iter().find(|f| f.path == path).unwrap().data
+            }
+            None => &worker.data,
+        };
         let (machine, triple) = match arch.as_str() {
             "amd64" => (62u16, "x86_64-unknown-linux-musl"),
             _ => (183u16, "aarch64-unknown-linux-musl"),
@@ -460,15 +502,17 @@ fn published_index_serves_both_platforms_and_their_binaries_run() {
         );
 
         let root = tmp.0.join(format!("root-{arch}"));
-        for (path, mode, data) in &files {
-            if path.ends_with('/') {
-                continue;
+        for f in &files {
+            let p = root.join(&f.path);
+            if f.path.ends_with('/') {
+                fs::create_dir_all(&p).unwrap();
+            } else if let Some(target) = &f.link {
+                std::os::unix::fs::symlink(target, &p).unwrap();
+            } else {
+                fs::write(&p, &f.data).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(f.mode)).unwrap();
             }
-            let p = root.join(path);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, data).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
         }
         let mut cmd = if arch == "arm64" {
             let mut c = Command::new(&qemu);
