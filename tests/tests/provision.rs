@@ -104,7 +104,14 @@ async fn create_observe_update_import_delete() {
         .expect("data");
     let launch = dth_core::userdata::parse(data.user_data().unwrap_or("")).expect("user data");
     assert_eq!(launch.config, spec.job_config(&infra, &cfg));
-    assert_eq!(launch.args, ["--concurrency", "4"]);
+    assert_eq!(
+        launch.args,
+        ["--concurrency", "4", "--lifecycle-hook", "dth-life-drain"]
+    );
+    assert_eq!(
+        (launch.group.as_str(), launch.region.as_str()),
+        ("dth-life-worker", "us-east-1")
+    );
     assert_eq!(
         data.metadata_options()
             .and_then(|m| m.http_tokens())
@@ -132,6 +139,27 @@ async fn create_observe_update_import_delete() {
             finder.desired_capacity()
         ),
         (Some(0), Some(1), Some(1))
+    );
+    // Scale-in waits for a worker to release its jobs: a termination hook on the worker group, longer than
+    // the worker's grace period and the stop margins.
+    let hooks = c
+        .autoscaling
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name(&infra.worker_asg)
+        .send()
+        .await
+        .expect("lifecycle hooks");
+    let hook = &hooks.lifecycle_hooks()[0];
+    assert_eq!(hook.lifecycle_hook_name(), Some("dth-life-drain"));
+    assert_eq!(
+        hook.lifecycle_transition(),
+        Some("autoscaling:EC2_INSTANCE_TERMINATING")
+    );
+    assert_eq!(hook.default_result(), Some("CONTINUE"));
+    let grace = dth_core::config::WorkerOptions::default().shutdown_grace_secs as i32;
+    assert!(
+        hook.heartbeat_timeout().unwrap_or(0) > grace + 60,
+        "{hook:?}"
     );
     assert_eq!(
         notification_ids(&c, "life-src").await,

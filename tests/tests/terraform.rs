@@ -421,8 +421,8 @@ async fn invalid_configurations_name_the_attribute() {
             "source.endpoint",
         ),
         (
-            with("", "").replace("  fleet {\n    image = \"dth:test\"\n  }\n", ""),
-            "fleet",
+            with("", "").replace("image = \"dth:test\"", "image = \"two words\""),
+            "fleet.image",
         ),
         (with("", "colour = \"blue\""), "colour"),
         (with("timeouts", "create = \"soon\""), "timeouts.create"),

@@ -231,7 +231,7 @@ pub fn schema() -> Schema {
         .attribute(Attribute::number("worker_concurrency").optional().default(4u64).description("Objects (or parts) each worker copies at once; its memory holds `worker_concurrency × multipart.chunk_size` bytes of data."))
         .attribute(Attribute::list("subnet_ids", Type::String).optional().description("Subnets of the fleet. Default: the default VPC's."))
         .attribute(Attribute::list("security_group_ids", Type::String).optional().description("Security groups of the fleet. Default: an egress-only group made for the transfer."))
-        .attribute(Attribute::string("image").required().description("Container image with the `finder` and `worker` binaries."))
+        .attribute(Attribute::string("image").optional().default(crate::transfer::spec::DEFAULT_IMAGE).description("Container image with the `finder` and `worker` binaries. Default: the project's image for this provider version (pinned by digest in a release). To run from your own registry, copy it there (`scripts/publish-image`, or `skopeo copy --all`) and set this; an image in ECR is pulled with the instances' role, which may pull from that one repository."))
         .attribute(s("ami_id", "AMI of the instances. Default: the newest Amazon Linux 2023 for the instance type's architecture."));
     let multipart = Block::new()
         .description("How large objects are copied.")
@@ -294,10 +294,7 @@ pub fn schema() -> Schema {
         .block(NestedBlock::single("filters", filters).description("Which keys move."))
         .block(NestedBlock::single("finder", finder).description("The finder's settings."))
         .block(
-            NestedBlock::single("fleet", fleet)
-                .min_items(1)
-                .max_items(1)
-                .description("The worker fleet."),
+            NestedBlock::single("fleet", fleet).description("The worker fleet."),
         )
         .block(NestedBlock::single("multipart", multipart).description("Multipart settings."))
         .block(

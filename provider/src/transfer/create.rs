@@ -1589,6 +1589,46 @@ mod tests {
         assert!(text.contains("arn:aws-cn:dynamodb:cn-north-1:123456789012:table/dth-x-ledger"));
         assert!(text.contains("autoScalingGroupName/dth-x-finder"));
         assert!(!text.contains("s3:DeleteObject"));
+        // Workers leave their own group only; an image outside ECR needs no ECR rights at all.
+        let leave = statement(&doc, "WorkersLeaveTheirGroup");
+        assert_eq!(
+            leave["Resource"],
+            "arn:aws-cn:autoscaling:cn-north-1:123456789012:autoScalingGroup:*:autoScalingGroupName/dth-x-worker"
+        );
+        assert!(!text.contains("ecr:"), "{text}");
+    }
+
+    fn statement<'a>(doc: &'a Value, sid: &str) -> &'a Value {
+        doc["Statement"]
+            .as_array()
+            .and_then(|s| s.iter().find(|st| st["Sid"] == sid))
+            .unwrap_or_else(|| panic!("no statement {sid} in {doc}"))
+    }
+
+    #[test]
+    fn an_ecr_image_is_pullable_from_its_one_repository() {
+        let spec = TransferSpec::new(
+            "x",
+            "src-bucket",
+            "dst-bucket",
+            "210987654321.dkr.ecr.cn-northwest-1.amazonaws.com.cn/mirror/dth:0.1.0@sha256:ab",
+        );
+        let doc: Value =
+            serde_json::from_str(&access_policy(&spec, &Infra::default(), &Names::new("x")))
+                .unwrap();
+        assert_eq!(
+            statement(&doc, "PullImageLogin")["Action"],
+            json!(["ecr:GetAuthorizationToken"])
+        );
+        let pull = statement(&doc, "PullImage");
+        assert_eq!(
+            pull["Resource"],
+            "arn:aws-cn:ecr:cn-northwest-1:210987654321:repository/mirror/dth"
+        );
+        assert!(
+            !pull["Action"].to_string().contains("Put"),
+            "pull only: {pull}"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct TransferSpec {
     pub schedule: String,
     #[serde(default)]
     pub finder: Finder,
+    #[serde(default)]
     pub fleet: Fleet,
     #[serde(default)]
     pub multipart: MultipartOptions,
@@ -134,7 +135,8 @@ pub struct Fleet {
     /// Empty: an egress-only security group created for the transfer.
     #[serde(default)]
     pub security_group_ids: Vec<String>,
-    /// The container image holding the `finder` and `worker` binaries.
+    /// The container image holding the `finder` and `worker` binaries ([`DEFAULT_IMAGE`] unless given).
+    #[serde(default = "default_image")]
     pub image: String,
     /// Empty: the newest Amazon Linux 2023 arm64 AMI, resolved at create.
     #[serde(default)]
@@ -159,6 +161,31 @@ fn default_max_attempts() -> u32 {
 fn default_concurrency() -> u32 {
     WorkerOptions::default().concurrency
 }
+/// The project's image for this provider's version: `public.ecr.aws/dth/dth:<version>`, pinned by digest
+/// (`@sha256:…`) in a release build (see build.rs), so that a provider release launches the binaries built
+/// with it.
+pub const DEFAULT_IMAGE: &str = env!("DTH_DEFAULT_IMAGE");
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.into()
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            instance_type: default_instance_type(),
+            min: one(),
+            desired: one(),
+            max: default_max(),
+            worker_concurrency: default_concurrency(),
+            subnet_ids: Vec::new(),
+            security_group_ids: Vec::new(),
+            image: default_image(),
+            ami_id: None,
+        }
+    }
+}
+
 fn default_instance_type() -> String {
     "t4g.micro".into()
 }
@@ -684,11 +711,23 @@ mod tests {
     }
 
     #[test]
-    fn image_is_required() {
-        let r: Result<TransferSpec, _> = serde_json::from_value(json!({
-            "name": "x", "source": {"bucket": "a-b"}, "destination": {"bucket": "c-d"}, "fleet": {}
-        }));
-        assert!(r.unwrap_err().to_string().contains("image"));
+    fn the_image_defaults_to_the_projects_for_this_version() {
+        for fleet in [json!({}), json!(null)] {
+            let mut spec =
+                json!({"name": "x", "source": {"bucket": "a-b"}, "destination": {"bucket": "c-d"}});
+            if !fleet.is_null() {
+                spec["fleet"] = fleet;
+            }
+            let s: TransferSpec = serde_json::from_value(spec).unwrap();
+            assert_eq!(s.fleet.image, DEFAULT_IMAGE);
+            assert_eq!(s.fleet.max, 20);
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            DEFAULT_IMAGE.starts_with(&format!("public.ecr.aws/dth/dth:{version}"))
+                || option_env!("DTH_IMAGE_REPOSITORY").is_some(),
+            "{DEFAULT_IMAGE}"
+        );
     }
 
     #[test]
