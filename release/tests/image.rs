@@ -202,7 +202,13 @@ fn two_builds_of_the_same_binaries_are_byte_identical() {
         }
     }
     assert_eq!(index(&tmp.0.join("a")).0, a);
-    sizes(&tmp.0.join("a"));
+    // The budget: at most 15 MB to pull per platform.
+    for (arch, _, _, total) in sizes(&tmp.0.join("a")) {
+        assert!(
+            total <= 15_000_000,
+            "linux/{arch}: {total} bytes compressed, over 15 MB"
+        );
+    }
 }
 
 /// A private docker-registry on a free port, killed on drop.
