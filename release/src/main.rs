@@ -19,6 +19,7 @@
 mod elf;
 mod image;
 mod layer;
+mod package;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,6 +47,14 @@ struct Cli {
 enum Command {
     /// Write the multi-platform OCI image layout; prints the image index digest.
     Image(ImageArgs),
+    /// Write terraform-provider-dth_<version>_<platform>.zip: the provider as registries and mirrors serve it.
+    ProviderZip(package::ProviderZipArgs),
+    /// Write a SHA256SUMS file (sha256sum format, sorted) over the given files.
+    Sums(package::SumsArgs),
+    /// Write the Terraform registry manifest (the plugin protocol versions the provider speaks).
+    Manifest(package::ManifestArgs),
+    /// Write a deterministic tar (.tar) or tar.gz (.tar.gz) of a directory, symlinks kept.
+    Tarball(package::TarballArgs),
 }
 
 #[derive(Args)]
@@ -177,6 +186,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(args) => image(args),
+        Command::ProviderZip(args) => package::provider_zip_cmd(args),
+        Command::Sums(args) => package::sums_cmd(args),
+        Command::Manifest(args) => package::manifest_cmd(args),
+        Command::Tarball(args) => package::tarball_cmd(args),
     };
     if let Err(e) = result {
         eprintln!("dth-release: error: {e:#}");
