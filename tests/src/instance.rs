@@ -26,8 +26,9 @@ const RECORD: char = '\u{1e}';
 
 /// Shims as bash scripts: they log `name FS arg FS arg ... RS` and act as far as the script needs.
 fn shim(name: &str) -> String {
+    // One write per record (O_APPEND makes it atomic): the two ends of `aws ... | docker login` log at once.
     let record = format!(
-        "printf '%s\\x1f' \"$(basename \"$0\")\" \"$@\" >> /{CALLS}; printf '\\x1e' >> /{CALLS}\n"
+        "record=\"$(printf '%s\\x1f' \"$(basename \"$0\")\" \"$@\")\"; printf '%s\\x1e' \"$record\" >> /{CALLS}\n"
     );
     let body = match name {
         // `image inspect` fails until a pull or SHIM_IMAGE_PRESENT says the image is there; a login keeps
