@@ -39,3 +39,30 @@ pub fn exit_code(e: &Error) -> i32 {
         1
     }
 }
+
+/// Run a command's `future` on a multi-threaded runtime and exit the process: 0 when it succeeds, otherwise
+/// the error on stderr (and in the log) with [`exit_code`]. What `finder` and `worker` (and the image's
+/// multi-call `dth`) do after parsing their arguments.
+pub fn exit_with<F>(command: &str, future: F) -> !
+where
+    F: std::future::Future<Output = crate::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{command}: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = runtime.block_on(future);
+    drop(runtime);
+    if let Err(e) = outcome {
+        tracing::error!("{e}");
+        eprintln!("{command}: {e}");
+        std::process::exit(exit_code(&e));
+    }
+    std::process::exit(0)
+}

@@ -150,6 +150,10 @@ fn n(v: u64) -> Av {
 fn run_pk(run: &str) -> String {
     format!("run#{run}")
 }
+/// The two rows a run's state is written to: its own summary, and the transfer's latest-run pointer.
+fn run_rows(run: &str) -> [(String, &'static str); 2] {
+    [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")]
+}
 
 /// Sort keys are limited to 1024 bytes; S3 keys may be that long themselves.
 pub fn object_sk(key: &str) -> String {
@@ -239,7 +243,7 @@ impl DynamoLedger {
 
     pub async fn start_run(&self, run: &str) -> Result<()> {
         let at = now();
-        for (pk, sk) in [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")] {
+        for (pk, sk) in run_rows(run) {
             count_call();
             self.client
                 .put_item()
@@ -257,7 +261,7 @@ impl DynamoLedger {
 
     pub async fn finish_run(&self, run: &str, objects_found: u64, bytes_found: u64) -> Result<()> {
         let at = now();
-        for (pk, sk) in [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")] {
+        for (pk, sk) in run_rows(run) {
             count_call();
             self.client
                 .update_item()
@@ -280,7 +284,7 @@ impl DynamoLedger {
     /// run replaces it.
     pub async fn fail_run(&self, run: &str, error: &str) -> Result<()> {
         let at = now();
-        for (pk, sk) in [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")] {
+        for (pk, sk) in run_rows(run) {
             count_call();
             self.client
                 .update_item()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use dth_core::cli::{exit_code, CommonArgs};
+use dth_core::cli::CommonArgs;
 use dth_core::finder::{self, Sink};
 use dth_core::limit::Limits;
 use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
@@ -45,25 +45,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = Args::parse_from(args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("finder: starting the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let outcome = runtime.block_on(run(args));
-    drop(runtime);
-    if let Err(e) = outcome {
-        tracing::error!("{e}");
-        eprintln!("finder: {e}");
-        std::process::exit(exit_code(&e));
-    }
-    std::process::exit(0)
+    dth_core::cli::exit_with("finder", run(Args::parse_from(args)))
 }
 
 async fn run(args: Args) -> dth_core::Result<()> {

@@ -56,20 +56,26 @@ fn target_dir() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
+/// A command run from the repository root without the `CARGO_*` variables `cargo test` gives this process:
+/// ring's build script reruns when the test package's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ... change
+/// (rerun-if-env-changed), and with it everything above ring (the TLS stack, every AWS SDK). Without them a
+/// nested `cargo build` (directly or in a script) finds everything `cargo test` just built.
+pub fn without_cargo_env(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.current_dir(repo_root());
+    cmd
+}
+
 /// Path of a workspace binary, building every binary of the workspace once if needed.
 pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        // `cargo test` gives this process the test package's CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...; ring's
-        // build script reruns when those change (rerun-if-env-changed), and with it everything above ring (the
-        // TLS stack, every AWS SDK). Without them this build finds everything `cargo test` just built.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
-                cargo.env_remove(&key);
-            }
-        }
-        let status = cargo
+        let status = without_cargo_env(env!("CARGO"))
             // The same selection as scripts/test, scripts/demo and scripts/install-provider: one build (and one
             // set of resolved features) serves them all, so nothing is compiled twice.
             .args(["build", "-q", "--workspace", "--bins"])

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use dth_tests::{bin, repo_root};
+use dth_tests::{bin, repo_root, without_cargo_env};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -62,20 +62,6 @@ fn text(o: &Output) -> String {
 /// The output with every run of whitespace made one space: terraform wraps its messages.
 fn flat(o: &Output) -> String {
     text(o).split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// A command without the `CARGO_*` variables `cargo test` gives this process: a `cargo build` under it then
-/// finds what was built (see `dth_tests::bin`), rather than rebuilding ring and everything above it.
-fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.current_dir(repo_root());
-    cmd
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -194,7 +180,7 @@ fn release_dir(dir: &Path) -> PathBuf {
     let provider = bin("terraform-provider-dth");
     for (platform, binary) in [("linux_amd64", &provider), ("linux_arm64", &arm)] {
         run_ok(
-            clean(&rel)
+            without_cargo_env(&rel)
                 .args(["provider-zip", "--binary"])
                 .arg(binary)
                 .args([
@@ -210,9 +196,13 @@ fn release_dir(dir: &Path) -> PathBuf {
         );
     }
     let manifest = out.join(format!("terraform-provider-dth_{VERSION}_manifest.json"));
-    run_ok(clean(&rel).args(["manifest", "--out"]).arg(&manifest));
     run_ok(
-        clean(&rel)
+        without_cargo_env(&rel)
+            .args(["manifest", "--out"])
+            .arg(&manifest),
+    );
+    run_ok(
+        without_cargo_env(&rel)
             .args(["sums", "--out"])
             .arg(out.join(sums_name()))
             .arg(out.join(zip_name("linux_amd64")))
@@ -223,7 +213,7 @@ fn release_dir(dir: &Path) -> PathBuf {
 }
 
 fn install_provider(args: &[&str], root: &Path) -> Output {
-    clean(repo_root().join("scripts/install-provider"))
+    without_cargo_env(repo_root().join("scripts/install-provider"))
         .args(args)
         .arg("--root")
         .arg(root)
@@ -315,7 +305,7 @@ fn install_provider_packs_a_mirror_that_terraform_init_installs_and_locks() {
     // Another binary under the same name: the lock file's h1: refuses it.
     let other = scratch.0.join("other");
     run_ok(
-        clean(bin("dth-release"))
+        without_cargo_env(bin("dth-release"))
             .args(["provider-zip", "--binary"])
             .arg(bin("dth-release"))
             .args([
@@ -380,16 +370,7 @@ fn install_provider_from_a_release_checks_its_sha256sums() {
     std::fs::remove_file(&packed).unwrap();
     let sums = release.join(sums_name());
     let good = std::fs::read_to_string(&sums).unwrap();
-    let line = good
-        .lines()
-        .find(|l| l.ends_with(&zip_name("linux_amd64")))
-        .unwrap();
-    let flipped = format!(
-        "{}{}",
-        if line.starts_with('0') { '1' } else { '0' },
-        &line[1..]
-    );
-    std::fs::write(&sums, good.replace(line, &flipped)).unwrap();
+    std::fs::write(&sums, flip_amd64_sum(&good)).unwrap();
     let o = install_provider(&["--from", release.to_str().unwrap()], &root);
     assert!(
         !o.status.success(),
@@ -400,7 +381,13 @@ fn install_provider_from_a_release_checks_its_sha256sums() {
     assert!(!packed.exists());
 
     // No line for the zip at all, or no SHA256SUMS: refused too.
-    std::fs::write(&sums, good.replace(line, "")).unwrap();
+    let amd64 = zip_name("linux_amd64");
+    let without: String = good
+        .lines()
+        .filter(|l| !l.ends_with(&amd64))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&sums, without).unwrap();
     let o = install_provider(&["--from", release.to_str().unwrap()], &root);
     assert!(!o.status.success());
     assert!(text(&o).contains("has no line for"), "{}", text(&o));
@@ -627,16 +614,7 @@ fn terraform_init_from_a_registry_locks_zh_hashes_equal_to_sha256sums() {
 
     // A SHA256SUMS that lies about the zip, properly signed: terraform refuses the download.
     let good = std::fs::read_to_string(&sums).unwrap();
-    let line = good
-        .lines()
-        .find(|l| l.ends_with(&zip_name("linux_amd64")))
-        .unwrap();
-    let flipped = format!(
-        "{}{}",
-        if line.starts_with('0') { '1' } else { '0' },
-        &line[1..]
-    );
-    std::fs::write(&sums, good.replace(line, &flipped)).unwrap();
+    std::fs::write(&sums, flip_amd64_sum(&good)).unwrap();
     gpg.sign(&sums);
     let work = work_dir(&scratch.0.join("work-lying-sums"));
     let o = terraform(&work, &cli_config, &["init", "-input=false"]);
@@ -651,4 +629,18 @@ fn terraform_init_from_a_registry_locks_zh_hashes_equal_to_sha256sums() {
         text(&o)
     );
     assert!(!work.join(".terraform.lock.hcl").exists());
+}
+
+/// `sums` with the first hex digit of the linux_amd64 zip's line changed.
+fn flip_amd64_sum(sums: &str) -> String {
+    let line = sums
+        .lines()
+        .find(|l| l.ends_with(&zip_name("linux_amd64")))
+        .expect("a linux_amd64 line");
+    let flipped = format!(
+        "{}{}",
+        if line.starts_with('0') { '1' } else { '0' },
+        &line[1..]
+    );
+    sums.replace(line, &flipped)
 }
