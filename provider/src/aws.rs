@@ -87,10 +87,12 @@ pub struct ServiceEndpoints {
     pub cloudwatch: Option<String>,
     pub sns: Option<String>,
     pub sts: Option<String>,
+    /// CloudWatch Logs (the transfer's log group), named as the AWS provider names it.
+    pub logs: Option<String>,
 }
 
 impl ServiceEndpoints {
-    fn all(&self) -> [(&'static str, &Option<String>); 10] {
+    fn all(&self) -> [(&'static str, &Option<String>); 11] {
         [
             ("s3", &self.s3),
             ("sqs", &self.sqs),
@@ -102,6 +104,7 @@ impl ServiceEndpoints {
             ("cloudwatch", &self.cloudwatch),
             ("sns", &self.sns),
             ("sts", &self.sts),
+            ("logs", &self.logs),
         ]
     }
 }
@@ -252,6 +255,7 @@ pub struct AwsClients {
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub sns: aws_sdk_sns::Client,
     pub sts: aws_sdk_sts::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     region: String,
     calls: Arc<AtomicU64>,
 }
@@ -357,6 +361,7 @@ impl AwsClients {
             cloudwatch: client!(aws_sdk_cloudwatch, &e.cloudwatch),
             sns: client!(aws_sdk_sns, &e.sns),
             sts: client!(aws_sdk_sts, &e.sts),
+            logs: client!(aws_sdk_cloudwatchlogs, &e.logs),
             region,
             calls,
         })
@@ -423,6 +428,14 @@ mod tests {
         let r: Result<ProviderConfig, _> =
             serde_json::from_value(serde_json::json!({"endpoints": {"lambda": "http://x"}}));
         assert!(r.is_err());
+        // CloudWatch Logs is `logs`, as in the AWS provider; no second spelling.
+        let r: Result<ProviderConfig, _> = serde_json::from_value(
+            serde_json::json!({"endpoints": {"cloudwatchlogs": "http://x"}}),
+        );
+        assert!(r.is_err());
+        let cfg: ProviderConfig =
+            serde_json::from_value(serde_json::json!({"endpoints": {"logs": "http://x"}})).unwrap();
+        assert_eq!(cfg.endpoints.logs.as_deref(), Some("http://x"));
     }
 
     #[test]

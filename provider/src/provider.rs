@@ -18,12 +18,13 @@ pub struct Client {
 pub struct DthProvider;
 
 /// The services an `endpoints {}` block can point elsewhere.
-pub const ENDPOINT_SERVICES: [&str; 10] = [
+pub const ENDPOINT_SERVICES: [&str; 11] = [
     "autoscaling",
     "cloudwatch",
     "dynamodb",
     "ec2",
     "iam",
+    "logs",
     "s3",
     "secretsmanager",
     "sns",
@@ -37,11 +38,11 @@ pub fn schema() -> Schema {
          The transfer's instances get the same overrides.",
     );
     for svc in ENDPOINT_SERVICES {
-        endpoints = endpoints.attribute(
-            Attribute::string(svc)
-                .optional()
-                .description(format!("Endpoint URL for {svc}.")),
-        );
+        let description = match svc {
+            "logs" => "Endpoint URL for logs (CloudWatch Logs).".to_owned(),
+            _ => format!("Endpoint URL for {svc}."),
+        };
+        endpoints = endpoints.attribute(Attribute::string(svc).optional().description(description));
     }
     let assume_role = Block::new()
         .description("A role to assume (through STS) for every call.")

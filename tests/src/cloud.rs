@@ -23,7 +23,8 @@ pub fn provider_config(endpoint: &str) -> ProviderConfig {
             secretsmanager: e.clone(),
             cloudwatch: e.clone(),
             sns: e.clone(),
-            sts: e,
+            sts: e.clone(),
+            logs: e,
         },
         s3_use_path_style: true,
         ..Default::default()
@@ -67,7 +68,7 @@ pub async fn notification_ids(c: &AwsClients, bucket: &str) -> Vec<String> {
     }
 }
 
-/// Everything named `dth-<name>-*` that moto still holds, by kind.
+/// Everything named `dth-<name>-*` (and the log group `/dth/<name>`) that moto still holds, by kind.
 pub async fn leftovers(c: &AwsClients, name: &str, source_bucket: &str) -> Vec<String> {
     let n = Names::new(name);
     let prefix = format!("dth-{name}-");
@@ -174,6 +175,21 @@ pub async fn leftovers(c: &AwsClients, name: &str, source_bucket: &str) -> Vec<S
             .dashboard_entries()
             .iter()
             .map(|d| format!("dashboard {:?}", d.dashboard_name())),
+    );
+    let log_groups = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix(&n.log_group)
+        .send()
+        .await
+        .expect("describe log groups");
+    left.extend(
+        log_groups
+            .log_groups()
+            .iter()
+            .filter_map(|g| g.log_group_name())
+            .filter(|g| *g == n.log_group)
+            .map(|g| format!("log group {g}")),
     );
     let topics = c.sns.list_topics().send().await.expect("list topics");
     left.extend(

@@ -1,10 +1,14 @@
 //! Provisioning a transfer against a private moto server: create → observe → update → observe → import →
 //! delete, then a check in moto that nothing of the transfer is left and the data is; a create that fails
-//! midway leaves nothing behind; and `observe` costs a fixed number of AWS calls whatever the bucket holds.
+//! midway leaves nothing behind; `observe` costs a fixed number of AWS calls whatever the bucket holds; and
+//! pieces deleted by hand (the queue, the drain hook, the log group) are reported missing and come back with
+//! the replacement.
+
+use std::collections::BTreeMap;
 
 use dth_provider::aws::{AwsClients, ProviderConfig};
 use dth_provider::transfer::{
-    create, delete, import, observe, update, Component, Status, TransferSpec,
+    create, delete, import, observe, update, Component, Infra, Status, TransferSpec,
 };
 
 use dth_tests::cloud::{leftovers, notification_ids, provider_config};
@@ -16,6 +20,50 @@ async fn world(name: &str) -> (World, ProviderConfig, AwsClients) {
     cfg.default_tags = [("team".to_owned(), "data".to_owned())].into();
     let clients = AwsClients::new(&cfg).await.expect("clients");
     (w, cfg, clients)
+}
+
+/// The log group's retention (None: never expires) and tags, or None when it is gone.
+async fn log_group(c: &AwsClients, name: &str) -> Option<(Option<i32>, BTreeMap<String, String>)> {
+    let out = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix(name)
+        .send()
+        .await
+        .expect("describe log groups");
+    let group = out
+        .log_groups()
+        .iter()
+        .find(|g| g.log_group_name() == Some(name))?;
+    let arn = group
+        .log_group_arn()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("arn:aws:logs:us-east-1:123456789012:log-group:{name}"));
+    let tags = c
+        .logs
+        .list_tags_for_resource()
+        .resource_arn(arn)
+        .send()
+        .await
+        .expect("log group tags");
+    let tags = tags
+        .tags()
+        .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Some((group.retention_in_days(), tags))
+}
+
+/// Whether the worker group has its drain hook.
+async fn has_drain_hook(c: &AwsClients, infra: &Infra, hook: &str) -> bool {
+    c.autoscaling
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name(&infra.worker_asg)
+        .send()
+        .await
+        .expect("lifecycle hooks")
+        .lifecycle_hooks()
+        .iter()
+        .any(|h| h.lifecycle_hook_name() == Some(hook))
 }
 
 /// Keys `<prefix>0000`, `<prefix>0001`, …, each object holding its own key.
@@ -88,6 +136,18 @@ async fn create_observe_update_import_delete() {
     assert_eq!(infra.alarm_names.len(), 3);
     assert_eq!(infra.notification_id.as_deref(), Some("dth-life"));
     assert!(!infra.ami_id.is_empty());
+    // The log group: the default retention, and the tags every resource of the transfer carries.
+    assert_eq!(infra.log_group, "/dth/life");
+    let (retention, tags) = log_group(&c, "/dth/life").await.expect("log group");
+    assert_eq!(retention, Some(30));
+    assert_eq!(tags, infra.tags);
+    assert_eq!(
+        tags.get("dth:transfer").map(String::as_str),
+        Some("life"),
+        "{tags:?}"
+    );
+    assert_eq!(tags.get("team").map(String::as_str), Some("data"));
+    assert_eq!(tags.get("project").map(String::as_str), Some("photos"));
 
     // The worker's user data carries the job config, parsed back exactly.
     let lt = c
@@ -111,6 +171,11 @@ async fn create_observe_update_import_delete() {
     assert_eq!(
         (launch.group.as_str(), launch.region.as_str()),
         ("dth-life-worker", "us-east-1")
+    );
+    assert_eq!(
+        launch.log_group.as_deref(),
+        Some("/dth/life"),
+        "the containers log to the group (awslogs)"
     );
     assert_eq!(
         data.metadata_options()
@@ -201,9 +266,14 @@ async fn create_observe_update_import_delete() {
     new.schedule = "30 2 * * *".into();
     new.tags.insert("owner".into(), "me".into());
     new.tags.remove("project");
+    new.log_retention_days = 7;
     let (infra2, warnings) = update(&c, &cfg, (&spec, &infra), &new)
         .await
         .expect("update");
+    let (retention, tags) = log_group(&c, "/dth/life").await.expect("log group");
+    assert_eq!(retention, Some(7), "retention changed in place");
+    assert_eq!(tags, infra2.tags, "retagged with the rest");
+    assert!(!tags.contains_key("project"), "{tags:?}");
     assert_eq!(infra2.worker_launch_template_version, 2);
     assert_eq!(
         infra2.schedule_action.as_deref(),
@@ -247,6 +317,46 @@ async fn create_observe_update_import_delete() {
         .send()
         .await
         .expect("hand edit undone");
+    // So does a retention changed by hand, and an update puts it back.
+    c.logs
+        .put_retention_policy()
+        .log_group_name("/dth/life")
+        .retention_in_days(14)
+        .send()
+        .await
+        .expect("hand edit");
+    let seen = observe(&c, &cfg, &new, &infra2)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.spec.log_retention_days, 14);
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    update(&c, &cfg, (&seen.spec, &infra2), &new)
+        .await
+        .expect("retention put back");
+    assert_eq!(
+        log_group(&c, "/dth/life").await.map(|(r, _)| r),
+        Some(Some(7))
+    );
+    // 0 removes the retention policy (the logs never expire), and back.
+    let mut forever = new.clone();
+    forever.log_retention_days = 0;
+    update(&c, &cfg, (&new, &infra2), &forever)
+        .await
+        .expect("never expire");
+    assert_eq!(log_group(&c, "/dth/life").await.map(|(r, _)| r), Some(None));
+    let seen = observe(&c, &cfg, &forever, &infra2)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.spec, forever);
+    update(&c, &cfg, (&forever, &infra2), &new)
+        .await
+        .expect("retention again");
+    assert_eq!(
+        log_group(&c, "/dth/life").await.map(|(r, _)| r),
+        Some(Some(7))
+    );
 
     let (imported, imported_infra) = import(&c, &cfg, "life").await.expect("import");
     assert_eq!(imported, new);
@@ -285,6 +395,7 @@ async fn create_observe_update_import_delete() {
     assert!(notes.is_empty(), "{notes:?}");
     let left = leftovers(&c, "life", "life-src").await;
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(log_group(&c, "/dth/life").await, None, "deleted with it");
     assert_eq!(notification_ids(&c, "life-src").await, ["someone-else"]);
     assert_eq!(w.keys("life-src").await.len(), 5, "source objects stay");
     c.s3.head_bucket()
@@ -328,6 +439,11 @@ async fn failed_create_leaves_nothing_behind() {
         .filter(|l| l != "role dth-fail-role")
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(
+        log_group(&c, "/dth/fail").await,
+        None,
+        "the log group, made before the role, is rolled back"
+    );
     // The role that was there before is not ours to delete.
     c.iam
         .get_role()
@@ -344,6 +460,15 @@ async fn failed_create_leaves_nothing_behind() {
     let before = c.calls();
     let err = create(&c, &cfg, &bad).await.expect_err("invalid");
     assert!(err.to_string().contains("fleet.desired"), "{err}");
+    assert_eq!(c.calls(), before);
+    let mut bad = spec.clone();
+    bad.log_retention_days = 31;
+    let err = create(&c, &cfg, &bad).await.expect_err("invalid");
+    assert!(
+        err.to_string()
+            .contains("log_retention_days: 31 is not a retention CloudWatch Logs accepts"),
+        "{err}"
+    );
     assert_eq!(c.calls(), before);
 }
 
@@ -390,9 +515,10 @@ async fn observe_costs_a_fixed_number_of_calls() {
         small, large,
         "observe must not depend on the objects in the buckets"
     );
-    // SQS 2, DynamoDB 2, Auto Scaling 3, EC2 4 (templates, 2 versions, security group), IAM 2,
-    // CloudWatch 2, SNS 1, S3 1.
-    assert_eq!(small, 17, "observe made {small} AWS calls");
+    // SQS 2, DynamoDB 2, Auto Scaling 4 (groups, scheduled actions, policies, drain hook), EC2 4 (templates,
+    // 2 versions, security group), IAM 2, CloudWatch 2, CloudWatch Logs 1, SNS 1, S3 1. (17 before the drain
+    // hook and the log group were checked.)
+    assert_eq!(small, 19, "observe made {small} AWS calls");
 
     // A piece deleted by hand is reported, so that it can be replaced.
     c.sqs
@@ -411,4 +537,73 @@ async fn observe_costs_a_fixed_number_of_calls() {
     assert!(leftovers(&c, "count", "count-src").await.is_empty());
     assert_eq!(w.keys("count-src").await.len(), 310);
     assert_eq!(w.keys("count-dst").await.len(), 3);
+}
+
+#[tokio::test]
+async fn hand_deleted_drain_hook_and_log_group_are_missing_until_replaced() {
+    let (w, cfg, c) = world("provision-drift").await;
+    w.bucket("drift-src").await;
+    w.bucket("drift-dst").await;
+    let mut spec = TransferSpec::new("drift", "drift-src", "drift-dst", "img:1");
+    spec.log_retention_days = 0;
+    let infra = create(&c, &cfg, &spec).await.expect("create");
+    let hook = "dth-drift-drain";
+    assert!(has_drain_hook(&c, &infra, hook).await);
+    assert_eq!(
+        log_group(&c, "/dth/drift").await.map(|(r, _)| r),
+        Some(None),
+        "0: no retention policy, the logs never expire"
+    );
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    assert_eq!(seen.spec, spec);
+
+    // The drain hook deleted by hand: scale-in would no longer wait for workers to release their jobs.
+    c.autoscaling
+        .delete_lifecycle_hook()
+        .auto_scaling_group_name(&infra.worker_asg)
+        .lifecycle_hook_name(hook)
+        .send()
+        .await
+        .expect("delete hook");
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.missing, [Component::DrainHook]);
+    assert_eq!(seen.spec, spec, "nothing else drifted");
+
+    // The log group too.
+    c.logs
+        .delete_log_group()
+        .log_group_name(&infra.log_group)
+        .send()
+        .await
+        .expect("delete log group");
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert_eq!(seen.missing, [Component::LogGroup, Component::DrainHook]);
+
+    // A missing piece plans a replacement: delete (which finds both already gone, and that is fine), then create.
+    let notes = delete(&c, &infra, &spec).await.expect("delete");
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(leftovers(&c, "drift", "drift-src").await.is_empty());
+    let infra = create(&c, &cfg, &spec).await.expect("create again");
+    assert!(has_drain_hook(&c, &infra, hook).await, "the hook is back");
+    assert!(
+        log_group(&c, "/dth/drift").await.is_some(),
+        "the group is back"
+    );
+    let seen = observe(&c, &cfg, &spec, &infra)
+        .await
+        .expect("observe")
+        .expect("present");
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    delete(&c, &infra, &spec).await.expect("delete");
+    assert!(leftovers(&c, "drift", "drift-src").await.is_empty());
 }

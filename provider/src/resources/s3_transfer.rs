@@ -252,8 +252,11 @@ pub fn schema() -> Schema {
         ));
     }
 
+    let retention_periods = transfer::logs::RETENTION_DAYS
+        .map(|d| d.to_string())
+        .join(", ");
     let mut root = Block::new()
-        .description("A Data Transfer Hub S3 transfer: the job queue and dead-letter queue, the DynamoDB ledger, an IAM role, launch templates and Auto Scaling groups running the `finder` and `worker`, the finder's schedule, alarms and a dashboard — with the transfer's progress read back on every refresh.")
+        .description("A Data Transfer Hub S3 transfer: the job queue and dead-letter queue, the DynamoDB ledger, a CloudWatch Logs group, an IAM role, launch templates and Auto Scaling groups running the `finder` and `worker`, the finder's schedule, alarms and a dashboard — with the transfer's progress read back on every refresh.")
         .attribute(Attribute::string("id").computed().description("The transfer's name."))
         .attribute(Attribute::string("name").required().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`."))
         .attribute(s("compare", "How an object already at the destination counts as up to date: `size`, `size-etag` or `checksum`.").default("size-etag").one_of(&["size", "size-etag", "checksum"]))
@@ -262,6 +265,7 @@ pub fn schema() -> Schema {
         .attribute(s("schedule", "When the finder runs: a 5-field cron expression (UTC) or `once` (right after creation).").default("once"))
         .attribute(Attribute::number("max_attempts").optional().default(5u64).description("Deliveries of a job before it goes to the dead-letter queue."))
         .attribute(s("alarm_email", "Email notified (through SNS) when jobs are dead-lettered."))
+        .attribute(Attribute::number("log_retention_days").optional().default(u64::from(transfer::logs::DEFAULT_RETENTION_DAYS)).description(format!("Days the transfer's CloudWatch Logs group (`/dth/<name>`, one stream per instance and role) keeps the finder's and workers' output: one of CloudWatch Logs' periods ({}), or 0 to keep them forever. Changes in place.", retention_periods)))
         .attribute(Attribute::map("tags", Type::String).optional().description("Tags of every taggable resource, on top of the provider's `default_tags`."))
         .attribute(Attribute::string("status").computed().description("`idle` (nothing run yet), `syncing`, `in_sync` or `failed`."))
         .attribute(Attribute::string("last_finder_run").computed().description("When the latest finder run started (RFC 3339)."))
@@ -274,6 +278,7 @@ pub fn schema() -> Schema {
         .attribute(Attribute::string("finder_asg_name").computed().description("The finder's Auto Scaling group."))
         .attribute(Attribute::string("role_arn").computed().description("The instances' IAM role."))
         .attribute(Attribute::string("dashboard_name").computed().description("The CloudWatch dashboard."))
+        .attribute(Attribute::string("log_group_name").computed().description("The CloudWatch Logs group of the instances' output (empty for a transfer created before the provider made one)."))
         .attribute(Attribute::string("infrastructure").computed().description("Every id the transfer created, as JSON (what read, update and delete work from)."));
     for (name, md) in PROGRESS {
         root = root.attribute(Attribute::number(name).computed().description(md));
@@ -333,6 +338,7 @@ fn spec_fields() -> Vec<String> {
         "multipart",
         "max_attempts",
         "alarm_email",
+        "log_retention_days",
         "tags",
     ]
     .map(String::from)
@@ -421,6 +427,7 @@ fn set_infra(v: &mut Value, infra: &Infra) -> Result<(), Diagnostics> {
     v.set("finder_asg_name", Value::string(&infra.finder_asg));
     v.set("role_arn", Value::string(&infra.role_arn));
     v.set("dashboard_name", Value::string(&infra.dashboard));
+    v.set("log_group_name", Value::string(&infra.log_group));
     Ok(())
 }
 
@@ -897,6 +904,7 @@ mod tests {
                 cloudwatch: e(),
                 sns: e(),
                 sts: e(),
+                logs: e(),
             },
             ..Default::default()
         };

@@ -156,6 +156,8 @@ async fn build(
 
     Box::pin(create_queues(c, spec, &n, infra)).await?;
     Box::pin(create_table(c, &n, infra)).await?;
+    // Before the role (whose policy names it) and the launch templates (whose containers log to it).
+    Box::pin(super::logs::create(c, &n, spec.log_retention_days, infra)).await?;
     Box::pin(create_role(c, spec, &n, infra)).await?;
     Box::pin(resolve_network(c, spec, &n, infra)).await?;
     Box::pin(resolve_ami(c, spec, infra)).await?;
@@ -374,7 +376,7 @@ pub(crate) fn account_of(arn: &str) -> Option<&str> {
     arn.split(':').nth(4).filter(|a| !a.is_empty())
 }
 
-/// The instances' permissions: only the named buckets and prefixes, queue, table, secrets and finder group.
+/// The instances' permissions: only the named buckets and prefixes, queue, table, secrets, groups and log group.
 /// A side read or written with keys from a secret gets no S3 statement (the role never touches it).
 pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> String {
     let p = crate::aws::partition_of(&infra.region);
@@ -512,6 +514,16 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Strin
             "Effect": "Allow",
             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
             "Resource": format!("arn:{rp}:ecr:{registry_region}:{registry_account}:repository/{repository}"),
+        }));
+    }
+    if !infra.log_group.is_empty() {
+        // Docker's awslogs driver makes one stream per container and writes to it; the group itself is the
+        // provider's to create, retain and delete.
+        statements.push(json!({
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": super::logs::streams_arn(region, account, &infra.log_group),
         }));
     }
     statements.push(json!({
@@ -839,7 +851,7 @@ pub(crate) fn launch_template_data(
         args,
         image: spec.fleet.image.clone(),
         group: group.clone(),
-        log_group: None,
+        log_group: (!infra.log_group.is_empty()).then(|| infra.log_group.clone()),
     });
     let groups = match &infra.security_group_id {
         Some(g) => vec![g.clone()],
@@ -1576,6 +1588,7 @@ mod tests {
             region: "cn-north-1".into(),
             queue_arn: "arn:aws-cn:sqs:cn-north-1:123456789012:dth-x-jobs".into(),
             dlq_arn: "arn:aws-cn:sqs:cn-north-1:123456789012:dth-x-dlq".into(),
+            log_group: "/dth/x".into(),
             ..Infra::default()
         };
         let doc: Value =
@@ -1596,6 +1609,70 @@ mod tests {
             "arn:aws-cn:autoscaling:cn-north-1:123456789012:autoScalingGroup:*:autoScalingGroupName/dth-x-worker"
         );
         assert!(!text.contains("ecr:"), "{text}");
+        // Logs: new streams in the transfer's own group and events into them; never a group, never another's.
+        let logs = statement(&doc, "Logs");
+        assert_eq!(
+            logs["Action"],
+            json!(["logs:CreateLogStream", "logs:PutLogEvents"])
+        );
+        assert_eq!(
+            logs["Resource"],
+            "arn:aws-cn:logs:cn-north-1:123456789012:log-group:/dth/x:log-stream:*"
+        );
+        let logs_actions: Vec<&Value> = doc["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|st| st["Action"].as_array().into_iter().flatten())
+            .filter(|a| a.as_str().is_some_and(|a| a.starts_with("logs:")))
+            .collect();
+        assert_eq!(logs_actions.len(), 2, "only the Logs statement: {text}");
+    }
+
+    #[test]
+    fn instances_log_to_the_transfers_group() {
+        let spec = TransferSpec::new("x", "src-bucket", "dst-bucket", "img");
+        let n = Names::new("x");
+        let user_data = |infra: &Infra, role: Role| {
+            let data = launch_template_data(&ProviderConfig::default(), &spec, infra, &n, role);
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(data.user_data().unwrap_or(""))
+                .unwrap();
+            String::from_utf8(text).unwrap()
+        };
+        let infra = Infra {
+            region: "eu-west-1".into(),
+            queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/dth-x-jobs".into(),
+            table: n.table.clone(),
+            log_group: n.log_group.clone(),
+            ..Infra::default()
+        };
+        for role in [Role::Finder, Role::Worker] {
+            let script = user_data(&infra, role);
+            let parsed = userdata::parse(&script).unwrap();
+            assert_eq!(parsed.log_group.as_deref(), Some("/dth/x"));
+            assert!(script.contains("--log-driver awslogs"), "{script}");
+            assert!(script.contains("awslogs-group=/dth/x"), "{script}");
+        }
+        // A transfer without a group (made before the provider created them) keeps Docker's local logs.
+        let old = Infra {
+            log_group: String::new(),
+            ..infra
+        };
+        assert_eq!(
+            userdata::parse(&user_data(&old, Role::Worker))
+                .unwrap()
+                .log_group,
+            None
+        );
+    }
+
+    #[test]
+    fn no_log_statement_without_a_log_group() {
+        // A transfer created before the provider made log groups: its role gets no logs rights.
+        let spec = TransferSpec::new("x", "src-bucket", "dst-bucket", "img");
+        let text = access_policy(&spec, &Infra::default(), &Names::new("x"));
+        assert!(!text.contains("logs:"), "{text}");
     }
 
     fn statement<'a>(doc: &'a Value, sid: &str) -> &'a Value {

@@ -135,6 +135,10 @@ pub(crate) async fn teardown(c: &AwsClients, infra: &Infra, spec: &TransferSpec)
     if let Some(sg) = &infra.security_group_id {
         step(delete_security_group(c, sg).await);
     }
+    // After the groups: no instance is left to write to it.
+    if !infra.log_group.is_empty() {
+        step(super::logs::delete(c, &infra.log_group).await);
+    }
     if !infra.instance_profile_name.is_empty() {
         if !infra.role_name.is_empty() {
             step(

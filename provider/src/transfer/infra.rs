@@ -30,6 +30,9 @@ pub struct Infra {
     pub dlq_url: String,
     pub dlq_arn: String,
     pub table: String,
+    /// The CloudWatch Logs group the instances' containers log to (empty for transfers created before the
+    /// provider made one: they keep Docker's local logs and nothing checks for a group).
+    pub log_group: String,
     pub role_name: String,
     pub role_arn: String,
     pub policy_name: String,
@@ -68,6 +71,9 @@ pub struct Names {
     pub queue: String,
     pub dlq: String,
     pub table: String,
+    /// `/dth/<name>`: log groups are named as paths (like `/aws/lambda/<function>`), so that one prefix lists
+    /// every transfer's logs.
+    pub log_group: String,
     pub role: String,
     pub policy: String,
     pub instance_profile: String,
@@ -96,6 +102,7 @@ impl Names {
             queue: n("jobs"),
             dlq: n("dlq"),
             table: n("ledger"),
+            log_group: format!("/dth/{name}"),
             role: n("role"),
             policy: n("access"),
             instance_profile: n("profile"),
@@ -123,6 +130,7 @@ impl Names {
             &self.queue,
             &self.dlq,
             &self.table,
+            &self.log_group,
             &self.role,
             &self.policy,
             &self.instance_profile,
@@ -249,7 +257,8 @@ impl ProvisionError {
     }
 }
 
-/// Error codes that mean "no such resource" across SQS, DynamoDB, IAM, EC2, Auto Scaling, CloudWatch, SNS, S3.
+/// Error codes that mean "no such resource" across SQS, DynamoDB, IAM, EC2, Auto Scaling, CloudWatch, CloudWatch
+/// Logs, SNS, S3.
 pub fn is_not_found_code(code: &str) -> bool {
     code.contains("NotFound")
         || code.starts_with("NoSuch")
@@ -270,7 +279,11 @@ mod tests {
         let long = "a".repeat(super::super::spec::MAX_NAME_LEN);
         let n = Names::new(&long);
         for name in n.all() {
-            assert!(name.starts_with(&format!("dth-{long}")), "{name}");
+            if name == n.log_group {
+                assert_eq!(name, format!("/dth/{long}"));
+            } else {
+                assert!(name.starts_with(&format!("dth-{long}")), "{name}");
+            }
         }
         // IAM role and instance profile names: 64; SQS queue names: 80.
         assert!(n.role.len() <= 64 && n.instance_profile.len() <= 64);

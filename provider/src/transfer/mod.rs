@@ -14,6 +14,7 @@ pub mod cost;
 mod create;
 mod delete;
 pub mod infra;
+pub mod logs;
 mod read;
 pub mod spec;
 mod update;

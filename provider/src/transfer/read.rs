@@ -8,11 +8,12 @@
 //! |--------------|-------|-----------------------------------------------------------------------|
 //! | SQS          | 2     | GetQueueAttributes on the job queue (depth, redrive) and the DLQ      |
 //! | DynamoDB     | 1–2   | GetItem of the latest run pointer, then of that run's summary         |
-//! | Auto Scaling | 3     | DescribeAutoScalingGroups (both), DescribeScheduledActions, DescribePolicies |
+//! | Auto Scaling | 4     | DescribeAutoScalingGroups (both), DescribeScheduledActions, DescribePolicies, DescribeLifecycleHooks (the drain hook) |
 //! | EC2          | 3     | DescribeLaunchTemplates (both), DescribeLaunchTemplateVersions × 2   |
 //! | EC2          | 0–1   | DescribeSecurityGroups, when the transfer created its group          |
 //! | IAM          | 2     | GetInstanceProfile (with its role), GetRolePolicy                    |
 //! | CloudWatch   | 2     | DescribeAlarms (all three by name), GetDashboard                      |
+//! | CloudWatch Logs | 0–1 | DescribeLogGroups (the log group: its name as prefix, one result), unless the transfer predates log groups |
 //! | SNS          | 0–1   | ListSubscriptionsByTopic, when `alarm_email` is set                   |
 //! | S3           | 0–1   | GetBucketNotificationConfiguration, when `events` ≠ none              |
 //!
@@ -139,6 +140,7 @@ pub enum Component {
     Queue,
     DeadLetterQueue,
     Table,
+    LogGroup,
     Role,
     RolePolicy,
     InstanceProfile,
@@ -147,6 +149,8 @@ pub enum Component {
     WorkerLaunchTemplate,
     FinderGroup,
     WorkerGroup,
+    /// The worker group's termination lifecycle hook (scale-in waits for a worker to release its jobs).
+    DrainHook,
     ScalingPolicies,
     Alarms,
     Dashboard,
@@ -234,7 +238,7 @@ pub async fn observe(
     spec: &TransferSpec,
     infra: &Infra,
 ) -> Result<Option<Observed>> {
-    // Boxed: fourteen SDK futures joined are too large for a thread's stack in debug builds.
+    // Boxed: sixteen SDK futures joined are too large for a thread's stack in debug builds.
     Box::pin(observe_inner(c, cfg, spec, infra)).await
 }
 
@@ -300,6 +304,20 @@ async fn observe_inner(
         .policy_names(&n.scale_in_policy)
         .send()
         .map_err_async("reading scaling policies", &infra.worker_asg);
+    let hook_f = c
+        .autoscaling
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name(&infra.worker_asg)
+        .lifecycle_hook_names(&n.drain_hook)
+        .send()
+        .map_err_async("reading lifecycle hooks", &infra.worker_asg);
+    // Outer None: not checked (a transfer made before the provider created log groups has none).
+    let log_group_f = async {
+        if infra.log_group.is_empty() {
+            return Ok(None);
+        }
+        super::logs::find(c, &infra.log_group).await.map(Some)
+    };
     let templates_f = c
         .ec2
         .describe_launch_templates()
@@ -387,6 +405,8 @@ async fn observe_inner(
         groups,
         actions,
         policies,
+        hook,
+        log_group,
         templates,
         profile,
         policy,
@@ -402,6 +422,8 @@ async fn observe_inner(
         groups_f,
         actions_f,
         policies_f,
+        hook_f,
+        log_group_f,
         templates_f,
         profile_f,
         policy_f,
@@ -455,6 +477,13 @@ async fn observe_inner(
     }
     if !table_present {
         missing.push(Component::Table);
+    }
+    // The retention is live (a hand-made change shows as a diff and is put back in place); a group deleted by
+    // hand is missing.
+    match log_group? {
+        Some(Some(g)) => live.log_retention_days = super::logs::retention_of(&g),
+        Some(None) => missing.push(Component::LogGroup),
+        None => {}
     }
 
     // Launch template contents: the versions the groups use (one more round trip: they come from the groups).
@@ -604,6 +633,14 @@ async fn observe_inner(
     let policy_count = policies.as_ref().map_or(0, |p| p.scaling_policies().len());
     if policy_count < 2 && worker_group.is_some() {
         missing.push(Component::ScalingPolicies);
+    }
+    let has_hook = present(hook)?.is_some_and(|h| {
+        h.lifecycle_hooks()
+            .iter()
+            .any(|h| h.lifecycle_hook_name() == Some(n.drain_hook.as_str()))
+    });
+    if !has_hook && worker_group.is_some() {
+        missing.push(Component::DrainHook);
     }
 
     match present(profile)? {
@@ -873,6 +910,14 @@ async fn import_inner(
     }
     infra.queue_url = launch.config.queue.url.clone();
     infra.table = launch.config.ledger.table.clone();
+    // The log group the containers log to (none for a transfer made before the provider created one). A group
+    // gone since stays recorded, so that the next read reports it missing.
+    if let Some(group) = &launch.log_group {
+        infra.log_group = group.clone();
+        if let Some(found) = super::logs::find(c, group).await? {
+            spec.log_retention_days = super::logs::retention_of(&found);
+        }
+    }
     infra.ami_id = worker_data.image_id().unwrap_or("").to_owned();
     infra.instance_profile_arn = worker_data
         .iam_instance_profile()

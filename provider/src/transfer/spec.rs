@@ -49,6 +49,9 @@ pub struct TransferSpec {
     pub max_attempts: u32,
     #[serde(default)]
     pub alarm_email: Option<String>,
+    /// Days the transfer's CloudWatch Logs group keeps the instances' logs; 0 keeps them forever.
+    #[serde(default = "default_log_retention_days")]
+    pub log_retention_days: u32,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }
@@ -158,6 +161,9 @@ fn default_max() -> u32 {
 fn default_max_attempts() -> u32 {
     5
 }
+fn default_log_retention_days() -> u32 {
+    super::logs::DEFAULT_RETENTION_DAYS
+}
 fn default_concurrency() -> u32 {
     WorkerOptions::default().concurrency
 }
@@ -247,6 +253,7 @@ impl TransferSpec {
             multipart: MultipartOptions::default(),
             max_attempts: default_max_attempts(),
             alarm_email: None,
+            log_retention_days: default_log_retention_days(),
             tags: BTreeMap::new(),
         }
     }
@@ -319,6 +326,9 @@ impl TransferSpec {
             if !is_email(e) {
                 bad("alarm_email", format!("{e:?} is not an email address"));
             }
+        }
+        if let Some(m) = super::logs::retention_problem(self.log_retention_days) {
+            bad("log_retention_days", m);
         }
         for (k, v) in &self.tags {
             if let Some(m) = tag_problem(k, v) {
@@ -706,6 +716,7 @@ mod tests {
         assert_eq!(s.fleet.instance_type, "t4g.micro");
         assert_eq!(s.finder.instance_type, "t4g.micro");
         assert_eq!(s.max_attempts, 5);
+        assert_eq!(s.log_retention_days, 30);
         assert!(s.include_metadata);
         assert!(s.validate().is_empty(), "{:?}", s.validate());
     }
@@ -770,6 +781,7 @@ mod tests {
             (json!({"schedule": "* * * *"}), "schedule"),
             (json!({"schedule": "0 2 * FOO *"}), "schedule"),
             (json!({"alarm_email": "ops"}), "alarm_email"),
+            (json!({"log_retention_days": 31}), "log_retention_days"),
             (json!({"tags": {"aws:owner": "x"}}), "tags[\"aws:owner\"]"),
             (
                 json!({"destination": {"kms_key_id": "k"}}),

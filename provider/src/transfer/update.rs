@@ -104,6 +104,10 @@ async fn update_inner(
             .await?;
     }
 
+    if old_spec.log_retention_days != new.log_retention_days && !infra.log_group.is_empty() {
+        super::logs::put_retention(c, &infra.log_group, new.log_retention_days).await?;
+    }
+
     let policy = access_policy(new, &infra, &n);
     if policy != access_policy(old_spec, old_infra, &n) {
         c.iam
@@ -550,6 +554,10 @@ async fn retag(c: &AwsClients, infra: &Infra, tags: &BTreeMap<String, String>) -
                 .map_err_async("untagging CloudWatch alarm", alarm)
                 .await?;
         }
+    }
+
+    if !infra.log_group.is_empty() {
+        super::logs::retag(c, infra, account, tags, &removed).await?;
     }
 
     if let Some(topic) = &infra.topic_arn {
