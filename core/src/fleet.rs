@@ -7,6 +7,23 @@
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The CPU architecture of an instance type: Graviton families carry a `g` after their generation digit
+/// (t4g, m7gd, c6gn), plus the first Graviton family, a1. `arm64` or `x86_64`, as AMIs name them; the
+/// provider picks the AMI by it and the EC2 stand-in the image's platform.
+pub fn architecture_of(instance_type: &str) -> &'static str {
+    let family = instance_type.split('.').next().unwrap_or("");
+    if family == "a1" {
+        return "arm64";
+    }
+    let suffix = family.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = suffix.trim_start_matches(|c: char| c.is_ascii_digit());
+    if suffix.starts_with('g') {
+        "arm64"
+    } else {
+        "x86_64"
+    }
+}
+
 /// Set `asg`'s desired capacity to 0, ignoring the group's cooldown (the run is over; there is nothing to wait
 /// for). Fails when the group's minimum size is above 0, so the scheduled action that starts the finder must
 /// leave the minimum at 0.

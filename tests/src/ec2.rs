@@ -1,133 +1,111 @@
-//! A stand-in for EC2: moto stores Auto Scaling groups and launch templates but runs nothing, so this plays
-//! the part of the instances.
+//! A stand-in for EC2 and the instance side of Auto Scaling: moto stores Auto Scaling groups and launch
+//! templates but runs nothing, so this plays the instances.
 //!
-//! For every group carrying the transfer tag it keeps exactly DesiredCapacity real `finder`/`worker`
-//! processes running, each started the way the launch template's user data says (role, job config,
-//! arguments: [`dth_core::userdata::parse`]) — so the provider's launch-template path is what the tests run,
-//! not a shortcut around it. It behaves like an Auto Scaling group where that matters to dth:
-//! - desired capacity lowered → the newest surplus processes get SIGTERM, and SIGKILL after a grace period
-//!   (the lifecycle of a terminating instance);
+//! For every group carrying the transfer tag it keeps DesiredCapacity instances ([`crate::machine`]), each
+//! booted from the group's launch template the way EC2 boots one: a machine of the template's instance type's
+//! platform (t4g → arm64, whose binaries run under qemu) runs the template's user data as cloud-init would,
+//! then the systemd units it installed — which pull the image from its registry and run its binaries. Nothing
+//! here parses what the user data means: restarts, unhealthy marking, stop timeouts and the lifecycle hook's
+//! use are whatever the user data and its units set up. It behaves like an Auto Scaling group where that
+//! matters to dth:
+//! - desired capacity lowered → the newest surplus instances terminate; with a termination lifecycle hook on
+//!   the group they wait in `Terminating:Wait` (their metadata says `Terminated`) until the action is
+//!   completed or the hook's heartbeat timeout passes, then shut down (units stopped, power off);
 //! - the group's launch template version changes (an explicit number, or what `$Latest` / `$Default`
-//!   resolve to) → new processes are started from the new version and, once they are in service, the old
-//!   ones get SIGTERM (an instance refresh);
-//! - a process exits while the group still wants it → a replacement after a backoff (an unhealthy instance
-//!   replaced), except a process that exited 0 while the group's desired capacity went to 0 meanwhile: a
-//!   finder that scaled its own group in at the end of a scheduled run.
+//!   resolve to) → instances of the new version start and, once in service, the old ones terminate (an
+//!   instance refresh);
+//! - an instance marked Unhealthy (SetInstanceHealth) terminates and is replaced.
+//!
+//! moto has no CompleteLifecycleAction and knows nothing of these instances, so the stand-in also serves the
+//! Auto Scaling API ([`Ec2StandIn::autoscaling_endpoint`]): CompleteLifecycleAction,
+//! RecordLifecycleActionHeartbeat, SetInstanceHealth and TerminateInstanceInAutoScalingGroup (keeping the
+//! group's size) for its instances are answered there, every other call is passed on to moto unchanged.
+//! Point the provider's `autoscaling` endpoint at it.
 //!
 //! [`fire_schedule`] plays the other thing moto never does: a scheduled action firing.
 //!
-//! Children never outlive the stand-in: they are SIGTERMed and reaped when it stops, killed when their
-//! handle is dropped, and (where `setpriv` exists) get SIGKILL from the kernel if the stand-in dies
-//! without cleaning up.
+//! Instances never outlive the stand-in: each is a PID namespace whose holder gets SIGKILL from the kernel
+//! when the stand-in's thread dies, and they are shut down when it stops.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use aws_sdk_autoscaling::types::AutoScalingGroup;
+use base64::Engine;
 use dth_core::userdata::{self, Role};
 use tokio_util::sync::CancellationToken;
 
+use crate::http::{self, Request, Response};
+use crate::machine::{self, Boot, Credentials, Ctl};
+
 /// The tag every group of a dth transfer carries (its value is the transfer's id).
 pub const DEFAULT_TAG_KEY: &str = "dth:transfer";
-
-/// Where the kernel's parent-death signal can be set without `unsafe` code (util-linux).
-const SETPRIV: [&str; 2] = ["/usr/bin/setpriv", "/bin/setpriv"];
-
-/// Environment variables handed to every process: what an instance gets from its profile and image.
-/// Nothing else is inherited, so a developer's `AWS_ENDPOINT_URL` or `DTH_CONFIG` cannot leak into a run;
-/// `AWS_CA_BUNDLE` is left out on purpose (a stale one breaks the SDK even for http endpoints).
-const PASSED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "TMPDIR",
-    "LANG",
-    "TZ",
-    "RUST_LOG",
-    "RUST_BACKTRACE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-];
+/// The termination transition of a lifecycle hook.
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The Auto Scaling and EC2 endpoint (moto serves both on one port).
     pub endpoint: String,
-    /// The control-plane region: where the groups and templates live, and `AWS_REGION` of every process.
+    /// The control-plane region: where the groups and templates live.
     pub region: String,
-    /// Directory holding the `finder` and `worker` binaries.
-    pub bin_dir: PathBuf,
-    /// Process logs (`<group>-<n>.log`) and the job configs taken from user data.
+    /// Instance roots (removed when they terminate) and consoles (`<group>-<n>.log`, kept).
     pub log_dir: PathBuf,
     /// Only groups with this tag key are played.
     pub tag_key: String,
-    /// The environment of every process (see [`PASSED_ENV`]). Its AWS keys, when present, are also the
-    /// stand-in's own: the stand-in and its instances share one identity, like an instance profile.
-    pub env: Vec<(OsString, OsString)>,
+    /// Where the stand-in's Auto Scaling API listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The instance profile's keys: what the instances' metadata service hands out, and the stand-in's own
+    /// identity towards moto. None: the stand-in uses the SDK's default chain and instances get no
+    /// credentials.
+    pub credentials: Option<Credentials>,
+    /// The ECR API endpoint instances use (`aws ecr get-login-password`); default: the `endpoint`.
+    pub ecr_endpoint: Option<String>,
     /// How often the groups are read.
     pub poll: Duration,
-    /// First and longest wait before replacing a process that exited.
-    pub backoff: (Duration, Duration),
-    /// SIGTERM → SIGKILL (an Auto Scaling lifecycle's default heartbeat is far longer; 60 s is plenty for a
-    /// worker to finish or release its jobs).
-    pub grace: Duration,
 }
 
 impl Options {
-    /// Defaults: the `dth:transfer` tag, 1 s polls, 5 s → 60 s backoff, 60 s grace, and this process's
-    /// credentials and region passed through.
+    /// Defaults: the `dth:transfer` tag, the Auto Scaling API on any free port, 1 s polls, and this process's
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` as the instance profile.
     pub fn new(
         endpoint: impl Into<String>,
         region: impl Into<String>,
-        bin_dir: impl Into<PathBuf>,
         log_dir: impl Into<PathBuf>,
     ) -> Self {
-        let region = region.into();
-        let mut env: Vec<(OsString, OsString)> = PASSED_ENV
-            .iter()
-            .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
-            .collect();
-        env.push(("AWS_REGION".into(), region.clone().into()));
-        // Never wait on an instance metadata service that is not there.
-        env.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let credentials = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => Some(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: var("AWS_SESSION_TOKEN"),
+            }),
+            _ => None,
+        };
         Self {
             endpoint: endpoint.into(),
-            region,
-            bin_dir: bin_dir.into(),
+            region: region.into(),
             log_dir: log_dir.into(),
             tag_key: DEFAULT_TAG_KEY.into(),
-            env,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            credentials,
+            ecr_endpoint: None,
             poll: Duration::from_secs(1),
-            backoff: (Duration::from_secs(5), Duration::from_secs(60)),
-            grace: Duration::from_secs(60),
         }
     }
 
-    /// Set (or replace) one variable of the processes' environment.
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        let key = key.into();
-        self.env.retain(|(k, _)| *k != key);
-        self.env.push((key, value.into()));
+    /// Set the instance profile's keys.
+    pub fn credentials(mut self, id: &str, secret: &str) -> Self {
+        self.credentials = Some(Credentials {
+            access_key_id: id.into(),
+            secret_access_key: secret.into(),
+            session_token: None,
+        });
         self
-    }
-
-    fn env_var(&self, key: &str) -> Option<String> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == OsStr::new(key))
-            .and_then(|(_, v)| v.to_str().map(str::to_owned))
     }
 }
 
@@ -163,40 +141,50 @@ pub async fn clients(
     )
 }
 
-/// One process the stand-in started: what the tests look at.
+/// One instance the stand-in launched: what the tests look at.
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub group: String,
     /// 1, 2, ... per group: the `<group>-<n>.log` number.
     pub n: u32,
-    pub pid: u32,
-    pub role: Role,
+    pub instance_id: String,
+    /// The role its user data names (`# dth:role=`), when it is dth's.
+    pub role: Option<Role>,
+    /// `amd64` or `arm64`, from the launch template's instance type.
+    pub arch: &'static str,
     pub template_id: String,
     pub template_version: i64,
+    /// Its console: cloud-init's and every unit's output.
     pub log: PathBuf,
     pub started: Instant,
-    /// Set when the process has exited and been reaped.
-    pub ended: Option<(Instant, ExitStatus)>,
+    /// Set once the instance is off.
+    pub ended: Option<Instant>,
 }
 
 impl Launch {
     pub fn running(&self) -> bool {
         self.ended.is_none()
     }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
-/// Every launch's log, headed by its group, number, pid and exit status: for a failed test's message.
+/// Every launch's console, headed by its group, number and instance id: for a failed test's message.
 pub fn logs(launches: &[Launch]) -> String {
     launches
         .iter()
         .map(|l| {
             format!(
-                "--- {}-{} (pid {}, {:?}):\n{}",
+                "--- {}-{} ({}, {}, {}):\n{}",
                 l.group,
                 l.n,
-                l.pid,
-                l.ended.map(|e| e.1),
-                std::fs::read_to_string(&l.log).unwrap_or_default()
+                l.instance_id,
+                l.arch,
+                if l.running() { "running" } else { "off" },
+                l.console()
             )
         })
         .collect()
@@ -204,24 +192,31 @@ pub fn logs(launches: &[Launch]) -> String {
 
 type Launches = Arc<Mutex<Vec<Launch>>>;
 
-fn lock(l: &Launches) -> std::sync::MutexGuard<'_, Vec<Launch>> {
-    // A panic elsewhere while holding the lock leaves the list itself intact.
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the data itself intact.
     l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running stand-in on its own thread; dropping it (or [`Ec2StandIn::stop`]) stops every process it started
-/// and waits for them.
+/// The stand-in's instances by id, for its Auto Scaling API: (group, control).
+type Registry = Arc<Mutex<BTreeMap<String, (String, Arc<Ctl>)>>>;
+
+/// A running stand-in on its own thread; dropping it (or [`Ec2StandIn::stop`]) powers every instance off and
+/// waits for them.
 pub struct Ec2StandIn {
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     launches: Launches,
+    autoscaling: String,
 }
 
 impl Ec2StandIn {
     /// Start playing EC2 for the groups of `opts.endpoint`. The loop runs on a dedicated thread with its own
-    /// runtime: every child is forked from that one thread, which lives exactly as long as the stand-in
+    /// runtime: every instance is forked from that one thread, which lives exactly as long as the stand-in
     /// (the parent-death signal is tied to the forking thread, not the process).
     pub fn spawn(opts: Options) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(opts.listen)?;
+        listener.set_nonblocking(true)?;
+        let autoscaling = format!("http://{}", listener.local_addr()?);
         let stop = CancellationToken::new();
         let launches = Launches::default();
         let thread = {
@@ -239,7 +234,11 @@ impl Ec2StandIn {
                             return;
                         }
                     };
-                    if let Err(e) = rt.block_on(run_recording(opts, stop, launches)) {
+                    let run = async {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        run_recording(opts, listener, stop, launches).await
+                    };
+                    if let Err(e) = rt.block_on(run) {
                         tracing::error!("ec2 stand-in stopped: {e:#}");
                     }
                 })?
@@ -248,15 +247,21 @@ impl Ec2StandIn {
             stop,
             thread: Some(thread),
             launches,
+            autoscaling,
         })
     }
 
-    /// Every process started so far, in start order.
+    /// The stand-in's Auto Scaling API (moto's, plus the instance calls moto lacks).
+    pub fn autoscaling_endpoint(&self) -> &str {
+        &self.autoscaling
+    }
+
+    /// Every instance launched so far, in launch order.
     pub fn launches(&self) -> Vec<Launch> {
         lock(&self.launches).clone()
     }
 
-    /// The processes started for one group, in start order.
+    /// The instances launched for one group, in launch order.
     pub fn launches_of(&self, group: &str) -> Vec<Launch> {
         lock(&self.launches)
             .iter()
@@ -265,7 +270,7 @@ impl Ec2StandIn {
             .collect()
     }
 
-    /// The processes of one group still running.
+    /// The instances of one group not yet off.
     pub fn running(&self, group: &str) -> Vec<Launch> {
         self.launches_of(group)
             .into_iter()
@@ -273,7 +278,7 @@ impl Ec2StandIn {
             .collect()
     }
 
-    /// SIGTERM every process, wait for them (SIGKILL after the grace period) and end the loop.
+    /// Power every instance off (units stopped as systemd stops them) and end the loop.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -292,60 +297,84 @@ impl Drop for Ec2StandIn {
     }
 }
 
-/// Run the stand-in on the current thread until `stop` is cancelled (the binary's `run`).
-pub async fn run(opts: Options, stop: CancellationToken) -> anyhow::Result<()> {
-    run_recording(opts, stop, Launches::default()).await
+/// Run the stand-in on the current thread until `stop` is cancelled (the binary's `run`), its Auto Scaling
+/// API on `listener`.
+pub async fn run(
+    opts: Options,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    run_recording(opts, listener, stop, Launches::default()).await
+}
+
+/// `http://host:port` → the address to connect to.
+fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url}: only http:// endpoints can be served through"))?
+        .split('/')
+        .next()
+        .unwrap_or("");
+    hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("{url}: no address"))
 }
 
 async fn run_recording(
     opts: Options,
+    listener: tokio::net::TcpListener,
     stop: CancellationToken,
     launches: Launches,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
-    for role in [Role::Finder, Role::Worker] {
-        let bin = opts.bin_dir.join(role.binary());
-        if !bin.is_file() {
-            bail!(
-                "{} is missing (build the finder and worker first)",
-                bin.display()
-            );
-        }
-    }
-    let keys = match (
-        opts.env_var("AWS_ACCESS_KEY_ID"),
-        opts.env_var("AWS_SECRET_ACCESS_KEY"),
-    ) {
-        (Some(id), Some(secret)) => Some((id, secret, opts.env_var("AWS_SESSION_TOKEN"))),
-        _ => None,
-    };
+    let keys = opts.credentials.as_ref().map(|c| {
+        (
+            c.access_key_id.clone(),
+            c.secret_access_key.clone(),
+            c.session_token.clone(),
+        )
+    });
     let (asg, ec2) = clients(&opts.endpoint, &opts.region, keys).await;
-    let setpriv = SETPRIV
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .map(Path::to_path_buf);
-    if setpriv.is_none() {
-        tracing::warn!("setpriv not found: processes are stopped when the stand-in stops, but not if it is killed");
-    }
+    let registry = Registry::default();
+    let moto = socket_addr(&opts.endpoint)?;
+    let autoscaling = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(http::serve(
+        listener,
+        {
+            let registry = registry.clone();
+            move |req| {
+                let registry = registry.clone();
+                async move { autoscaling_api(req, &registry, moto).await }
+            }
+        },
+        stop.clone(),
+    ));
     tracing::info!(
-        endpoint = %opts.endpoint, region = %opts.region, tag_key = %opts.tag_key,
+        endpoint = %opts.endpoint, region = %opts.region, tag_key = %opts.tag_key, %autoscaling,
         "ec2 stand-in: playing the instances of tagged Auto Scaling groups"
+    );
+    let mut machine_env = BTreeMap::new();
+    machine_env.insert("AWS_ENDPOINT_URL_AUTO_SCALING".to_owned(), autoscaling);
+    machine_env.insert(
+        "AWS_ENDPOINT_URL_ECR".to_owned(),
+        opts.ecr_endpoint.clone().unwrap_or(opts.endpoint.clone()),
     );
     let mut s = Supervisor {
         opts,
         asg,
         ec2,
-        setpriv,
         groups: BTreeMap::new(),
         launches,
+        registry,
+        machine_env,
     };
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            // Dropping a tick midway is safe: children are recorded the moment they are forked, and the
-            // only awaits are the reads of groups and templates.
+            // Dropping a tick midway is safe: instances are recorded the moment they are launched, and the
+            // only awaits are the reads of groups, hooks and templates.
             _ = s.tick() => {}
         }
         tokio::select! {
@@ -355,6 +384,93 @@ async fn run_recording(
     }
     s.shutdown().await;
     Ok(())
+}
+
+/// The Auto Scaling API as the instances and the provider see it: the instance-level calls moto lacks, for
+/// the stand-in's instances; everything else passed on to moto.
+async fn autoscaling_api(req: Request, registry: &Registry, moto: SocketAddr) -> Response {
+    let params: BTreeMap<String, String> = if req.method == "POST" {
+        http::form(&req.body).into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let action = param("Action");
+    let instance = param("InstanceId");
+    let known = lock(registry).get(instance).cloned();
+    let ok = |action: &str| {
+        Response::new(
+            200,
+            "text/xml",
+            format!(
+                "<{action}Response xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+                 <{action}Result/><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata>\
+                 </{action}Response>",
+                request_id()
+            ),
+        )
+    };
+    match (action, known) {
+        ("CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat", found) => {
+            let hook = param("LifecycleHookName");
+            let waiting = found.filter(|(g, _)| g == param("AutoScalingGroupName"));
+            let accepted = match (&waiting, action) {
+                (Some((_, ctl)), "CompleteLifecycleAction") => ctl.complete_lifecycle_action(hook),
+                (Some((_, ctl)), _) => ctl.terminating(),
+                (None, _) => false,
+            };
+            if accepted {
+                tracing::info!(%instance, %hook, "{action}");
+                ok(action)
+            } else {
+                validation_error(&format!(
+                    "No active Lifecycle Action found with instance ID {instance}"
+                ))
+            }
+        }
+        ("TerminateInstanceInAutoScalingGroup", Some((group, ctl))) => {
+            if param("ShouldDecrementDesiredCapacity") == "true" {
+                return validation_error(
+                    "the EC2 stand-in terminates instances with ShouldDecrementDesiredCapacity=false only",
+                );
+            }
+            tracing::info!(%group, %instance, "TerminateInstanceInAutoScalingGroup: to be replaced");
+            ctl.pick_for_termination();
+            ok(action)
+        }
+        ("SetInstanceHealth", Some((group, ctl))) => {
+            if param("HealthStatus") == "Unhealthy" {
+                tracing::warn!(%group, %instance, "SetInstanceHealth Unhealthy: to be replaced");
+                ctl.set_unhealthy();
+            }
+            ok(action)
+        }
+        _ => match http::forward(moto, &req).await {
+            Ok(r) => r,
+            Err(e) => Response::text(502, format!("moto: {e:#}")),
+        },
+    }
+}
+
+fn request_id() -> String {
+    format!(
+        "{:08x}-standin-{:012x}",
+        fastrand::u32(..),
+        fastrand::u64(..) >> 16
+    )
+}
+
+fn validation_error(message: &str) -> Response {
+    Response::new(
+        400,
+        "text/xml",
+        format!(
+            "<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error>\
+             <Type>Sender</Type><Code>ValidationError</Code><Message>{message}</Message></Error>\
+             <RequestId>{}</RequestId></ErrorResponse>",
+            request_id()
+        ),
+    )
 }
 
 /// A launch template version as the group uses it.
@@ -370,57 +486,36 @@ impl std::fmt::Display for VersionKey {
     }
 }
 
-/// What a version's user data starts.
+/// What a version launches.
 #[derive(Debug, Clone)]
 struct Spec {
     key: VersionKey,
-    role: Role,
-    args: Vec<String>,
-    config: PathBuf,
+    user_data: String,
+    role: Option<Role>,
+    arch: &'static str,
 }
 
-struct Instance {
-    child: Child,
+/// One instance of a group.
+struct Machine {
+    ctl: Arc<Ctl>,
     n: u32,
     key: VersionKey,
-    started: Instant,
-}
-
-impl Instance {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Instance {
-    /// Whatever path drops an instance, its process goes with it.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-struct Draining {
-    inst: Instance,
-    kill_at: Instant,
+    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
 struct Group {
     desired: usize,
-    /// The version processes are started from; kept when a newer version's user data cannot be used.
+    /// The version instances are launched from; kept when a newer version cannot be used.
     spec: Option<Spec>,
-    /// A version whose user data was rejected, so the error is logged once, not every second.
+    /// A version that cannot be launched, so the error is logged once, not every second.
     rejected: Option<VersionKey>,
-    running: Vec<Instance>,
-    draining: Vec<Draining>,
-    /// Exits seen but not yet judged (that needs the group's desired capacity read after the exit).
-    exits: Vec<(Instance, ExitStatus)>,
+    /// The group's termination lifecycle hook: name and heartbeat timeout.
+    hook: Option<(String, Duration)>,
+    running: Vec<Machine>,
+    /// Terminating: waiting on the hook, or shutting down.
+    draining: Vec<Machine>,
     next_n: u32,
-    not_before: Option<Instant>,
-    backoff: Option<Duration>,
     /// Whether the group was in the last listing; a group that vanished is drained and forgotten.
     listed: bool,
 }
@@ -429,9 +524,11 @@ struct Supervisor {
     opts: Options,
     asg: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
-    setpriv: Option<PathBuf>,
     groups: BTreeMap<String, Group>,
     launches: Launches,
+    registry: Registry,
+    /// What the network gives every instance (the AWS endpoints of its CLI).
+    machine_env: BTreeMap<String, String>,
 }
 
 /// What [`decide`] wants done to one group.
@@ -444,7 +541,7 @@ struct Decision {
 }
 
 /// The group's rules, without processes: `running` holds, oldest first, whether each process runs the current
-/// version and whether it is in service (alive for a poll interval).
+/// version and whether it is in service (a unit's main process runs).
 fn decide(desired: usize, running: &[(bool, bool)], can_start: bool) -> Decision {
     let mut d = Decision::default();
     let fresh: Vec<usize> = (0..running.len()).filter(|&i| running[i].0).collect();
@@ -478,26 +575,8 @@ fn file_stem(group: &str) -> String {
         .collect()
 }
 
-fn signal(pid: u32, sig: rustix::process::Signal) -> std::io::Result<()> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| std::io::Error::other(format!("pid {pid} out of range")))?;
-    rustix::process::kill_process(pid, sig).map_err(std::io::Error::from)
-}
-
-/// Whether a process with this PID exists (a zombie counts).
-pub fn alive(pid: u32) -> bool {
-    i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-}
-
 impl Supervisor {
     async fn tick(&mut self) {
-        // Reap before reading the groups, so that a finder which set its group to 0 and then exited is judged
-        // against the capacity it left behind.
         self.reap();
         let groups = match self.describe().await {
             Ok(g) => g,
@@ -515,14 +594,19 @@ impl Supervisor {
             };
             let desired = usize::try_from(group.desired_capacity().unwrap_or(0)).unwrap_or(0);
             let resolved = self.resolve(&name, &group).await;
+            let hook = self.hook(&name).await;
             let entry = self.groups.entry(name.clone()).or_default();
             entry.listed = true;
             if entry.desired != desired {
                 tracing::info!(group = %name, from = entry.desired, to = desired, "desired capacity changed");
                 entry.desired = desired;
             }
+            match hook {
+                Ok(h) => entry.hook = h,
+                Err(e) => tracing::warn!(group = %name, "reading its lifecycle hooks: {e:#}"),
+            }
             match resolved {
-                Ok(Some((key, user_data))) => self.adopt(&name, key, &user_data),
+                Ok(Some(spec)) => self.adopt(&name, spec),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(group = %name, "reading its launch template: {e:#}"),
             }
@@ -539,45 +623,28 @@ impl Supervisor {
         }
     }
 
-    /// Collect exits: of running processes (judged after the next read of the groups) and of terminating ones
-    /// (expected; SIGKILL when their grace is over).
+    /// Instances that are off are recorded and dropped (one that went off by itself is replaced by its
+    /// group).
     fn reap(&mut self) {
-        let now = Instant::now();
         for (name, g) in &mut self.groups {
-            let mut i = 0;
-            while i < g.running.len() {
-                match g.running[i].child.try_wait() {
-                    Ok(Some(status)) => {
-                        let inst = g.running.remove(i);
-                        record_exit(&self.launches, name, inst.n, status);
-                        g.exits.push((inst, status));
-                    }
-                    Ok(None) => i += 1,
-                    Err(e) => {
-                        tracing::warn!(group = %name, pid = g.running[i].pid(), "waiting: {e}");
-                        i += 1;
-                    }
-                }
+            let (off, running): (Vec<Machine>, Vec<Machine>) =
+                g.running.drain(..).partition(|m| m.ctl.off());
+            g.running = running;
+            for m in off {
+                tracing::warn!(group = %name, instance = %m.ctl.id, "instance went off by itself");
+                g.draining.push(m);
             }
-            let mut i = 0;
-            while i < g.draining.len() {
-                let d = &mut g.draining[i];
-                let status = match d.inst.child.try_wait() {
-                    Ok(Some(s)) => Some(s),
-                    Ok(None) if now >= d.kill_at => {
-                        tracing::warn!(group = %name, pid = d.inst.pid(), grace = ?self.opts.grace,
-                            "still running after SIGTERM: SIGKILL");
-                        let _ = d.inst.child.kill();
-                        d.inst.child.wait().ok()
-                    }
-                    _ => None,
-                };
-                if let Some(status) = status {
-                    let d = g.draining.remove(i);
-                    tracing::info!(group = %name, n = d.inst.n, pid = d.inst.pid(), %status, "terminated");
-                    record_exit(&self.launches, name, d.inst.n, status);
-                } else {
-                    i += 1;
+            let (off, draining): (Vec<Machine>, Vec<Machine>) =
+                g.draining.drain(..).partition(|m| m.ctl.off());
+            g.draining = draining;
+            for m in off {
+                tracing::info!(group = %name, n = m.n, instance = %m.ctl.id, "terminated");
+                lock(&self.registry).remove(&m.ctl.id);
+                if let Some(l) = lock(&self.launches)
+                    .iter_mut()
+                    .find(|l| l.instance_id == m.ctl.id)
+                {
+                    l.ended = Some(Instant::now());
                 }
             }
         }
@@ -614,13 +681,31 @@ impl Supervisor {
         Ok(out)
     }
 
-    /// The group's launch template version (an explicit number, `$Latest` or `$Default`, resolved now) and its
-    /// user data. `None` for a group without a launch template (nothing dth would create).
-    async fn resolve(
-        &self,
-        name: &str,
-        group: &AutoScalingGroup,
-    ) -> anyhow::Result<Option<(VersionKey, String)>> {
+    /// The group's termination lifecycle hook, if it has one.
+    async fn hook(&self, name: &str) -> anyhow::Result<Option<(String, Duration)>> {
+        let out = self
+            .asg
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(name)
+            .send()
+            .await
+            .context("DescribeLifecycleHooks")?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .find(|h| h.lifecycle_transition() == Some(TERMINATING))
+            .and_then(|h| {
+                let timeout = h.heartbeat_timeout().unwrap_or(3600);
+                Some((
+                    h.lifecycle_hook_name()?.to_owned(),
+                    Duration::from_secs(u64::try_from(timeout).unwrap_or(3600)),
+                ))
+            }))
+    }
+
+    /// The group's launch template version (an explicit number, `$Latest` or `$Default`, resolved now): its
+    /// user data and platform. `None` for a group without a launch template (nothing dth would create).
+    async fn resolve(&self, name: &str, group: &AutoScalingGroup) -> anyhow::Result<Option<Spec>> {
         let spec = group.launch_template().or_else(|| {
             group
                 .mixed_instances_policy()
@@ -655,176 +740,142 @@ impl Supervisor {
                 .to_owned(),
             version: v.version_number().unwrap_or(0),
         };
-        let user_data = v
-            .launch_template_data()
-            .and_then(|d| d.user_data())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(Some((key, user_data)))
+        let data = v.launch_template_data();
+        let instance_type = data
+            .and_then(|d| d.instance_type())
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default();
+        let raw = data.and_then(|d| d.user_data()).unwrap_or_default();
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| raw.to_owned());
+        Ok(Some(Spec {
+            key,
+            role: userdata::parse(&user_data).ok().map(|s| s.role),
+            // The image platform's name for it (OCI says amd64 where AMIs say x86_64).
+            arch: match dth_core::fleet::architecture_of(&instance_type) {
+                _ if instance_type.is_empty() => "",
+                "arm64" => "arm64",
+                _ => "amd64",
+            },
+            user_data,
+        }))
     }
 
-    /// Make `key` the group's spec if it is new and its user data is usable.
-    fn adopt(&mut self, name: &str, key: VersionKey, user_data: &str) {
+    /// Make `spec` the group's if it is new and launchable.
+    fn adopt(&mut self, name: &str, spec: Spec) {
         let Some(g) = self.groups.get_mut(name) else {
             return;
         };
-        if g.spec.as_ref().is_some_and(|s| s.key == key) || g.rejected.as_ref() == Some(&key) {
+        if g.spec.as_ref().is_some_and(|s| s.key == spec.key)
+            || g.rejected.as_ref() == Some(&spec.key)
+        {
             return;
         }
-        let parsed = userdata::parse(user_data)
-            .map_err(anyhow::Error::from)
-            .and_then(|spec| {
-                let path = self.opts.log_dir.join(format!(
-                    "{}-{}-v{}.json",
-                    file_stem(name),
-                    file_stem(&key.template_id),
-                    key.version
-                ));
-                write_private(&path, &serde_json::to_vec_pretty(&spec.config)?)?;
-                Ok((spec, path))
-            });
-        match parsed {
-            Ok((spec, config)) => {
-                tracing::info!(group = %name, version = %key, role = spec.role.binary(), args = ?spec.args,
-                    image = %spec.image, "launch template version in use");
-                g.spec = Some(Spec {
-                    key,
-                    role: spec.role,
-                    args: spec.args,
-                    config,
-                });
-                g.rejected = None;
-            }
-            Err(e) => {
-                tracing::error!(group = %name, version = %key,
-                    "user data not usable, launching nothing from it: {e:#}");
-                g.rejected = Some(key);
-            }
+        if spec.arch.is_empty() || !spec.user_data.starts_with("#!") {
+            tracing::error!(group = %name, version = %spec.key,
+                "launch template version has no instance type or no user data script: launching nothing from it");
+            g.rejected = Some(spec.key);
+            return;
         }
+        tracing::info!(group = %name, version = %spec.key, role = ?spec.role, arch = spec.arch,
+            "launch template version in use");
+        g.spec = Some(spec);
+        g.rejected = None;
     }
 
     fn reconcile(&mut self, name: &str) {
         let Some(g) = self.groups.get_mut(name) else {
             return;
         };
-        let now = Instant::now();
-        // Judge the exits now that the group's capacity after them is known.
-        for (inst, status) in std::mem::take(&mut g.exits) {
-            if status.success() && g.desired == 0 {
-                tracing::info!(group = %name, n = inst.n, pid = inst.pid(),
-                    "exited 0 and the group is now at 0: the run is over, not replacing");
-                continue;
-            }
-            let (first, max) = self.opts.backoff;
-            // A process that ran a good while was healthy: start over from the shortest wait.
-            let wait = if now.duration_since(inst.started) >= max {
-                first
-            } else {
-                g.backoff.unwrap_or(first)
-            };
-            g.backoff = Some((wait * 2).min(max));
-            g.not_before = Some(now + wait);
-            tracing::warn!(group = %name, n = inst.n, pid = inst.pid(), %status, desired = g.desired,
-                "exited while the group still wants it: replacing in {wait:?}");
+        // Unhealthy or picked instances go first (they were marked before any capacity change that follows
+        // from them was made, so they are never counted as in service against it).
+        let (retire, keep): (Vec<Machine>, Vec<Machine>) =
+            g.running.drain(..).partition(|m| m.ctl.to_retire());
+        g.running = keep;
+        for m in retire {
+            tracing::warn!(group = %name, instance = %m.ctl.id, unhealthy = m.ctl.unhealthy(), "terminating");
+            m.ctl.terminate(g.hook.clone());
+            g.draining.push(m);
         }
         let current = g.spec.as_ref().map(|s| s.key.clone());
         let view: Vec<(bool, bool)> = g
             .running
             .iter()
-            .map(|i| {
-                (
-                    Some(&i.key) == current.as_ref(),
-                    now.duration_since(i.started) >= self.opts.poll,
-                )
-            })
+            .map(|m| (Some(&m.key) == current.as_ref(), m.ctl.serving()))
             .collect();
-        let waiting = g.not_before.is_some_and(|t| now < t);
-        let d = decide(g.desired, &view, g.spec.is_some() && !waiting);
-        if g.spec.is_none() && g.desired > view.len() && g.rejected.is_none() {
-            tracing::debug!(group = %name, "no usable launch template version yet");
-        }
+        let d = decide(g.desired, &view, g.spec.is_some());
         // Terminate first (indexes refer to the list before any start), newest-first order kept.
         let mut terminate = d.terminate;
         terminate.sort_unstable_by(|a, b| b.cmp(a));
         terminate.dedup();
         for i in terminate {
-            let inst = g.running.remove(i);
-            let why = if Some(&inst.key) == current.as_ref() {
+            let m = g.running.remove(i);
+            let why = if Some(&m.key) == current.as_ref() {
                 "desired capacity lowered"
             } else {
                 "instance refresh: the group now launches another template version"
             };
-            tracing::info!(group = %name, n = inst.n, pid = inst.pid(), version = %inst.key, "{why}: SIGTERM");
-            if let Err(e) = signal(inst.pid(), rustix::process::Signal::TERM) {
-                tracing::warn!(group = %name, pid = inst.pid(), "SIGTERM: {e}");
-            }
-            g.draining.push(Draining {
-                inst,
-                kill_at: now + self.opts.grace,
-            });
+            tracing::info!(group = %name, n = m.n, instance = %m.ctl.id, version = %m.key, "{why}: terminating");
+            m.ctl.terminate(g.hook.clone());
+            g.draining.push(m);
         }
-        if d.start > 0 {
-            if let Some(spec) = g.spec.clone() {
-                for _ in 0..d.start {
-                    g.next_n += 1;
-                    let n = g.next_n;
-                    match start(&self.opts, self.setpriv.as_deref(), name, n, &spec) {
-                        Ok(child) => {
-                            let inst = Instance {
-                                child,
-                                n,
-                                key: spec.key.clone(),
-                                started: now,
-                            };
-                            let log = self
-                                .opts
-                                .log_dir
-                                .join(format!("{}-{n}.log", file_stem(name)));
-                            tracing::info!(group = %name, n, pid = inst.pid(), role = spec.role.binary(),
-                                version = %spec.key, log = %log.display(), desired = g.desired, "launched");
-                            lock(&self.launches).push(Launch {
-                                group: name.to_owned(),
-                                n,
-                                pid: inst.pid(),
-                                role: spec.role,
-                                template_id: spec.key.template_id.clone(),
-                                template_version: spec.key.version,
-                                log,
-                                started: now,
-                                ended: None,
-                            });
-                            g.running.push(inst);
-                        }
-                        Err(e) => {
-                            let (first, max) = self.opts.backoff;
-                            let wait = g.backoff.unwrap_or(first);
-                            g.backoff = Some((wait * 2).min(max));
-                            g.not_before = Some(now + wait);
-                            tracing::error!(group = %name, "could not start {}: {e:#}; retrying in {wait:?}",
-                                spec.role.binary());
-                            break;
-                        }
-                    }
-                }
-            }
+        let Some(spec) = g.spec.clone() else {
+            return;
+        };
+        for _ in 0..d.start {
+            g.next_n += 1;
+            let n = g.next_n;
+            let id = format!("i-{:017x}", fastrand::u64(..) >> 4);
+            let stem = format!("{}-{n}", file_stem(name));
+            let boot = Boot {
+                id: id.clone(),
+                root: self.opts.log_dir.join(format!("{stem}.root")),
+                console: self.opts.log_dir.join(format!("{stem}.log")),
+                user_data: spec.user_data.clone(),
+                arch: spec.arch,
+                env: self.machine_env.clone(),
+                credentials: self.opts.credentials.clone(),
+                role: "dth-instance".into(),
+            };
+            let ctl = Ctl::new(&id);
+            lock(&self.registry).insert(id.clone(), (name.to_owned(), ctl.clone()));
+            tracing::info!(group = %name, n, instance = %id, arch = spec.arch, version = %spec.key,
+                console = %boot.console.display(), desired = g.desired, "launched");
+            lock(&self.launches).push(Launch {
+                group: name.to_owned(),
+                n,
+                instance_id: id,
+                role: spec.role,
+                arch: spec.arch,
+                template_id: spec.key.template_id.clone(),
+                template_version: spec.key.version,
+                log: boot.console.clone(),
+                started: Instant::now(),
+                ended: None,
+            });
+            let task = tokio::spawn(machine::run(boot, ctl.clone()));
+            g.running.push(Machine {
+                ctl,
+                n,
+                key: spec.key.clone(),
+                task,
+            });
         }
     }
 
-    /// A group that is no longer listed (deleted, or its tag removed): terminate its processes, and drop it
-    /// once they are gone.
+    /// A group that is no longer listed (deleted, or its tag removed): its instances terminate (no hook
+    /// waits on a deleted group), and it is dropped once they are off.
     fn forget(&mut self, name: &str) {
         let Some(g) = self.groups.get_mut(name) else {
             return;
         };
-        let now = Instant::now();
-        g.exits.clear();
-        for inst in g.running.drain(..) {
-            tracing::info!(group = %name, n = inst.n, pid = inst.pid(), "group gone: SIGTERM");
-            let _ = signal(inst.pid(), rustix::process::Signal::TERM);
-            g.draining.push(Draining {
-                inst,
-                kill_at: now + self.opts.grace,
-            });
+        for m in g.running.drain(..) {
+            tracing::info!(group = %name, n = m.n, instance = %m.ctl.id, "group gone: terminating");
+            m.ctl.power_off();
+            g.draining.push(m);
         }
         if g.draining.is_empty() {
             tracing::info!(group = %name, "group gone");
@@ -832,95 +883,30 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM everything, then wait (SIGKILL after the grace period).
+    /// Power every instance off and wait for them.
     async fn shutdown(&mut self) {
-        let now = Instant::now();
-        let mut count = 0;
+        let mut tasks = vec![];
         for (name, g) in &mut self.groups {
-            for inst in g.running.drain(..) {
-                tracing::info!(group = %name, n = inst.n, pid = inst.pid(), "stand-in stopping: SIGTERM");
-                let _ = signal(inst.pid(), rustix::process::Signal::TERM);
-                g.draining.push(Draining {
-                    inst,
-                    kill_at: now + self.opts.grace,
-                });
-                count += 1;
+            for m in g.running.drain(..).chain(g.draining.drain(..)) {
+                tracing::info!(group = %name, n = m.n, instance = %m.ctl.id, "stand-in stopping: power off");
+                m.ctl.power_off();
+                tasks.push(m.task);
             }
-            // Already exited but not yet judged: recorded, nothing more to do.
-            g.exits.clear();
         }
-        while self.groups.values().any(|g| !g.draining.is_empty()) {
-            self.reap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let count = tasks.len();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.reap();
+        let now = Instant::now();
+        for l in lock(&self.launches)
+            .iter_mut()
+            .filter(|l| l.ended.is_none())
+        {
+            l.ended = Some(now);
         }
         tracing::info!(stopped = count, "ec2 stand-in stopped");
     }
-}
-
-fn record_exit(launches: &Launches, group: &str, n: u32, status: ExitStatus) {
-    if let Some(l) = lock(launches)
-        .iter_mut()
-        .find(|l| l.group == group && l.n == n)
-    {
-        l.ended = Some((Instant::now(), status));
-    }
-}
-
-/// Write `bytes` to a file only the owner can read: the job config names secrets and queues.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    // `mode` applies only when the file is created; an older file keeps its bits unless set again.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
-/// Fork one instance's process: `<bin-dir>/<role> --config <job.json> <args...>`.
-fn start(
-    opts: &Options,
-    setpriv: Option<&Path>,
-    group: &str,
-    n: u32,
-    spec: &Spec,
-) -> anyhow::Result<Child> {
-    let bin = opts.bin_dir.join(spec.role.binary());
-    let log_path = opts.log_dir.join(format!("{}-{n}.log", file_stem(group)));
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut cmd = match setpriv {
-        // The kernel kills the process if the stand-in's thread dies without stopping it.
-        Some(sp) => {
-            let mut c = Command::new(sp);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    cmd.arg("--config")
-        .arg(&spec.config)
-        .args(&spec.args)
-        .env_clear()
-        .envs(opts.env.iter().map(|(k, v)| (k, v)))
-        // What the user data's `docker run` hands the container: its instance and group.
-        .env("DTH_INSTANCE_ID", format!("i-standin{n:09}"))
-        .env("DTH_AUTO_SCALING_GROUP", group)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: a Ctrl-C at the stand-in's terminal is the stand-in's to handle (it then
-        // SIGTERMs its instances), not a signal every instance gets at once.
-        .process_group(0);
-    cmd.spawn()
-        .with_context(|| format!("starting {}", bin.display()))
 }
 
 /// What [`fire_schedule`] applied.
@@ -1004,7 +990,7 @@ mod tests {
             }
         );
         assert_eq!(decide(2, &[(true, true)], true).start, 1);
-        // Backing off: nothing starts.
+        // No launchable version: nothing starts.
         assert_eq!(decide(2, &[(true, true)], false), Decision::default());
     }
 

@@ -4,7 +4,10 @@
 
 pub mod cloud;
 pub mod ec2;
+pub mod http;
 pub mod instance;
+pub mod machine;
+pub mod registry;
 pub mod systemd;
 pub mod terraform;
 
@@ -48,7 +51,7 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
@@ -538,21 +541,14 @@ impl World {
 }
 
 impl World {
-    /// Stand-in options for this world: the built binaries, logs under `<dir>/ec2`, and the world's
-    /// credentials for the stand-in and its processes.
+    /// Stand-in options for this world: instance consoles under `<dir>/ec2`, and the world's credentials as
+    /// the stand-in's own and the instances' profile.
     pub fn standin_options(&self) -> ec2::Options {
-        let bin_dir = bin("finder")
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        ec2::Options::new(&self.endpoint, REGION, bin_dir, self.dir.join("ec2"))
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("RUST_LOG", "info")
+        ec2::Options::new(&self.endpoint, REGION, self.dir.join("ec2")).credentials("test", "test")
     }
 
-    /// Start the EC2 stand-in against this world; it stops its processes when dropped. Its log goes to the
-    /// test's output.
+    /// Start the EC2 stand-in against this world; it powers its instances off when dropped. Its log goes to
+    /// the test's output.
     pub fn standin(&self) -> ec2::Ec2StandIn {
         self.standin_with(self.standin_options())
     }
@@ -566,6 +562,14 @@ impl World {
             .with_test_writer()
             .try_init();
         ec2::Ec2StandIn::spawn(opts).expect("starting the EC2 stand-in thread")
+    }
+
+    /// A private registry for this world holding the project's image (see [`registry::Registry`]): the
+    /// registry, and the image pinned by digest.
+    pub fn image_registry(&self) -> (registry::Registry, String) {
+        let r = registry::Registry::start(&self.dir.join("registry"));
+        let image = r.project_image();
+        (r, image)
     }
 }
 
@@ -626,4 +630,47 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A TCP forwarder to `upstream` whose answers come back at no more than `bytes_per_sec`: a slow source, so
+/// that a copy is still in flight when a test needs it to be. Runs until the runtime ends.
+pub async fn slow_proxy(upstream: &str, bytes_per_sec: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec as f64))
+                        .await;
+                }
+                let _ = cw.shutdown().await;
+                up.abort();
+            });
+        }
+    });
+    url
 }

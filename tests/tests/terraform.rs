@@ -3,8 +3,9 @@
 //! - create → plan (no changes) → import and verify → update capacity and schedule → plan (no changes) →
 //!   destroy → nothing left in the cloud, data kept;
 //! - a transfer whose pieces disappear: one piece → replaced, all of it → dropped from state;
-//! - end to end with the EC2 stand-in: the finder runs from its group's launch template, the plan warns with
-//!   what is pending, workers copy a mixed bucket, and a refresh shows it in sync with its counts;
+//! - examples/local end to end on t4g instances booted by the EC2 stand-in: the finder runs from its group's
+//!   launch template (the image's arm64 binary, under qemu), the plan warns with what is pending, workers copy
+//!   a mixed bucket, and a refresh shows it in sync with its counts;
 //! - invalid configurations rejected with the attribute named;
 //! - secrets absent from plan output, state, TF_LOG=TRACE logs and the instances' user data.
 
@@ -178,37 +179,6 @@ async fn disappears() {
     assert_eq!(listed.trim(), "", "removed from state");
 }
 
-fn e2e_transfer(workers: u32) -> String {
-    format!(
-        r#"
-resource "dth_s3_transfer" "t" {{
-  name = "e2e"
-  source {{
-    bucket = "e2e-src"
-  }}
-  destination {{
-    bucket        = "e2e-dst"
-    prefix        = "copy"
-    storage_class = "STANDARD"
-  }}
-  finder {{
-    depth = 1
-  }}
-  fleet {{
-    min     = {workers}
-    desired = {workers}
-    max     = 4
-    image   = "dth:test"
-  }}
-  multipart {{
-    threshold  = 8388608
-    chunk_size = 5242880
-  }}
-}}
-"#
-    )
-}
-
 /// A bucket of mixed objects: small ones of many sizes, an empty one, odd keys, one copied in parts and one
 /// uploaded in parts.
 async fn mixed_bucket(w: &World, bucket: &str) -> BTreeMap<String, Vec<u8>> {
@@ -235,10 +205,10 @@ async fn mixed_bucket(w: &World, bucket: &str) -> BTreeMap<String, Vec<u8>> {
     objects
 }
 
-/// Every object is at the destination under `copy/`, byte for byte.
+/// Every object is at the destination under `mirror/` (examples/local's prefix), byte for byte.
 async fn copied(w: &World, objects: &BTreeMap<String, Vec<u8>>) -> bool {
     for (k, body) in objects {
-        match w.get("e2e-dst", &format!("copy/{k}")).await {
+        match w.get("e2e-dst", &format!("mirror/{k}")).await {
             Some(got) if md5_hex(&got) == md5_hex(body) => {}
             _ => return false,
         }
@@ -250,43 +220,70 @@ fn values(tf: &Terraform) -> serde_json::Value {
     tf.state()["values"]["root_module"]["resources"][0]["values"].clone()
 }
 
+/// examples/local, applied as scripts/demo applies it, on t4g instances: the finder's instance boots from its
+/// group's launch template and runs the image's arm64 finder under qemu, the plan warns with what is pending,
+/// two arm64 workers copy a mixed bucket byte for byte, and a refresh shows it in sync with its counts.
 #[tokio::test(flavor = "multi_thread")]
-async fn end_to_end_with_the_ec2_standin() {
+async fn examples_local_end_to_end_on_t4g() {
     let w = World::start("tf-e2e").await;
+    let (_registry, image) = w.image_registry();
     let objects = mixed_bucket(&w, "e2e-src").await;
     let n = objects.len() as u64;
     let bytes: u64 = objects.values().map(|v| v.len() as u64).sum();
     w.bucket("e2e-dst").await;
+    let s = w.standin();
 
     // No workers yet: the finder runs (its group goes to 1 for a "once" schedule) and leaves the jobs queued.
     let tf = Terraform::new(&w, "main");
-    tf.write(&e2e_transfer(0));
+    copy_files(&repo_root().join("examples/local"), &tf.dir);
+    let vars = |workers: u32| {
+        std::fs::write(
+            tf.dir.join("terraform.tfvars"),
+            format!(
+                "aws_endpoint = \"{}\"\nautoscaling_endpoint = \"{}\"\nimage = \"{image}\"\n\
+                 instance_type = \"t4g.micro\"\nsource_bucket = \"e2e-src\"\ndestination_bucket = \"e2e-dst\"\n\
+                 workers = {workers}\n",
+                w.endpoint,
+                s.autoscaling_endpoint()
+            ),
+        )
+        .unwrap()
+    };
+    vars(0);
     tf.ok(&["init", "-input=false"]);
     tf.ok(&["apply", "-auto-approve", "-input=false"]);
     let queue_url = values(&tf)["queue_url"].as_str().unwrap().to_owned();
-    let s = w.standin();
     wait_for!(
-        Duration::from_secs(120),
+        Duration::from_secs(240),
         format!(
-            "the finder to run and scale its group in\n{}",
+            "the finder to run and its instance to terminate\n{}",
             logs(&s.launches())
         ),
         {
-            let f = s.launches_of("dth-e2e-finder");
+            let f = s.launches_of("dth-demo-finder");
             !f.is_empty() && f.iter().all(|l| !l.running())
         }
     );
-    assert!(s.launches_of("dth-e2e-worker").is_empty());
+    let finder = s.launches_of("dth-demo-finder").remove(0);
+    assert_eq!(finder.arch, "arm64");
+    assert!(
+        finder.console().contains("aarch64-unknown-linux-musl"),
+        "{}",
+        finder.console()
+    );
+    assert!(s.launches_of("dth-demo-worker").is_empty());
     assert_eq!(w.depth(&queue_url).await.1, 0);
     assert!(w.depth(&queue_url).await.0 > 0, "jobs queued");
 
-    // Before the copy: the plan warns with what is pending and what moving it costs.
+    // Before the copy: the plan warns with what is pending and what moving it costs (after a refresh-only
+    // apply, so that examples/local's `status` output is up to date and the plan is otherwise empty).
+    tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
     let (code, out) = tf.plan(&[]);
     assert_eq!(code, 0, "{out}");
     // Terraform wraps diagnostics at 78 columns.
     let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        flat.contains("Warning: dth_s3_transfer.e2e: not in sync"),
+        flat.contains("Warning: dth_s3_transfer.demo: not in sync"),
         "{out}"
     );
     let detail = format!("{n} objects ({bytes} bytes) of the latest run still to move");
@@ -294,11 +291,11 @@ async fn end_to_end_with_the_ec2_standin() {
     assert!(flat.contains("will cost about"), "{out}");
     assert!(w.keys("e2e-dst").await.is_empty());
 
-    // Two workers: started by the stand-in from the worker group's launch template.
-    tf.write(&e2e_transfer(2));
+    // Two workers: booted by the stand-in from the worker group's launch template.
+    vars(2);
     tf.ok(&["apply", "-auto-approve", "-input=false"]);
     wait_for!(
-        Duration::from_secs(240),
+        Duration::from_secs(480),
         format!("the copy\n{}", logs(&s.launches())),
         copied(&w, &objects).await
     );
@@ -308,7 +305,16 @@ async fn end_to_end_with_the_ec2_standin() {
         w.depth(&queue_url).await == (0, 0)
     );
     assert_eq!(w.keys("e2e-dst").await.len() as u64, n);
-    assert_eq!(s.launches_of("dth-e2e-worker").len(), 2);
+    let workers = s.launches_of("dth-demo-worker");
+    assert_eq!(workers.len(), 2, "{}", logs(&workers));
+    for l in &workers {
+        assert_eq!(l.arch, "arm64");
+        assert!(
+            l.console().contains("aarch64-unknown-linux-musl"),
+            "{}",
+            l.console()
+        );
+    }
     assert_eq!(w.incomplete_uploads("e2e-dst").await, 0);
 
     let (code, out) = tf.plan(&["-refresh-only"]);
@@ -331,8 +337,14 @@ async fn end_to_end_with_the_ec2_standin() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("Warning"), "in sync: no warning\n{out}");
 
-    s.stop();
+    // Destroyed while the stand-in still serves the Auto Scaling API: the groups go, and their instances.
     tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    wait_for!(
+        Duration::from_secs(180),
+        format!("the workers to power off\n{}", logs(&s.launches())),
+        s.launches().iter().all(|l| !l.running())
+    );
+    s.stop();
     assert!(copied(&w, &objects).await, "copied data is never deleted");
 }
 

@@ -754,21 +754,7 @@ async fn resolve_network(
     Ok(())
 }
 
-/// The CPU architecture of an instance type: Graviton families carry a `g` after their generation digit
-/// (t4g, m7gd, c6gn), plus the first Graviton family, a1.
-pub fn architecture_of(instance_type: &str) -> &'static str {
-    let family = instance_type.split('.').next().unwrap_or("");
-    if family == "a1" {
-        return "arm64";
-    }
-    let suffix = family.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = suffix.trim_start_matches(|c: char| c.is_ascii_digit());
-    if suffix.starts_with('g') {
-        "arm64"
-    } else {
-        "x86_64"
-    }
-}
+pub use dth_core::fleet::architecture_of;
 
 async fn resolve_ami(c: &AwsClients, spec: &TransferSpec, infra: &mut Infra) -> Result<()> {
     if let Some(a) = &spec.fleet.ami_id {

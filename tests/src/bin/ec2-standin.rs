@@ -1,13 +1,15 @@
 //! `ec2-standin`: play EC2 for the Auto Scaling groups in a local AWS stand-in (moto), which stores groups
-//! and launch templates but runs nothing. See `dth_tests::ec2` for the rules it follows.
+//! and launch templates but runs nothing. See `dth_tests::ec2` for the rules it follows. Needs root (each
+//! instance is a chroot in its own mount and PID namespaces).
 //!
 //! ```sh
-//! ec2-standin run --endpoint http://127.0.0.1:5000 --region us-east-1 --bin-dir target/debug --log-dir /tmp/ec2
+//! ec2-standin run --endpoint http://127.0.0.1:5000 --region us-east-1 --log-dir /tmp/ec2 \
+//!     --autoscaling-listen 127.0.0.1:5001
 //! ec2-standin fire-schedule --endpoint http://127.0.0.1:5000 --region us-east-1 --asg dth-xyz-finder
 //! ```
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dth_tests::ec2::{self, Options};
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(
     name = "ec2-standin",
-    about = "Run finder/worker processes for the Auto Scaling groups of a local AWS stand-in"
+    about = "Run the instances of the Auto Scaling groups of a local AWS stand-in from their launch templates"
 )]
 struct Args {
     #[command(subcommand)]
@@ -25,26 +27,24 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Keep DesiredCapacity processes running for every tagged group, from its launch template's user data,
-    /// until SIGTERM / SIGINT (which stop them all).
+    /// Keep DesiredCapacity instances running for every tagged group, booted from its launch template, until
+    /// SIGTERM / SIGINT (which power them all off).
     Run {
         /// Auto Scaling and EC2 endpoint.
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
         region: String,
-        /// Directory with the `finder` and `worker` binaries.
-        #[arg(long)]
-        bin_dir: PathBuf,
-        /// Where process logs (`<group>-<n>.log`) and job configs go.
+        /// Where instance consoles (`<group>-<n>.log`) and roots go.
         #[arg(long)]
         log_dir: PathBuf,
+        /// Where the stand-in's Auto Scaling API listens (moto's, plus the lifecycle and health calls moto
+        /// lacks): point the provider's `autoscaling` endpoint here.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        autoscaling_listen: SocketAddr,
         /// Only groups with this tag key are run.
         #[arg(long, default_value = ec2::DEFAULT_TAG_KEY)]
         tag_key: String,
-        /// Seconds between a SIGTERM and a SIGKILL.
-        #[arg(long, default_value_t = 60)]
-        grace_secs: u64,
     },
     /// Apply a group's scheduled action now (moto stores schedules but never fires them).
     FireSchedule {
@@ -73,28 +73,34 @@ async fn main() {
         Cmd::Run {
             endpoint,
             region,
-            bin_dir,
             log_dir,
+            autoscaling_listen,
             tag_key,
-            grace_secs,
         } => {
-            let mut opts = Options::new(endpoint, region, bin_dir, log_dir);
+            let mut opts = Options::new(endpoint, region, log_dir);
             opts.tag_key = tag_key;
-            opts.grace = Duration::from_secs(grace_secs);
             let stop = CancellationToken::new();
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut term) => {
                     let cancel = stop.clone();
                     tokio::spawn(async move {
                         tokio::select! {
-                            _ = term.recv() => tracing::info!("SIGTERM: stopping every process"),
-                            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping every process"),
+                            _ = term.recv() => tracing::info!("SIGTERM: powering every instance off"),
+                            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: powering every instance off"),
                         }
                         cancel.cancel();
                     });
-                    // The loop runs on this (the main) thread, so every child is forked from a thread that
+                    // The loop runs on this (the main) thread, so every instance is forked from a thread that
                     // lives as long as the process: their parent-death signal fires only when we are gone.
-                    ec2::run(opts, stop).await
+                    match tokio::net::TcpListener::bind(autoscaling_listen).await {
+                        Ok(listener) => {
+                            if let Ok(a) = listener.local_addr() {
+                                println!("autoscaling endpoint http://{a}");
+                            }
+                            ec2::run(opts, listener, stop).await
+                        }
+                        Err(e) => Err(anyhow::anyhow!("listening on {autoscaling_listen}: {e}")),
+                    }
                 }
                 Err(e) => Err(anyhow::anyhow!("installing the SIGTERM handler: {e}")),
             }
