@@ -3,12 +3,12 @@
 //! that run as their platform (arm64 under qemu-aarch64-static).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
+use dth_tests::registry::{on_path, skopeo, Registry};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dth-release");
@@ -59,18 +59,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-fn on_path(cmd: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(cmd))
-                .find(|c| c.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!("{cmd} is not on PATH: run scripts/dev-env install (Debian {package})")
-        })
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -209,89 +197,6 @@ fn two_builds_of_the_same_binaries_are_byte_identical() {
             "linux/{arch}: {total} bytes compressed, over 15 MB"
         );
     }
-}
-
-/// A private docker-registry on a free port, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let exe = on_path("docker-registry", "docker-registry");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("registry.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
-                 enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new(exe)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let mut registry = Registry { child, port };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !registry.answers() {
-            if let Some(status) = registry.child.try_wait().unwrap() {
-                panic!(
-                    "docker-registry exited ({status}): {}",
-                    fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer GET /v2/ within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        registry
-    }
-
-    /// `GET /v2/` answers 200.
-    fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut response = String::new();
-        let _ = s.read_to_string(&mut response);
-        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn skopeo() -> Command {
-    Command::new(on_path("skopeo", "skopeo"))
 }
 
 /// A repository script, without the CARGO_* variables `cargo test` gives this process (a nested cargo would
