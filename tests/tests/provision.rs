@@ -8,11 +8,24 @@ use std::collections::BTreeMap;
 
 use dth_provider::aws::{AwsClients, ProviderConfig};
 use dth_provider::transfer::{
-    create, delete, import, observe, update, Component, Infra, Status, TransferSpec,
+    create, delete, import, observe, update, Component, Infra, Observed, Status, TransferSpec,
 };
 
 use dth_tests::cloud::{leftovers, notification_ids, provider_config};
 use dth_tests::World;
+
+/// What a refresh sees of a transfer that is there.
+async fn observed(
+    c: &AwsClients,
+    cfg: &ProviderConfig,
+    spec: &TransferSpec,
+    infra: &Infra,
+) -> Observed {
+    observe(c, cfg, spec, infra)
+        .await
+        .expect("observe")
+        .expect("present")
+}
 
 async fn world(name: &str) -> (World, ProviderConfig, AwsClients) {
     let w = World::start(name).await;
@@ -249,10 +262,7 @@ async fn create_observe_update_import_delete() {
         .await
         .expect("delete test event");
 
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     assert_eq!(seen.progress.status, Status::Idle);
     assert_eq!(seen.spec, spec);
@@ -286,10 +296,7 @@ async fn create_observe_update_import_delete() {
         "{warnings:?}"
     );
 
-    let seen = observe(&c, &cfg, &new, &infra2)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &new, &infra2).await;
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     assert_eq!(seen.spec, new);
     assert_eq!(seen.worker_desired, 3);
@@ -301,10 +308,7 @@ async fn create_observe_update_import_delete() {
         .send()
         .await
         .expect("hand edit");
-    let seen = observe(&c, &cfg, &new, &infra2)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &new, &infra2).await;
     assert_eq!(seen.spec.fleet.max, 4);
     assert_eq!(
         seen.spec.fleet.desired, 3,
@@ -325,10 +329,7 @@ async fn create_observe_update_import_delete() {
         .send()
         .await
         .expect("hand edit");
-    let seen = observe(&c, &cfg, &new, &infra2)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &new, &infra2).await;
     assert_eq!(seen.spec.log_retention_days, 14);
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     update(&c, &cfg, (&seen.spec, &infra2), &new)
@@ -345,10 +346,7 @@ async fn create_observe_update_import_delete() {
         .await
         .expect("never expire");
     assert_eq!(log_group(&c, "/dth/life").await.map(|(r, _)| r), Some(None));
-    let seen = observe(&c, &cfg, &forever, &infra2)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &forever, &infra2).await;
     assert_eq!(seen.spec, forever);
     update(&c, &cfg, (&forever, &infra2), &new)
         .await
@@ -369,10 +367,7 @@ async fn create_observe_update_import_delete() {
         .await
         .expect("update email");
     assert_ne!(infra3.subscription_arn, infra2.subscription_arn);
-    let seen = observe(&c, &cfg, &other_email, &infra3)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &other_email, &infra3).await;
     assert_eq!(seen.spec.alarm_email.as_deref(), Some("oncall@example.com"));
     let mut no_email = other_email.clone();
     no_email.alarm_email = None;
@@ -383,10 +378,7 @@ async fn create_observe_update_import_delete() {
         (infra4.topic_arn.as_ref(), infra4.subscription_arn.as_ref()),
         (None, None)
     );
-    let seen = observe(&c, &cfg, &no_email, &infra4)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &no_email, &infra4).await;
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     assert_eq!(seen.spec, no_email);
     let (new, infra2) = (no_email, infra4);
@@ -494,10 +486,7 @@ async fn observe_costs_a_fixed_number_of_calls() {
 
     let calls = |before: u64| c.calls() - before;
     let before = c.calls();
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     let small = calls(before);
     assert_eq!(seen.progress.objects_found, 10);
     assert_eq!(seen.progress.status, Status::Syncing, "found 10, none done");
@@ -506,10 +495,7 @@ async fn observe_costs_a_fixed_number_of_calls() {
     // Many more objects on both sides: the same calls.
     fill(&w, "count-src", "b/", 300).await;
     let before = c.calls();
-    observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    observed(&c, &cfg, &spec, &infra).await;
     let large = calls(before);
     assert_eq!(
         small, large,
@@ -527,10 +513,7 @@ async fn observe_costs_a_fixed_number_of_calls() {
         .send()
         .await
         .expect("delete queue");
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert_eq!(seen.missing, [Component::Queue]);
 
     delete(&c, &infra, &spec).await.expect("delete");
@@ -554,10 +537,7 @@ async fn hand_deleted_drain_hook_and_log_group_are_missing_until_replaced() {
         Some(None),
         "0: no retention policy, the logs never expire"
     );
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     assert_eq!(seen.spec, spec);
 
@@ -569,10 +549,7 @@ async fn hand_deleted_drain_hook_and_log_group_are_missing_until_replaced() {
         .send()
         .await
         .expect("delete hook");
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert_eq!(seen.missing, [Component::DrainHook]);
     assert_eq!(seen.spec, spec, "nothing else drifted");
 
@@ -583,10 +560,7 @@ async fn hand_deleted_drain_hook_and_log_group_are_missing_until_replaced() {
         .send()
         .await
         .expect("delete log group");
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert_eq!(seen.missing, [Component::LogGroup, Component::DrainHook]);
 
     // A missing piece plans a replacement: delete (which finds both already gone, and that is fine), then create.
@@ -599,10 +573,7 @@ async fn hand_deleted_drain_hook_and_log_group_are_missing_until_replaced() {
         log_group(&c, "/dth/drift").await.is_some(),
         "the group is back"
     );
-    let seen = observe(&c, &cfg, &spec, &infra)
-        .await
-        .expect("observe")
-        .expect("present");
+    let seen = observed(&c, &cfg, &spec, &infra).await;
     assert!(seen.missing.is_empty(), "{:?}", seen.missing);
     delete(&c, &infra, &spec).await.expect("delete");
     assert!(leftovers(&c, "drift", "drift-src").await.is_empty());
