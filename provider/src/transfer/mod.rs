@@ -15,16 +15,17 @@ mod create;
 mod delete;
 pub mod infra;
 pub mod logs;
+pub mod policy;
 mod read;
 pub mod spec;
 mod update;
 
 pub use create::{
-    access_policy, architecture_of, create, create_within, TimedOut, SCALE_IN_AFTER_MINUTES,
-    SCALE_OUT_STEPS,
+    architecture_of, create, create_within, TimedOut, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS,
 };
 pub use delete::delete;
 pub use infra::{resource_tags, Infra, Names, ProvisionError, DEFAULTS_TAG, TRANSFER_TAG};
+pub use policy::access_policy;
 pub use read::{import, observe, Component, Observed, Progress, Status};
 pub use spec::{Destination, Finder, Fleet, Schedule, Source, TransferSpec};
 pub use update::{requires_replace, update};

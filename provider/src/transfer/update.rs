@@ -7,11 +7,11 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use dth_core::userdata::Role;
 
 use super::create::{
-    access_policy, asg_tag, cw_tags, defaults_tag, ec2_tags, launch_template_data, lt_spec,
-    put_dead_letter_alarm, put_scale_in_policy, put_schedule, redrive_policy, subscribe,
-    MapErrAsync,
+    asg_tag, cw_tags, defaults_tag, ec2_tags, launch_template_data, lt_spec, put_dead_letter_alarm,
+    put_scale_in_policy, put_schedule, redrive_policy, subscribe, MapErrAsync,
 };
 use super::infra::{resource_tags, Infra, Names, ProvisionError, Result, DEFAULTS_TAG};
+use super::policy::access_policy;
 use super::spec::{Schedule, TransferSpec};
 use crate::aws::{AwsClients, ProviderConfig};
 
@@ -391,7 +391,7 @@ async fn retag(c: &AwsClients, infra: &Infra, tags: &BTreeMap<String, String>) -
         .cloned()
         .collect();
     let p = crate::aws::partition_of(&infra.region);
-    let account = super::create::account_of(&infra.dlq_arn).unwrap_or("");
+    let account = super::policy::account_of(&infra.dlq_arn).unwrap_or("");
 
     for url in [&infra.queue_url, &infra.dlq_url] {
         c.sqs
