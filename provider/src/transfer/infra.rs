@@ -335,3 +335,33 @@ mod tests {
         }
     }
 }
+
+/// `.send()` futures of any SDK operation, mapped to a [`ProvisionError`] naming the step.
+pub(crate) trait MapErrAsync<T> {
+    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>>;
+}
+
+impl<T, E, F> MapErrAsync<T> for F
+where
+    F: std::future::Future<
+        Output = std::result::Result<
+            T,
+            aws_smithy_runtime_api::client::result::SdkError<
+                E,
+                aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+            >,
+        >,
+    >,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>> {
+        let (what, name) = (what.to_owned(), name.to_owned());
+        // On the heap right away, so that callers awaiting many calls stay small.
+        let call = Box::pin(self);
+        async move { call.await.map_err(|e| ProvisionError::sdk(&what, &name, e)) }
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_cloudwatchlogs::types::LogGroup;
 
-use super::create::MapErrAsync;
+use super::infra::MapErrAsync;
 use super::infra::{Infra, Names, ProvisionError, Result};
 
 /// The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.

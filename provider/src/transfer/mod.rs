@@ -10,20 +10,26 @@
 //! | update  | [`update`]                |
 //! | delete  | [`delete`]                |
 
+mod alarms;
 pub mod cost;
 mod create;
 mod delete;
+mod fleet;
+mod iam;
 pub mod infra;
 pub mod logs;
+mod network;
+mod notifications;
 pub mod policy;
+mod queues;
 mod read;
 pub mod spec;
+mod table;
 mod update;
 
-pub use create::{
-    architecture_of, create, create_within, TimedOut, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS,
-};
+pub use create::{create, create_within, TimedOut};
 pub use delete::delete;
+pub use fleet::{architecture_of, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
 pub use infra::{resource_tags, Infra, Names, ProvisionError, DEFAULTS_TAG, TRANSFER_TAG};
 pub use policy::access_policy;
 pub use read::{import, observe, Component, Observed, Progress, Status};

@@ -24,13 +24,14 @@ use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use dth_core::config::EventsMode;
-use dth_core::ledger::DynamoLedger;
 use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
-use super::create::{bucket_notifications, MapErrAsync};
+use super::infra::MapErrAsync;
 use super::infra::{spec_tags, Infra, Names, ProvisionError, Result, DEFAULTS_TAG};
+use super::notifications::bucket_notifications;
 use super::spec::{validate_name, Schedule, TransferSpec};
+use super::{queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
 /// Where a transfer stands.
@@ -178,58 +179,6 @@ fn present<T>(r: Result<T>) -> Result<Option<T>> {
     }
 }
 
-fn attr(
-    attrs: Option<&std::collections::HashMap<QueueAttributeName, String>>,
-    name: QueueAttributeName,
-) -> u64 {
-    attrs
-        .and_then(|a| a.get(&name))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// maxReceiveCount of a queue's RedrivePolicy attribute.
-fn max_receive_count(
-    attrs: Option<&std::collections::HashMap<QueueAttributeName, String>>,
-) -> Option<u32> {
-    let text = attrs?.get(&QueueAttributeName::RedrivePolicy)?;
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    match &v["maxReceiveCount"] {
-        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-        // Some implementations store it as a string.
-        serde_json::Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// The latest run's summary: (started_at, finished, found, bytes found, done, bytes done, failed, gone).
-async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progress) -> Result<()> {
-    let ledger = DynamoLedger::new(c.dynamodb.clone(), table);
-    let core = |e: dth_core::Error| {
-        let mut pe = ProvisionError::new("reading the ledger", table, &e);
-        if e.is_not_found() {
-            pe.code = Some("ResourceNotFoundException".into());
-        }
-        pe
-    };
-    let Some(run) = ledger.latest_run().await.map_err(core)? else {
-        return Ok(());
-    };
-    let Some(s) = ledger.summary(&run).await.map_err(core)? else {
-        return Ok(());
-    };
-    p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
-    p.finder_finished = s.finished_at.is_some();
-    p.finder_error = s.error;
-    p.objects_found = s.objects_found;
-    p.bytes_found = s.bytes_found;
-    p.objects_done = s.objects_done;
-    p.bytes_done = s.bytes_done;
-    p.objects_failed = s.objects_failed;
-    p.objects_gone = s.objects_gone;
-    Ok(())
-}
-
 /// What the cloud holds of the transfer `infra` describes, with a fixed number of AWS calls (see the module
 /// docs). `None` when the transfer vanished entirely (queue, table and both groups gone).
 pub async fn observe(
@@ -282,7 +231,7 @@ async fn observe_inner(
         .send()
         .map_err_async("reading SQS queue", &infra.dlq_url);
     let mut progress = Progress::default();
-    let ledger_f = Box::pin(ledger_progress(c, &infra.table, &mut progress));
+    let ledger_f = Box::pin(table::ledger_progress(c, &infra.table, &mut progress));
     let groups_f = c
         .autoscaling
         .describe_auto_scaling_groups()
@@ -455,11 +404,11 @@ async fn observe_inner(
 
     match &queue {
         Some(q) => {
-            progress.queue_visible = attr(
+            progress.queue_visible = queues::attr(
                 q.attributes(),
                 QueueAttributeName::ApproximateNumberOfMessages,
             );
-            progress.queue_in_flight = attr(
+            progress.queue_in_flight = queues::attr(
                 q.attributes(),
                 QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
             );
@@ -468,7 +417,7 @@ async fn observe_inner(
     }
     match present(dlq)? {
         Some(d) => {
-            progress.dead_letters = attr(
+            progress.dead_letters = queues::attr(
                 d.attributes(),
                 QueueAttributeName::ApproximateNumberOfMessages,
             )
@@ -604,7 +553,7 @@ async fn observe_inner(
     }
 
     if let Some(q) = &queue {
-        if let Some(m) = max_receive_count(q.attributes()) {
+        if let Some(m) = queues::max_receive_count(q.attributes()) {
             live.max_attempts = m;
         }
     }
@@ -978,7 +927,7 @@ async fn import_inner(
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .cloned()
         .unwrap_or_default();
-    if let Some(m) = max_receive_count(q.attributes()) {
+    if let Some(m) = queues::max_receive_count(q.attributes()) {
         spec.max_attempts = m;
     }
     let dlq = c
@@ -1184,12 +1133,12 @@ mod tests {
             QueueAttributeName::RedrivePolicy,
             r#"{"deadLetterTargetArn":"arn:x","maxReceiveCount":"7"}"#.to_owned(),
         );
-        assert_eq!(max_receive_count(Some(&a)), Some(7));
+        assert_eq!(queues::max_receive_count(Some(&a)), Some(7));
         a.insert(
             QueueAttributeName::RedrivePolicy,
             r#"{"deadLetterTargetArn":"arn:x","maxReceiveCount":3}"#.to_owned(),
         );
-        assert_eq!(max_receive_count(Some(&a)), Some(3));
-        assert_eq!(max_receive_count(None), None);
+        assert_eq!(queues::max_receive_count(Some(&a)), Some(3));
+        assert_eq!(queues::max_receive_count(None), None);
     }
 }

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use aws_sdk_sqs::types::QueueAttributeName;
 use dth_core::userdata::Role;
 
-use super::create::{
-    asg_tag, cw_tags, defaults_tag, ec2_tags, launch_template_data, lt_spec, put_dead_letter_alarm,
-    put_scale_in_policy, put_schedule, redrive_policy, subscribe, MapErrAsync,
+use super::fleet::{asg_tag, defaults_tag, launch_template_data, lt_spec, put_scale_in_policy};
+use super::infra::{
+    resource_tags, Infra, MapErrAsync, Names, ProvisionError, Result, DEFAULTS_TAG,
 };
-use super::infra::{resource_tags, Infra, Names, ProvisionError, Result, DEFAULTS_TAG};
 use super::policy::access_policy;
-use super::spec::{Schedule, TransferSpec};
+use super::queues::redrive_policy;
+use super::spec::TransferSpec;
+use super::{alarms, fleet, iam, logs, queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
 /// Attribute paths whose change needs a new transfer: its identity (name, buckets, source type), the regions
@@ -126,7 +127,7 @@ async fn update_inner(
         infra.tags = tags;
     }
 
-    Box::pin(update_alarm_email(c, old_spec, new, &n, &mut infra)).await?;
+    Box::pin(alarms::update_alarm_email(c, old_spec, new, &n, &mut infra)).await?;
 
     // Fleet network and AMI: keep what the provider resolved unless the user now names their own.
     if !new.fleet.subnet_ids.is_empty() {
@@ -254,7 +255,7 @@ async fn update_inner(
     }
 
     if old_spec.schedule != new.schedule {
-        Box::pin(update_schedule(c, new, &n, &mut infra)).await?;
+        Box::pin(fleet::update_schedule(c, new, &n, &mut infra)).await?;
     }
 
     if worker_template_changed {
@@ -276,111 +277,6 @@ async fn update_inner(
     Ok((infra, warnings))
 }
 
-async fn update_schedule(
-    c: &AwsClients,
-    new: &TransferSpec,
-    n: &Names,
-    infra: &mut Infra,
-) -> Result<()> {
-    let schedule = Schedule::parse(&new.schedule)
-        .map_err(|m| ProvisionError::new("updating schedule", &n.finder_asg, m))?;
-    match schedule {
-        Schedule::Cron(cron) => {
-            // PutScheduledUpdateGroupAction replaces an action of the same name.
-            put_schedule(c, n, &cron).await?;
-            infra.schedule_action = Some(n.schedule_action.clone());
-        }
-        Schedule::Once => {
-            if let Some(action) = infra.schedule_action.take() {
-                let r = c
-                    .autoscaling
-                    .delete_scheduled_action()
-                    .auto_scaling_group_name(&infra.finder_asg)
-                    .scheduled_action_name(&action)
-                    .send()
-                    .map_err_async("deleting scheduled action", &action)
-                    .await;
-                match r {
-                    Err(e) if !e.is_not_found() => {
-                        infra.schedule_action = Some(action);
-                        return Err(e);
-                    }
-                    _ => {}
-                }
-            }
-            // "once": run the finder now.
-            c.autoscaling
-                .set_desired_capacity()
-                .auto_scaling_group_name(&infra.finder_asg)
-                .desired_capacity(1)
-                .send()
-                .map_err_async("starting the finder", &infra.finder_asg)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn update_alarm_email(
-    c: &AwsClients,
-    old: &TransferSpec,
-    new: &TransferSpec,
-    n: &Names,
-    infra: &mut Infra,
-) -> Result<()> {
-    if old.alarm_email == new.alarm_email && infra.topic_arn.is_some() == new.alarm_email.is_some()
-    {
-        return Ok(());
-    }
-    if let Some(sub) = infra.subscription_arn.take() {
-        if sub.starts_with("arn:") {
-            let r = c
-                .sns
-                .unsubscribe()
-                .subscription_arn(&sub)
-                .send()
-                .map_err_async("deleting SNS subscription", &sub)
-                .await;
-            if let Err(e) = r {
-                if !e.is_not_found() {
-                    infra.subscription_arn = Some(sub);
-                    return Err(e);
-                }
-            }
-        }
-    }
-    match &new.alarm_email {
-        Some(email) => {
-            if let Some(topic) = infra.topic_arn.clone() {
-                infra.subscription_arn = Some(subscribe(c, &topic, email).await?);
-            } else {
-                super::create::create_topic(c, n, email, infra).await?;
-                put_dead_letter_alarm(c, n, infra).await?;
-            }
-        }
-        None => {
-            if let Some(topic) = infra.topic_arn.take() {
-                // The alarm first, so that it never points at a deleted topic.
-                put_dead_letter_alarm(c, n, infra).await?;
-                let r = c
-                    .sns
-                    .delete_topic()
-                    .topic_arn(&topic)
-                    .send()
-                    .map_err_async("deleting SNS topic", &topic)
-                    .await;
-                if let Err(e) = r {
-                    if !e.is_not_found() {
-                        infra.topic_arn = Some(topic);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Puts `tags` on every taggable resource of the transfer and removes the keys no longer wanted. Launch
 /// templates' instance and volume tags follow through the new template versions.
 async fn retag(c: &AwsClients, infra: &Infra, tags: &BTreeMap<String, String>) -> Result<()> {
@@ -390,203 +286,14 @@ async fn retag(c: &AwsClients, infra: &Infra, tags: &BTreeMap<String, String>) -
         .filter(|k| !tags.contains_key(*k))
         .cloned()
         .collect();
-    let p = crate::aws::partition_of(&infra.region);
     let account = super::policy::account_of(&infra.dlq_arn).unwrap_or("");
-
-    for url in [&infra.queue_url, &infra.dlq_url] {
-        c.sqs
-            .tag_queue()
-            .queue_url(url)
-            .set_tags(Some(tags.clone().into_iter().collect()))
-            .send()
-            .map_err_async("tagging SQS queue", url)
-            .await?;
-        if !removed.is_empty() {
-            c.sqs
-                .untag_queue()
-                .queue_url(url)
-                .set_tag_keys(Some(removed.clone()))
-                .send()
-                .map_err_async("untagging SQS queue", url)
-                .await?;
-        }
-    }
-
-    let table_arn = format!(
-        "arn:{p}:dynamodb:{}:{account}:table/{}",
-        infra.region, infra.table
-    );
-    let ddb_tags = tags
-        .iter()
-        .map(|(k, v)| {
-            aws_sdk_dynamodb::types::Tag::builder()
-                .key(k)
-                .value(v)
-                .build()
-                .map_err(|e| ProvisionError::new("tagging DynamoDB table", &infra.table, e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    c.dynamodb
-        .tag_resource()
-        .resource_arn(&table_arn)
-        .set_tags(Some(ddb_tags))
-        .send()
-        .map_err_async("tagging DynamoDB table", &infra.table)
-        .await?;
-    if !removed.is_empty() {
-        c.dynamodb
-            .untag_resource()
-            .resource_arn(&table_arn)
-            .set_tag_keys(Some(removed.clone()))
-            .send()
-            .map_err_async("untagging DynamoDB table", &infra.table)
-            .await?;
-    }
-
-    let iam_tags = tags
-        .iter()
-        .map(|(k, v)| {
-            aws_sdk_iam::types::Tag::builder()
-                .key(k)
-                .value(v)
-                .build()
-                .map_err(|e| ProvisionError::new("tagging IAM role", &infra.role_name, e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    c.iam
-        .tag_role()
-        .role_name(&infra.role_name)
-        .set_tags(Some(iam_tags.clone()))
-        .send()
-        .map_err_async("tagging IAM role", &infra.role_name)
-        .await?;
-    c.iam
-        .tag_instance_profile()
-        .instance_profile_name(&infra.instance_profile_name)
-        .set_tags(Some(iam_tags))
-        .send()
-        .map_err_async("tagging IAM instance profile", &infra.instance_profile_name)
-        .await?;
-    if !removed.is_empty() {
-        c.iam
-            .untag_role()
-            .role_name(&infra.role_name)
-            .set_tag_keys(Some(removed.clone()))
-            .send()
-            .map_err_async("untagging IAM role", &infra.role_name)
-            .await?;
-        c.iam
-            .untag_instance_profile()
-            .instance_profile_name(&infra.instance_profile_name)
-            .set_tag_keys(Some(removed.clone()))
-            .send()
-            .map_err_async(
-                "untagging IAM instance profile",
-                &infra.instance_profile_name,
-            )
-            .await?;
-    }
-
-    let mut ec2_ids = vec![
-        infra.finder_launch_template_id.clone(),
-        infra.worker_launch_template_id.clone(),
-    ];
-    ec2_ids.extend(infra.security_group_id.clone());
-    c.ec2
-        .create_tags()
-        .set_resources(Some(ec2_ids.clone()))
-        .set_tags(Some(ec2_tags(tags)))
-        .send()
-        .map_err_async("tagging launch templates", &ec2_ids.join(","))
-        .await?;
-    if !removed.is_empty() {
-        c.ec2
-            .delete_tags()
-            .set_resources(Some(ec2_ids.clone()))
-            .set_tags(Some(
-                removed
-                    .iter()
-                    .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
-                    .collect(),
-            ))
-            .send()
-            .map_err_async("untagging launch templates", &ec2_ids.join(","))
-            .await?;
-    }
-
-    for asg in [&infra.finder_asg, &infra.worker_asg] {
-        c.autoscaling
-            .create_or_update_tags()
-            .set_tags(Some(super::create::asg_tags(tags, asg)))
-            .send()
-            .map_err_async("tagging Auto Scaling group", asg)
-            .await?;
-        if !removed.is_empty() {
-            c.autoscaling
-                .delete_tags()
-                .set_tags(Some(
-                    removed.iter().map(|k| asg_tag(asg, k, "", true)).collect(),
-                ))
-                .send()
-                .map_err_async("untagging Auto Scaling group", asg)
-                .await?;
-        }
-    }
-
-    for alarm in &infra.alarm_names {
-        let arn = format!(
-            "arn:{p}:cloudwatch:{}:{account}:alarm:{alarm}",
-            infra.region
-        );
-        c.cloudwatch
-            .tag_resource()
-            .resource_arn(&arn)
-            .set_tags(Some(cw_tags(tags)))
-            .send()
-            .map_err_async("tagging CloudWatch alarm", alarm)
-            .await?;
-        if !removed.is_empty() {
-            c.cloudwatch
-                .untag_resource()
-                .resource_arn(&arn)
-                .set_tag_keys(Some(removed.clone()))
-                .send()
-                .map_err_async("untagging CloudWatch alarm", alarm)
-                .await?;
-        }
-    }
-
+    queues::retag(c, infra, tags, &removed).await?;
+    table::retag(c, infra, tags, &removed).await?;
+    Box::pin(iam::retag(c, infra, tags, &removed)).await?;
+    Box::pin(fleet::retag(c, infra, tags, &removed)).await?;
+    Box::pin(alarms::retag(c, infra, tags, &removed)).await?;
     if !infra.log_group.is_empty() {
-        super::logs::retag(c, infra, account, tags, &removed).await?;
-    }
-
-    if let Some(topic) = &infra.topic_arn {
-        let sns_tags = tags
-            .iter()
-            .map(|(k, v)| {
-                aws_sdk_sns::types::Tag::builder()
-                    .key(k)
-                    .value(v)
-                    .build()
-                    .map_err(|e| ProvisionError::new("tagging SNS topic", topic, e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        c.sns
-            .tag_resource()
-            .resource_arn(topic)
-            .set_tags(Some(sns_tags))
-            .send()
-            .map_err_async("tagging SNS topic", topic)
-            .await?;
-        if !removed.is_empty() {
-            c.sns
-                .untag_resource()
-                .resource_arn(topic)
-                .set_tag_keys(Some(removed.clone()))
-                .send()
-                .map_err_async("untagging SNS topic", topic)
-                .await?;
-        }
+        logs::retag(c, infra, account, tags, &removed).await?;
     }
     Ok(())
 }

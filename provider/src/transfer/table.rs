@@ -1,0 +1,177 @@
+//! The ledger: one DynamoDB table per transfer (runs, objects, uploads), created and waited for until ACTIVE,
+//! read for the latest run's progress, retagged, deleted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
+use dth_core::ledger::DynamoLedger;
+
+use super::iam::SETTLE_TIMEOUT;
+use super::read::Progress;
+
+use super::delete::Failures;
+use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use crate::aws::AwsClients;
+
+pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
+    let what = "creating DynamoDB table";
+    let e =
+        |m: aws_smithy_types::error::operation::BuildError| ProvisionError::new(what, &n.table, m);
+    let mut req = c
+        .dynamodb
+        .create_table()
+        .table_name(&n.table)
+        .billing_mode(BillingMode::PayPerRequest);
+    for key in ["pk", "sk"] {
+        req = req.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(e)?,
+        );
+    }
+    req = req
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(e)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("sk")
+                .key_type(KeyType::Range)
+                .build()
+                .map_err(e)?,
+        );
+    for (k, v) in &infra.tags {
+        req = req.tags(
+            aws_sdk_dynamodb::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(e)?,
+        );
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|err| ProvisionError::sdk(what, &n.table, err))?;
+    infra.table = n.table.clone();
+    if out.table_description().and_then(|d| d.table_status()) == Some(&TableStatus::Active) {
+        return Ok(());
+    }
+    // A table is CREATING for a few seconds; it can neither be used nor deleted until ACTIVE.
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let out = c
+            .dynamodb
+            .describe_table()
+            .table_name(&n.table)
+            .send()
+            .await
+            .map_err(|err| ProvisionError::sdk("waiting for DynamoDB table", &n.table, err))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ProvisionError::new(
+                "waiting for DynamoDB table",
+                &n.table,
+                "still not ACTIVE after 2 minutes",
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The latest run's summary: (started_at, finished, found, bytes found, done, bytes done, failed, gone).
+pub(crate) async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progress) -> Result<()> {
+    let ledger = DynamoLedger::new(c.dynamodb.clone(), table);
+    let core = |e: dth_core::Error| {
+        let mut pe = ProvisionError::new("reading the ledger", table, &e);
+        if e.is_not_found() {
+            pe.code = Some("ResourceNotFoundException".into());
+        }
+        pe
+    };
+    let Some(run) = ledger.latest_run().await.map_err(core)? else {
+        return Ok(());
+    };
+    let Some(s) = ledger.summary(&run).await.map_err(core)? else {
+        return Ok(());
+    };
+    p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
+    p.finder_finished = s.finished_at.is_some();
+    p.finder_error = s.error;
+    p.objects_found = s.objects_found;
+    p.bytes_found = s.bytes_found;
+    p.objects_done = s.objects_done;
+    p.bytes_done = s.bytes_done;
+    p.objects_failed = s.objects_failed;
+    p.objects_gone = s.objects_gone;
+    Ok(())
+}
+
+/// Put `tags` on the table and take `removed` off.
+pub(crate) async fn retag(
+    c: &AwsClients,
+    infra: &Infra,
+    tags: &BTreeMap<String, String>,
+    removed: &[String],
+) -> Result<()> {
+    let p = crate::aws::partition_of(&infra.region);
+    let account = super::policy::account_of(&infra.dlq_arn).unwrap_or("");
+    let table_arn = format!(
+        "arn:{p}:dynamodb:{}:{account}:table/{}",
+        infra.region, infra.table
+    );
+    let ddb_tags = tags
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_dynamodb::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(|e| ProvisionError::new("tagging DynamoDB table", &infra.table, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    c.dynamodb
+        .tag_resource()
+        .resource_arn(&table_arn)
+        .set_tags(Some(ddb_tags))
+        .send()
+        .map_err_async("tagging DynamoDB table", &infra.table)
+        .await?;
+    if !removed.is_empty() {
+        c.dynamodb
+            .untag_resource()
+            .resource_arn(&table_arn)
+            .set_tag_keys(Some(removed.to_vec()))
+            .send()
+            .map_err_async("untagging DynamoDB table", &infra.table)
+            .await?;
+    }
+
+    Ok(())
+}
+
+/// Delete the ledger table.
+pub(crate) async fn delete(c: &AwsClients, infra: &Infra, failed: &mut Failures) {
+    if !infra.table.is_empty() {
+        failed.step(
+            c.dynamodb
+                .delete_table()
+                .table_name(&infra.table)
+                .send()
+                .map_err_async("deleting DynamoDB table", &infra.table)
+                .await
+                .map(|_| ()),
+        );
+    }
+}
