@@ -67,9 +67,11 @@ async fn create_bounded(
             list.join("; "),
         )));
     }
+    let creation_id = super::infra::new_creation_id();
     let mut infra = Infra {
         region: clients.region().to_owned(),
-        tags: resource_tags(cfg, spec),
+        tags: resource_tags(cfg, spec, &creation_id),
+        creation_id,
         ..Infra::default()
     };
     // Boxed: the SDK's futures are large, and a create awaits dozens of them (debug builds overflowed a

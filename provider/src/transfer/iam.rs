@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::policy::{access_policy, trust_policy};
 
 use super::delete::Failures;
-use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use super::infra::{
+    retry_while, spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result,
+};
 use super::spec::TransferSpec;
 use crate::aws::AwsClients;
 
@@ -27,6 +29,10 @@ fn iam_tags(
         .collect()
 }
 
+/// Create the role (with its policy) and the instance profile holding it. A role or profile of the same name
+/// that exists already is adopted only when its tags say it is ours (a create whose answer was lost); IAM's
+/// eventual consistency (a role not yet visible to PutRolePolicy or AddRoleToInstanceProfile: NoSuchEntity) is
+/// retried for up to [`SETTLE_TIMEOUT`], as terraform-provider-aws retries within its IAM `propagationTimeout`.
 pub(crate) async fn create(
     c: &AwsClients,
     spec: &TransferSpec,
@@ -34,7 +40,7 @@ pub(crate) async fn create(
     infra: &mut Infra,
 ) -> Result<()> {
     let what = "creating IAM role";
-    let out = c
+    let created = c
         .iam
         .create_role()
         .role_name(&n.role)
@@ -45,74 +51,134 @@ pub(crate) async fn create(
         ))
         .set_tags(Some(iam_tags(&infra.tags, what, &n.role)?))
         .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.role, e))?;
+        .map_err_async(what, &n.role)
+        .await;
+    infra.role_arn = match created {
+        Ok(out) => out.role().map(|r| r.arn().to_owned()).unwrap_or_default(),
+        Err(e) if is_code(&e, "EntityAlreadyExists") => {
+            let out = c
+                .iam
+                .get_role()
+                .role_name(&n.role)
+                .send()
+                .map_err_async(what, &n.role)
+                .await?;
+            let role = out.role();
+            owner(role.map(|r| r.tags()).unwrap_or_default(), infra)
+                .ensure_ours("IAM role", &n.role)?;
+            role.map(|r| r.arn().to_owned()).unwrap_or_default()
+        }
+        Err(e) => return Err(e),
+    };
     infra.role_name = n.role.clone();
-    infra.role_arn = out.role().map(|r| r.arn().to_owned()).unwrap_or_default();
 
     let what = "creating IAM role policy";
-    c.iam
-        .put_role_policy()
-        .role_name(&n.role)
-        .policy_name(&n.policy)
-        .policy_document(access_policy(spec, infra, n))
-        .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.policy, e))?;
+    let policy = access_policy(spec, infra, n);
+    retry_while(what, &n.policy, SETTLE_TIMEOUT, not_visible_yet, || {
+        c.iam
+            .put_role_policy()
+            .role_name(&n.role)
+            .policy_name(&n.policy)
+            .policy_document(&policy)
+            .send()
+            .map_err_async(what, &n.policy)
+    })
+    .await?;
     infra.policy_name = n.policy.clone();
 
     let what = "creating IAM instance profile";
-    let out = c
+    let created = c
         .iam
         .create_instance_profile()
         .instance_profile_name(&n.instance_profile)
         .set_tags(Some(iam_tags(&infra.tags, what, &n.instance_profile)?))
         .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.instance_profile, e))?;
-    infra.instance_profile_name = n.instance_profile.clone();
-    infra.instance_profile_arn = out
-        .instance_profile()
-        .map(|p| p.arn().to_owned())
-        .unwrap_or_default();
-    c.iam
-        .add_role_to_instance_profile()
-        .instance_profile_name(&n.instance_profile)
-        .role_name(&n.role)
-        .send()
-        .await
-        .map_err(|e| {
-            ProvisionError::sdk(
-                "adding IAM role to instance profile",
-                &n.instance_profile,
-                e,
+        .map_err_async(what, &n.instance_profile)
+        .await;
+    let (arn, has_role) = match created {
+        Ok(out) => (
+            out.instance_profile()
+                .map(|p| p.arn().to_owned())
+                .unwrap_or_default(),
+            false,
+        ),
+        Err(e) if is_code(&e, "EntityAlreadyExists") => {
+            let out = c
+                .iam
+                .get_instance_profile()
+                .instance_profile_name(&n.instance_profile)
+                .send()
+                .map_err_async(what, &n.instance_profile)
+                .await?;
+            let p = out.instance_profile();
+            owner(p.map(|p| p.tags()).unwrap_or_default(), infra)
+                .ensure_ours("IAM instance profile", &n.instance_profile)?;
+            (
+                p.map(|p| p.arn().to_owned()).unwrap_or_default(),
+                p.is_some_and(|p| p.roles().iter().any(|r| r.role_name() == n.role)),
             )
-        })?;
+        }
+        Err(e) => return Err(e),
+    };
+    infra.instance_profile_name = n.instance_profile.clone();
+    infra.instance_profile_arn = arn;
+    if has_role {
+        return Ok(());
+    }
+    let what = "adding IAM role to instance profile";
+    retry_while(
+        what,
+        &n.instance_profile,
+        SETTLE_TIMEOUT,
+        not_visible_yet,
+        || {
+            c.iam
+                .add_role_to_instance_profile()
+                .instance_profile_name(&n.instance_profile)
+                .role_name(&n.role)
+                .send()
+                .map_err_async(what, &n.instance_profile)
+        },
+    )
+    .await?;
     Ok(())
 }
 
-/// Retries `op` while IAM's new instance profile is not yet visible to Auto Scaling (seconds on AWS).
-pub(crate) async fn with_iam_settling<T, F, Fut>(what: &str, name: &str, mut op: F) -> Result<T>
+fn is_code(e: &ProvisionError, code: &str) -> bool {
+    e.code.as_deref() == Some(code)
+}
+
+/// IAM answers NoSuchEntity for a role or profile made seconds ago until the change has propagated.
+fn not_visible_yet(e: &ProvisionError) -> bool {
+    is_code(e, "NoSuchEntity")
+}
+
+/// Whose an IAM role or instance profile is, by its tags.
+fn owner(tags: &[aws_sdk_iam::types::Tag], infra: &Infra) -> Owner {
+    Owner::of(
+        tags.iter().map(|t| (t.key(), t.value())),
+        spec_name(infra),
+        &infra.creation_id,
+    )
+}
+
+/// Retries `op` while IAM's new instance profile is not yet usable by EC2 and Auto Scaling (seconds on AWS):
+/// Auto Scaling answers `ValidationError` "… Invalid IAM Instance Profile name" and EC2 `InvalidParameterValue`
+/// "Invalid IamInstanceProfile", which terraform-provider-aws retries within its IAM `propagationTimeout` (2 min).
+pub(crate) async fn with_iam_settling<T, F, Fut>(what: &str, name: &str, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        match op().await {
-            Err(e)
-                if e.cause.to_ascii_lowercase().contains("instance profile")
-                    || e.cause.contains("IamInstanceProfile") =>
-            {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(e);
-                }
-                tracing::debug!(what, name, "instance profile not visible yet; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            other => return other,
-        }
-    }
+    retry_while(what, name, SETTLE_TIMEOUT, profile_not_ready, op).await
+}
+
+fn profile_not_ready(e: &ProvisionError) -> bool {
+    let cause = e.cause.to_ascii_lowercase();
+    matches!(
+        e.code.as_deref(),
+        Some("ValidationError" | "InvalidParameterValue")
+    ) && (cause.contains("instance profile") || cause.contains("iaminstanceprofile"))
 }
 
 /// How long to wait for IAM's eventual consistency (a new instance profile unknown to Auto Scaling) and for

@@ -14,6 +14,10 @@ use crate::aws::ProviderConfig;
 
 /// The tag every resource of a transfer carries: `dth:transfer = <name>`.
 pub const TRANSFER_TAG: &str = "dth:transfer";
+/// The tag that says which create made a resource: `dth:creation-id = <id>`, a random id made by each create and
+/// kept in state. A resource whose id is not ours was made by someone else (another workspace, a state that was
+/// lost, another transfer of the same name): create refuses it, rollback and delete never touch it.
+pub const CREATION_TAG: &str = "dth:creation-id";
 /// On the worker ASG only: which fleet settings were left to their defaults (`subnet_ids`, `security_group_ids`,
 /// `ami_id`), so that `import` can tell a resolved default from a value the user wrote.
 pub const DEFAULTS_TAG: &str = "dth:defaults";
@@ -25,6 +29,9 @@ pub const DEFAULTS_TAG: &str = "dth:defaults";
 pub struct Infra {
     /// The control-plane region everything below lives in.
     pub region: String,
+    /// The id of the create that made this transfer ([`CREATION_TAG`]); empty for transfers created before the
+    /// provider tagged them with one.
+    pub creation_id: String,
     pub queue_url: String,
     pub queue_arn: String,
     pub dlq_url: String,
@@ -153,12 +160,103 @@ impl Names {
 }
 
 /// The tags of every resource of a transfer: provider default tags, overridden by the spec's, plus
-/// `dth:transfer`.
-pub fn resource_tags(cfg: &ProviderConfig, spec: &TransferSpec) -> BTreeMap<String, String> {
+/// `dth:transfer` and (unless empty: a transfer from before creation ids) `dth:creation-id`.
+pub fn resource_tags(
+    cfg: &ProviderConfig,
+    spec: &TransferSpec,
+    creation_id: &str,
+) -> BTreeMap<String, String> {
     let mut t = cfg.default_tags.clone();
     t.extend(spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     t.insert(TRANSFER_TAG.into(), spec.name.clone());
+    if !creation_id.is_empty() {
+        t.insert(CREATION_TAG.into(), creation_id.to_owned());
+    }
     t
+}
+
+/// A new creation id: 16 hex digits from the operating system's randomness (through the standard library's
+/// randomly keyed hasher, which needs no extra dependency).
+pub fn new_creation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Whose a resource is, from its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Made by this transfer's create (its creation id), or, for a transfer from before creation ids, tagged with
+    /// its name and no creation id.
+    Us,
+    /// Made by another dth transfer: its name and creation id (empty when it predates creation ids).
+    Transfer { name: String, creation_id: String },
+    /// Not made by dth at all.
+    Foreign,
+}
+
+impl Owner {
+    /// Who owns a resource carrying `tags`, seen from the transfer `name` with `creation_id`.
+    pub fn of<'a>(
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+        name: &str,
+        creation_id: &str,
+    ) -> Owner {
+        let (mut transfer, mut id) = (None, None);
+        for (k, v) in tags {
+            match k {
+                TRANSFER_TAG => transfer = Some(v.to_owned()),
+                CREATION_TAG => id = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        match (transfer, id) {
+            (None, _) => Owner::Foreign,
+            (Some(t), Some(i)) if t == name && i == creation_id => Owner::Us,
+            (Some(t), None) if t == name && creation_id.is_empty() => Owner::Us,
+            (Some(t), i) => Owner::Transfer {
+                name: t,
+                creation_id: i.unwrap_or_default(),
+            },
+        }
+    }
+
+    /// `Ok` when the resource is ours; otherwise the error create reports: `what` (like "SQS queue") `name`
+    /// exists and belongs to someone else. The code is [`ProvisionError::OWNED_ELSEWHERE`].
+    pub fn ensure_ours(self, what: &str, name: &str) -> Result<()> {
+        let whose = match self {
+            Owner::Us => return Ok(()),
+            Owner::Transfer {
+                name: t,
+                creation_id,
+            } if creation_id.is_empty() => {
+                format!("it belongs to the dth transfer {t:?}")
+            }
+            Owner::Transfer {
+                name: t,
+                creation_id,
+            } => {
+                format!("it belongs to the dth transfer {t:?} (creation id {creation_id})")
+            }
+            Owner::Foreign => "it was not made by dth".to_owned(),
+        };
+        let mut e = ProvisionError::new(
+            format!("creating {what}"),
+            name,
+            format!(
+                "already exists and {whose}, not this transfer: it is left as it is. Choose another name (or \
+                 name_prefix), or import that transfer (terraform import)"
+            ),
+        );
+        e.code = Some(ProvisionError::OWNED_ELSEWHERE.into());
+        Err(e)
+    }
 }
 
 /// The spec's `tags` from the tags found on a resource: ours and the provider's defaults taken out.
@@ -205,6 +303,9 @@ impl fmt::Display for ProvisionError {
 impl std::error::Error for ProvisionError {}
 
 impl ProvisionError {
+    /// The code of an error saying a resource create would make already exists and is not ours.
+    pub const OWNED_ELSEWHERE: &'static str = "OwnedByAnother";
+
     pub fn new(
         action: impl Into<String>,
         name: impl Into<String>,
@@ -267,12 +368,131 @@ pub fn is_not_found_code(code: &str) -> bool {
         || code == "InvalidLaunchTemplateId.Malformed"
 }
 
+/// Run `op` again while its error is one `retryable` accepts — AWS's documented eventual-consistency errors, like
+/// a queue name still held after its deletion or an IAM instance profile not yet visible to EC2 — with
+/// exponential backoff (1 s doubling to 15 s) until `limit` has passed; then the last error. The SDK's own
+/// retries (throttling, 5xx, connection errors) happen inside each attempt.
+pub(crate) async fn retry_while<T, F, Fut>(
+    what: &str,
+    name: &str,
+    limit: std::time::Duration,
+    retryable: impl Fn(&ProvisionError) -> bool,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match op().await {
+            Err(e) if retryable(&e) && tokio::time::Instant::now() + pause <= deadline => {
+                tracing::info!(what, name, error = %e, ?pause, "not possible yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(15));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Poll `describe` until the resource it reads is not found (deletion done), for at most `limit`: AWS deletes
+/// tables, groups and the like asynchronously, and their names are not free again until then.
+pub(crate) async fn wait_gone<T, F, Fut>(
+    what: &str,
+    name: &str,
+    limit: std::time::Duration,
+    mut describe: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        if present(describe().await)?.is_none() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(ProvisionError::new(
+                what,
+                name,
+                format!("still there after {} s", limit.as_secs()),
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(10));
+    }
+}
+
+/// `Ok(None)` for a missing resource, the value otherwise, the error for anything else.
+pub(crate) fn present<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The transfer name `infra`'s tags carry (what [`Owner::of`] compares with).
+pub(crate) fn spec_name(infra: &Infra) -> &str {
+    infra.tags.get(TRANSFER_TAG).map_or("", String::as_str)
+}
+
 /// `Result` of a provisioning step.
 pub type Result<T, E = ProvisionError> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_by_tags() {
+        let tags = |t: &[(&'static str, &'static str)]| t.to_vec();
+        let ours = tags(&[(TRANSFER_TAG, "x"), (CREATION_TAG, "c1"), ("team", "a")]);
+        assert_eq!(Owner::of(ours.clone(), "x", "c1"), Owner::Us);
+        assert_eq!(
+            Owner::of(ours.clone(), "x", "c2"),
+            Owner::Transfer {
+                name: "x".into(),
+                creation_id: "c1".into()
+            }
+        );
+        assert!(matches!(Owner::of(ours, "y", "c1"), Owner::Transfer { .. }));
+        assert_eq!(Owner::of(tags(&[("team", "a")]), "x", "c1"), Owner::Foreign);
+        // A transfer from before creation ids owns what carries its name and no id, and nothing else.
+        let legacy = tags(&[(TRANSFER_TAG, "x")]);
+        assert_eq!(Owner::of(legacy.clone(), "x", ""), Owner::Us);
+        assert!(matches!(
+            Owner::of(legacy, "x", "c1"),
+            Owner::Transfer { .. }
+        ));
+        let e = Owner::Foreign
+            .ensure_ours("SQS queue", "dth-x-jobs")
+            .unwrap_err();
+        assert_eq!(e.code.as_deref(), Some(ProvisionError::OWNED_ELSEWHERE));
+        assert!(
+            e.to_string()
+                .contains("SQS queue (dth-x-jobs): already exists and it was not made by dth"),
+            "{e}"
+        );
+        let e = Owner::of(
+            tags(&[(TRANSFER_TAG, "x"), (CREATION_TAG, "c1")]),
+            "x",
+            "c2",
+        )
+        .ensure_ours("DynamoDB table", "dth-x-ledger")
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("belongs to the dth transfer \"x\" (creation id c1)"),
+            "{e}"
+        );
+        assert_ne!(new_creation_id(), new_creation_id());
+        assert_eq!(new_creation_id().len(), 16);
+    }
 
     #[test]
     fn names_follow_the_pattern_and_fit_aws_limits() {
@@ -308,7 +528,8 @@ mod tests {
         };
         let mut spec = TransferSpec::new("x", "a-b", "c-d", "img");
         spec.tags.insert("env".into(), "prod".into());
-        let t = resource_tags(&cfg, &spec);
+        let t = resource_tags(&cfg, &spec, "c1");
+        assert_eq!(t.get(CREATION_TAG).map(String::as_str), Some("c1"));
         assert_eq!(t.get("team").map(String::as_str), Some("data"));
         assert_eq!(t.get("env").map(String::as_str), Some("prod"));
         assert_eq!(t.get(TRANSFER_TAG).map(String::as_str), Some("x"));

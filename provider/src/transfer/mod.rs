@@ -30,7 +30,10 @@ mod update;
 pub use create::{create, create_within, TimedOut};
 pub use delete::delete;
 pub use fleet::{architecture_of, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
-pub use infra::{resource_tags, Infra, Names, ProvisionError, DEFAULTS_TAG, TRANSFER_TAG};
+pub use infra::{
+    new_creation_id, resource_tags, Infra, Names, Owner, ProvisionError, CREATION_TAG,
+    DEFAULTS_TAG, TRANSFER_TAG,
+};
 pub use policy::access_policy;
 pub use read::{import, observe, Component, Observed, Progress, Status};
 pub use spec::{Destination, Finder, Fleet, Schedule, Source, TransferSpec};

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::policy::queue_policy;
 
 use super::delete::Failures;
-use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use super::infra::{retry_while, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
 use super::spec::TransferSpec;
 use crate::aws::AwsClients;
 
@@ -39,14 +39,7 @@ pub(crate) async fn create(
     for (k, v) in &infra.tags {
         req = req.tags(k, v);
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.dlq, e))?;
-    infra.dlq_url = out
-        .queue_url()
-        .ok_or_else(|| ProvisionError::new(what, &n.dlq, "the response has no queue URL"))?
-        .to_owned();
+    infra.dlq_url = create_ours(c, req, &n.dlq, what, infra).await?;
     infra.dlq_arn = queue_arn(c, &infra.dlq_url, &n.dlq, what).await?;
 
     let what = "creating SQS queue";
@@ -81,16 +74,94 @@ pub(crate) async fn create(
     for (k, v) in &infra.tags {
         req = req.tags(k, v);
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.queue, e))?;
-    infra.queue_url = out
-        .queue_url()
-        .ok_or_else(|| ProvisionError::new(what, &n.queue, "the response has no queue URL"))?
-        .to_owned();
+    infra.queue_url = create_ours(c, req, &n.queue, what, infra).await?;
     infra.queue_arn = arn;
     Ok(())
+}
+
+/// How long SQS refuses a deleted queue's name (`QueueDeletedRecently`): AWS documents 60 seconds; a margin on
+/// top, as terraform-provider-aws's `queueCreatedTimeout` has.
+const NAME_REUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Send a CreateQueue and make sure the queue it answers with is ours: CreateQueue is idempotent on a name
+/// (it returns an existing queue whose attributes match, without touching its tags), so another transfer's
+/// queue of the same name would come back as if just made. Its tags say whose it is; a queue that is not ours is
+/// never recorded in `infra`, so a rollback leaves it alone. The name of a queue deleted in the last minute is
+/// retried until SQS releases it.
+async fn create_ours(
+    c: &AwsClients,
+    req: aws_sdk_sqs::operation::create_queue::builders::CreateQueueFluentBuilder,
+    name: &str,
+    what: &str,
+    infra: &Infra,
+) -> Result<String> {
+    let out = retry_while(
+        what,
+        name,
+        NAME_REUSE_TIMEOUT,
+        is_queue_deleted_recently,
+        || req.clone().send().map_err_async(what, name),
+    )
+    .await;
+    let url = match out {
+        Ok(out) => out
+            .queue_url()
+            .ok_or_else(|| ProvisionError::new(what, name, "the response has no queue URL"))?
+            .to_owned(),
+        // Same name, other attributes: someone else's queue (or ours from an interrupted create).
+        Err(e)
+            if e.code.as_deref().is_some_and(|c| {
+                c.ends_with("QueueNameExists") || c.ends_with("QueueAlreadyExists")
+            }) =>
+        {
+            let out = c
+                .sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .map_err_async(what, name)
+                .await?;
+            let url = out.queue_url().unwrap_or_default().to_owned();
+            owner(c, &url, name, infra)
+                .await?
+                .ensure_ours("SQS queue", name)?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    owner(c, &url, name, infra)
+        .await?
+        .ensure_ours("SQS queue", name)?;
+    Ok(url)
+}
+
+/// Whose the queue at `url` is, by its tags.
+async fn owner(c: &AwsClients, url: &str, name: &str, infra: &Infra) -> Result<Owner> {
+    let tags = c
+        .sqs
+        .list_queue_tags()
+        .queue_url(url)
+        .send()
+        .map_err_async("reading SQS queue tags", name)
+        .await?;
+    let found = tags.tags().into_iter().flatten();
+    Ok(Owner::of(
+        found.map(|(k, v)| (k.as_str(), v.as_str())),
+        &infra
+            .tags
+            .get(super::infra::TRANSFER_TAG)
+            .cloned()
+            .unwrap_or_default(),
+        &infra.creation_id,
+    ))
+}
+
+/// SQS's `QueueDeletedRecently` (the JSON protocol reports it with or without the `AWS.SimpleQueueService.`
+/// prefix of the query protocol's code).
+fn is_queue_deleted_recently(e: &ProvisionError) -> bool {
+    e.code
+        .as_deref()
+        .is_some_and(|c| c.ends_with("QueueDeletedRecently"))
 }
 
 async fn queue_arn(c: &AwsClients, url: &str, name: &str, what: &str) -> Result<String> {

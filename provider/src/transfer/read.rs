@@ -27,7 +27,7 @@ use dth_core::config::EventsMode;
 use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
-use super::infra::MapErrAsync;
+use super::infra::{present, MapErrAsync};
 use super::infra::{spec_tags, Infra, Names, ProvisionError, Result, DEFAULTS_TAG};
 use super::notifications::bucket_notifications;
 use super::spec::{validate_name, Schedule, TransferSpec};
@@ -168,15 +168,6 @@ async fn unless_empty<T>(name: &str, f: impl std::future::Future<Output = Result
         return Err(e);
     }
     f.await
-}
-
-/// `Ok(None)` for a missing resource, the value otherwise, the error for anything else.
-fn present<T>(r: Result<T>) -> Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// What the cloud holds of the transfer `infra` describes, with a fixed number of AWS calls (see the module

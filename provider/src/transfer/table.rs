@@ -13,7 +13,10 @@ use super::iam::SETTLE_TIMEOUT;
 use super::read::Progress;
 
 use super::delete::Failures;
-use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use super::infra::{
+    present, retry_while, spec_name, wait_gone, Infra, MapErrAsync, Names, Owner, ProvisionError,
+    Result,
+};
 use crate::aws::AwsClients;
 
 pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
@@ -58,13 +61,62 @@ pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Resu
                 .map_err(e)?,
         );
     }
-    let out = req
-        .send()
-        .await
-        .map_err(|err| ProvisionError::sdk(what, &n.table, err))?;
-    infra.table = n.table.clone();
-    if out.table_description().and_then(|d| d.table_status()) == Some(&TableStatus::Active) {
-        return Ok(());
+    // ResourceInUseException: a table of this name exists. While it is DELETING (a replacement right after its
+    // destroy) the name comes free within minutes; otherwise its tags say whether it is ours (a create whose
+    // answer was lost) or someone else's. LimitExceededException: too many tables being made at once (AWS allows
+    // 500 in CREATING/UPDATING/DELETING); both are retried as terraform-provider-aws's aws_dynamodb_table does.
+    let deadline = tokio::time::Instant::now() + NAME_REUSE_TIMEOUT;
+    let mut pause = Duration::from_secs(2);
+    loop {
+        let e = match req.clone().send().map_err_async(what, &n.table).await {
+            Ok(out) => {
+                infra.table = n.table.clone();
+                if out.table_description().and_then(|d| d.table_status())
+                    == Some(&TableStatus::Active)
+                {
+                    return Ok(());
+                }
+                break;
+            }
+            Err(e) => e,
+        };
+        let code = e.code.as_deref().unwrap_or("");
+        if code == "ResourceInUseException" {
+            let found = present(
+                c.dynamodb
+                    .describe_table()
+                    .table_name(&n.table)
+                    .send()
+                    .map_err_async(what, &n.table)
+                    .await,
+            )?;
+            let found = found.as_ref().and_then(|o| o.table());
+            if let Some(t) = found.filter(|t| t.table_status() != Some(&TableStatus::Deleting)) {
+                let tags = c
+                    .dynamodb
+                    .list_tags_of_resource()
+                    .resource_arn(t.table_arn().unwrap_or_default())
+                    .send()
+                    .map_err_async("reading DynamoDB table tags", &n.table)
+                    .await?;
+                Owner::of(
+                    tags.tags().iter().map(|t| (t.key(), t.value())),
+                    spec_name(infra),
+                    &infra.creation_id,
+                )
+                .ensure_ours("DynamoDB table", &n.table)?;
+                infra.table = n.table.clone();
+                break;
+            }
+        } else if code != "LimitExceededException" {
+            return Err(e);
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(e);
+        }
+        tracing::info!(table = %n.table, error = %e, "table name not free yet; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(15));
     }
     // A table is CREATING for a few seconds; it can neither be used nor deleted until ACTIVE.
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
@@ -89,6 +141,9 @@ pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Resu
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// How long a table's name may stay taken by its deletion (DELETING) before create gives up.
+const NAME_REUSE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The latest run's summary: (started_at, finished, found, bytes found, done, bytes done, failed, gone).
 pub(crate) async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progress) -> Result<()> {
@@ -163,15 +218,45 @@ pub(crate) async fn retag(
 
 /// Delete the ledger table.
 pub(crate) async fn delete(c: &AwsClients, infra: &Infra, failed: &mut Failures) {
-    if !infra.table.is_empty() {
-        failed.step(
+    let name = &infra.table;
+    if name.is_empty() {
+        return;
+    }
+    let what = "deleting DynamoDB table";
+    // ResourceInUseException: the table is still CREATING or UPDATING (a create rolled back at once).
+    let r = retry_while(
+        what,
+        name,
+        NAME_REUSE_TIMEOUT,
+        |e| e.code.as_deref() == Some("ResourceInUseException"),
+        || {
             c.dynamodb
                 .delete_table()
-                .table_name(&infra.table)
+                .table_name(name)
                 .send()
-                .map_err_async("deleting DynamoDB table", &infra.table)
-                .await
-                .map(|_| ()),
-        );
+                .map_err_async(what, name)
+        },
+    )
+    .await
+    .map(|_| ());
+    if r.as_ref().is_err_and(|e| !e.is_not_found()) {
+        failed.step(r);
+        return;
     }
+    // Gone only once DescribeTable no longer finds it: until then the name cannot be used again.
+    failed.step(
+        wait_gone(
+            "waiting for DynamoDB table deletion",
+            name,
+            NAME_REUSE_TIMEOUT,
+            || {
+                c.dynamodb
+                    .describe_table()
+                    .table_name(name)
+                    .send()
+                    .map_err_async("waiting for DynamoDB table deletion", name)
+            },
+        )
+        .await,
+    );
 }

@@ -121,7 +121,7 @@ async fn update_inner(
             .await?;
     }
 
-    let tags = resource_tags(cfg, new);
+    let tags = resource_tags(cfg, new, &infra.creation_id);
     if tags != infra.tags {
         Box::pin(retag(c, &infra, &tags)).await?;
         infra.tags = tags;
