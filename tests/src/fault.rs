@@ -594,6 +594,8 @@ impl FaultProxy {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("fault-proxy".into())
+                // Unoptimised builds keep large futures on the stack while they are built.
+                .stack_size(8 * 1024 * 1024)
                 .spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -744,7 +746,10 @@ mod tests {
         assert_eq!(r.0, 0x9e37_79b9_7f4a_7c15);
         let mut z = SplitMix64(0);
         let first = z.next_f64();
-        assert_eq!((first * (1u64 << 53) as f64) as u64, 0xe220_a839_7b1d_cdaf >> 11);
+        assert_eq!(
+            (first * (1u64 << 53) as f64) as u64,
+            0xe220_a839_7b1d_cdaf >> 11
+        );
     }
 
     #[test]

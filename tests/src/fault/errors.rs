@@ -148,7 +148,10 @@ pub(super) fn of(fault: &Fault, r: &Request) -> Option<AwsError> {
 /// SQS's query-compatible codes whose JSON shape has another name (aws-sdk-sqs 1.119's error dispatch); the
 /// others drop the `AWS.SimpleQueueService.` prefix.
 const SQS_SHAPES: &[(&str, &str)] = &[
-    ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"),
+    (
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+    ),
     ("QueueAlreadyExists", "QueueNameExists"),
     ("KMS.AccessDeniedException", "KmsAccessDenied"),
     ("KMS.DisabledException", "KmsDisabled"),
@@ -242,9 +245,16 @@ fn cbor_text(out: &mut Vec<u8>, s: &str) {
 /// `e` as `r`'s service answers it.
 pub(super) fn render(r: &Request, e: &AwsError) -> Response {
     let id = request_id();
-    let fault_type = if e.status >= 500 { "Receiver" } else { "Sender" };
+    let fault_type = if e.status >= 500 {
+        "Receiver"
+    } else {
+        "Sender"
+    };
     let mut headers = vec![
-        ("Content-Type".to_owned(), content_type(r.protocol).to_owned()),
+        (
+            "Content-Type".to_owned(),
+            content_type(r.protocol).to_owned(),
+        ),
         ("x-amzn-RequestId".to_owned(), id.clone()),
     ];
     let body = match r.protocol {
@@ -359,7 +369,9 @@ mod tests {
     #[test]
     fn head_errors_have_no_body_and_cbor_is_a_map() {
         let r = req("s3", Protocol::RestXml, "HEAD");
-        assert!(render(&r, &throttling("s3", Protocol::RestXml)).body.is_empty());
+        assert!(render(&r, &throttling("s3", Protocol::RestXml))
+            .body
+            .is_empty());
         let r = req("monitoring", Protocol::RpcV2Cbor, "POST");
         let b = render(&r, &err(400, "Throttling", "Rate exceeded")).body;
         assert_eq!(

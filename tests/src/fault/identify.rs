@@ -82,7 +82,11 @@ pub(super) fn identify(
         }
     }
     if service == "s3" {
-        let op = s3_operation(method, target, header(headers, "x-amz-copy-source").is_some());
+        let op = s3_operation(
+            method,
+            target,
+            header(headers, "x-amz-copy-source").is_some(),
+        );
         return (service, op.to_owned(), Protocol::RestXml);
     }
     let action = crate::http::form(body)
@@ -111,13 +115,28 @@ const S3_MARKED: &[(&str, bool, &str, &str)] = &[
     ("POST", true, "restore", "RestoreObject"),
     ("POST", true, "select", "SelectObjectContent"),
     ("POST", false, "delete", "DeleteObjects"),
-    ("POST", false, "metadataConfiguration", "CreateBucketMetadataConfiguration"),
-    ("POST", false, "metadataTable", "CreateBucketMetadataTableConfiguration"),
+    (
+        "POST",
+        false,
+        "metadataConfiguration",
+        "CreateBucketMetadataConfiguration",
+    ),
+    (
+        "POST",
+        false,
+        "metadataTable",
+        "CreateBucketMetadataTableConfiguration",
+    ),
     ("GET", false, "session", "CreateSession"),
     ("GET", false, "uploads", "ListMultipartUploads"),
     ("GET", false, "list-type=2", "ListObjectsV2"),
     ("GET", false, "versions", "ListObjectVersions"),
-    ("GET", false, "notification", "GetBucketNotificationConfiguration"),
+    (
+        "GET",
+        false,
+        "notification",
+        "GetBucketNotificationConfiguration",
+    ),
     ("GET", false, "location", "GetBucketLocation"),
     ("GET", false, "policyStatus", "GetBucketPolicyStatus"),
     ("GET", false, "policy", "GetBucketPolicy"),
@@ -130,15 +149,30 @@ const S3_MARKED: &[(&str, bool, &str, &str)] = &[
     ("GET", false, "website", "GetBucketWebsite"),
     ("GET", false, "logging", "GetBucketLogging"),
     ("GET", false, "replication", "GetBucketReplication"),
-    ("GET", false, "accelerate", "GetBucketAccelerateConfiguration"),
+    (
+        "GET",
+        false,
+        "accelerate",
+        "GetBucketAccelerateConfiguration",
+    ),
     ("GET", false, "requestPayment", "GetBucketRequestPayment"),
-    ("GET", false, "ownershipControls", "GetBucketOwnershipControls"),
+    (
+        "GET",
+        false,
+        "ownershipControls",
+        "GetBucketOwnershipControls",
+    ),
     ("GET", false, "publicAccessBlock", "GetPublicAccessBlock"),
     ("GET", false, "object-lock", "GetObjectLockConfiguration"),
     ("GET", false, "analytics", "GetBucketAnalyticsConfiguration"),
     ("GET", false, "inventory", "GetBucketInventoryConfiguration"),
     ("GET", false, "metrics", "GetBucketMetricsConfiguration"),
-    ("GET", false, "intelligent-tiering", "GetBucketIntelligentTieringConfiguration"),
+    (
+        "GET",
+        false,
+        "intelligent-tiering",
+        "GetBucketIntelligentTieringConfiguration",
+    ),
     ("GET", false, "abac", "GetBucketAbac"),
     ("GET", true, "uploadId", "ListParts"),
     ("GET", true, "tagging", "GetObjectTagging"),
@@ -147,7 +181,12 @@ const S3_MARKED: &[(&str, bool, &str, &str)] = &[
     ("GET", true, "legal-hold", "GetObjectLegalHold"),
     ("GET", true, "retention", "GetObjectRetention"),
     ("GET", true, "torrent", "GetObjectTorrent"),
-    ("PUT", false, "notification", "PutBucketNotificationConfiguration"),
+    (
+        "PUT",
+        false,
+        "notification",
+        "PutBucketNotificationConfiguration",
+    ),
     ("PUT", false, "policy", "PutBucketPolicy"),
     ("PUT", false, "tagging", "PutBucketTagging"),
     ("PUT", false, "versioning", "PutBucketVersioning"),
@@ -158,15 +197,30 @@ const S3_MARKED: &[(&str, bool, &str, &str)] = &[
     ("PUT", false, "website", "PutBucketWebsite"),
     ("PUT", false, "logging", "PutBucketLogging"),
     ("PUT", false, "replication", "PutBucketReplication"),
-    ("PUT", false, "accelerate", "PutBucketAccelerateConfiguration"),
+    (
+        "PUT",
+        false,
+        "accelerate",
+        "PutBucketAccelerateConfiguration",
+    ),
     ("PUT", false, "requestPayment", "PutBucketRequestPayment"),
-    ("PUT", false, "ownershipControls", "PutBucketOwnershipControls"),
+    (
+        "PUT",
+        false,
+        "ownershipControls",
+        "PutBucketOwnershipControls",
+    ),
     ("PUT", false, "publicAccessBlock", "PutPublicAccessBlock"),
     ("PUT", false, "object-lock", "PutObjectLockConfiguration"),
     ("PUT", false, "analytics", "PutBucketAnalyticsConfiguration"),
     ("PUT", false, "inventory", "PutBucketInventoryConfiguration"),
     ("PUT", false, "metrics", "PutBucketMetricsConfiguration"),
-    ("PUT", false, "intelligent-tiering", "PutBucketIntelligentTieringConfiguration"),
+    (
+        "PUT",
+        false,
+        "intelligent-tiering",
+        "PutBucketIntelligentTieringConfiguration",
+    ),
     ("PUT", false, "abac", "PutBucketAbac"),
     ("PUT", true, "tagging", "PutObjectTagging"),
     ("PUT", true, "acl", "PutObjectAcl"),
@@ -181,14 +235,54 @@ const S3_MARKED: &[(&str, bool, &str, &str)] = &[
     ("DELETE", false, "cors", "DeleteBucketCors"),
     ("DELETE", false, "website", "DeleteBucketWebsite"),
     ("DELETE", false, "replication", "DeleteBucketReplication"),
-    ("DELETE", false, "ownershipControls", "DeleteBucketOwnershipControls"),
-    ("DELETE", false, "publicAccessBlock", "DeletePublicAccessBlock"),
-    ("DELETE", false, "analytics", "DeleteBucketAnalyticsConfiguration"),
-    ("DELETE", false, "inventory", "DeleteBucketInventoryConfiguration"),
-    ("DELETE", false, "metrics", "DeleteBucketMetricsConfiguration"),
-    ("DELETE", false, "intelligent-tiering", "DeleteBucketIntelligentTieringConfiguration"),
-    ("DELETE", false, "metadataConfiguration", "DeleteBucketMetadataConfiguration"),
-    ("DELETE", false, "metadataTable", "DeleteBucketMetadataTableConfiguration"),
+    (
+        "DELETE",
+        false,
+        "ownershipControls",
+        "DeleteBucketOwnershipControls",
+    ),
+    (
+        "DELETE",
+        false,
+        "publicAccessBlock",
+        "DeletePublicAccessBlock",
+    ),
+    (
+        "DELETE",
+        false,
+        "analytics",
+        "DeleteBucketAnalyticsConfiguration",
+    ),
+    (
+        "DELETE",
+        false,
+        "inventory",
+        "DeleteBucketInventoryConfiguration",
+    ),
+    (
+        "DELETE",
+        false,
+        "metrics",
+        "DeleteBucketMetricsConfiguration",
+    ),
+    (
+        "DELETE",
+        false,
+        "intelligent-tiering",
+        "DeleteBucketIntelligentTieringConfiguration",
+    ),
+    (
+        "DELETE",
+        false,
+        "metadataConfiguration",
+        "DeleteBucketMetadataConfiguration",
+    ),
+    (
+        "DELETE",
+        false,
+        "metadataTable",
+        "DeleteBucketMetadataTableConfiguration",
+    ),
     ("DELETE", true, "uploadId", "AbortMultipartUpload"),
     ("DELETE", true, "tagging", "DeleteObjectTagging"),
 ];
@@ -203,9 +297,17 @@ pub fn s3_operation(method: &str, target: &str, copy_source: bool) -> &'static s
             return op;
         }
     }
-    let path = target.split('?').next().unwrap_or("").trim_start_matches('/');
+    let path = target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('/');
     if path.is_empty() {
-        return if method == "GET" { "ListBuckets" } else { "unknown" };
+        return if method == "GET" {
+            "ListBuckets"
+        } else {
+            "unknown"
+        };
     }
     let has_key = path.split_once('/').is_some_and(|(_, k)| !k.is_empty());
     for (m, k, marker, op) in S3_MARKED {
@@ -320,7 +422,12 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=a/20250101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=x",
         )]);
         assert_eq!(
-            identify("POST", "/", &iam, b"Action=CreateRole&Version=2010-05-08&RoleName=r"),
+            identify(
+                "POST",
+                "/",
+                &iam,
+                b"Action=CreateRole&Version=2010-05-08&RoleName=r"
+            ),
             ("iam".into(), "CreateRole".into(), Protocol::Query)
         );
         let ec2 = h(&[(
@@ -359,7 +466,12 @@ mod tests {
             ("POST", "/b/k?uploads", false, "CreateMultipartUpload"),
             ("POST", "/b/k?uploads=", false, "CreateMultipartUpload"),
             ("PUT", "/b/k?partNumber=1&uploadId=u", false, "UploadPart"),
-            ("PUT", "/b/k?partNumber=1&uploadId=u", true, "UploadPartCopy"),
+            (
+                "PUT",
+                "/b/k?partNumber=1&uploadId=u",
+                true,
+                "UploadPartCopy",
+            ),
             ("POST", "/b/k?uploadId=u", false, "CompleteMultipartUpload"),
             ("DELETE", "/b/k?uploadId=u", false, "AbortMultipartUpload"),
             ("GET", "/b?uploads", false, "ListMultipartUploads"),
@@ -369,8 +481,18 @@ mod tests {
             ("GET", "/b/a/b/c", false, "GetObject"),
             ("HEAD", "/b/k", false, "HeadObject"),
             ("HEAD", "/b", false, "HeadBucket"),
-            ("PUT", "/b?notification", false, "PutBucketNotificationConfiguration"),
-            ("GET", "/b?notification", false, "GetBucketNotificationConfiguration"),
+            (
+                "PUT",
+                "/b?notification",
+                false,
+                "PutBucketNotificationConfiguration",
+            ),
+            (
+                "GET",
+                "/b?notification",
+                false,
+                "GetBucketNotificationConfiguration",
+            ),
             ("PUT", "/b", false, "CreateBucket"),
             ("DELETE", "/b", false, "DeleteBucket"),
             ("POST", "/b?delete", false, "DeleteObjects"),

@@ -38,10 +38,13 @@ impl Conn {
 
     /// Read more into the buffer; false at end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        let mut chunk = [0u8; 64 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n > 0)
+        // Read into the buffer's own tail: a chunk array would sit in every future that awaits this one.
+        let old = self.buf.len();
+        self.buf.resize(old + 64 * 1024, 0);
+        let read = self.stream.read(&mut self.buf[old..]).await;
+        let n = *read.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        Ok(read? > 0)
     }
 
     /// The start line and headers of the next message; `None` if the stream ends before one starts.
@@ -161,7 +164,9 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 fn request_framing(headers: &[(String, String)]) -> anyhow::Result<Framing> {
-    if header(headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    if header(headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         return Ok(Framing::Chunked);
     }
     let n = header(headers, "content-length")
@@ -173,9 +178,16 @@ fn request_framing(headers: &[(String, String)]) -> anyhow::Result<Framing> {
 }
 
 fn is_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "expect"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "expect",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -319,7 +331,8 @@ async fn fetch(mut up: Conn, head_request: bool) -> anyhow::Result<Response> {
     let (status, mut headers) = upstream_head(&mut up).await?;
     let mut body = std::mem::take(&mut up.buf);
     up.stream.read_to_end(&mut body).await?;
-    let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = header(&headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if head_request || matches!(status, 204 | 304) {
         body.clear();
     } else if chunked {
@@ -331,7 +344,8 @@ async fn fetch(mut up: Conn, head_request: bool) -> anyhow::Result<Response> {
         c.copy_body(Framing::Chunked, &mut None::<TcpStream>, Some(&mut data))
             .await?;
         body = data;
-    } else if let Some(n) = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(n) = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok())
+    {
         body.truncate(n);
     }
     headers.retain(|(k, _)| {
@@ -382,8 +396,12 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) -> anyhow::Res
             .await?;
         body.data = Some(data);
     }
-    let (service, operation, protocol) =
-        identify::identify(&method, &target, &headers, body.data.as_deref().unwrap_or(&[]));
+    let (service, operation, protocol) = identify::identify(
+        &method,
+        &target,
+        &headers,
+        body.data.as_deref().unwrap_or(&[]),
+    );
     let req = Request {
         method,
         target,
@@ -507,7 +525,12 @@ async fn drain(client: &mut Conn, body: &Body) -> anyhow::Result<()> {
 }
 
 /// Forward and relay; a 502 to the client if moto cannot be reached.
-async fn forward(upstream: &str, mut client: Conn, req: &Request, body: &Body) -> anyhow::Result<u16> {
+async fn forward(
+    upstream: &str,
+    mut client: Conn,
+    req: &Request,
+    body: &Body,
+) -> anyhow::Result<u16> {
     match send_upstream(upstream, &mut client, req, body).await {
         Ok(up) => relay(up, &mut client.stream).await,
         Err(e) => {
