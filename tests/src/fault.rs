@@ -63,10 +63,16 @@
 //! let tf = Terraform::new_via(&world, "main", proxy.url());
 //! tf.write("# resources …");
 //! tf.ok(&["init", "-input=false"]);
-//! // The first CreateQueue answers as AWS does within 60 s of deleting a queue of the same name.
-//! proxy.inject(Rule::on("sqs", "CreateQueue", Fault::queue_deleted_recently()).first(1));
+//! // The first CreateQueue of the job queue answers as AWS does within 60 s of deleting a queue of that name;
+//! // a provider that retries it (as terraform-provider-aws does) applies, with one more CreateQueue.
+//! proxy.inject(
+//!     Rule::on("sqs", "CreateQueue", Fault::queue_deleted_recently())
+//!         .mentioning("dth-my-transfer-jobs")
+//!         .first(1),
+//! );
 //! tf.ok(&["apply", "-auto-approve", "-input=false"]);
-//! assert_eq!(proxy.calls("sqs", "CreateQueue"), 2, "{}", proxy.journal_text());
+//! assert_eq!(proxy.injected("sqs", "CreateQueue"), 1, "{}", proxy.journal_text());
+//! // Rules change between terraform commands; `clear` lets everything through again.
 //! proxy.clear();
 //! # }
 //! ```
@@ -202,11 +208,15 @@ pub enum Fault {
         code: String,
         message: String,
     },
-    /// The service's own throttling error (see [`errors::throttling`] for the table and its sources).
+    /// The service's own throttling error: S3 `SlowDown` 503, EC2 `RequestLimitExceeded` 503, DynamoDB
+    /// `ThrottlingException` 400, SQS `RequestThrottled` 400, Logs and Secrets Manager `ThrottlingException`
+    /// 400, the Query services (IAM, Auto Scaling, SNS, STS, CloudWatch) `Throttling` 400. Sources in
+    /// `fault/errors.rs`.
     Throttling,
-    /// The service's own 500 error.
+    /// The service's own 500 error: S3 and EC2 `InternalError`, DynamoDB `InternalServerError`, Secrets Manager
+    /// `InternalServiceError`, Logs `ServiceUnavailableException`, the others `InternalFailure`.
     InternalError,
-    /// The service's own 503 error.
+    /// The service's own 503 error: EC2 `Unavailable`, the others `ServiceUnavailable`.
     ServiceUnavailable,
     /// A canned answer; without a `Content-Type` header, the protocol's is added.
     Respond {

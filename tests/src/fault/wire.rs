@@ -308,8 +308,27 @@ async fn upstream_head(up: &mut Conn) -> anyhow::Result<(u16, Vec<(String, Strin
     }
 }
 
-/// Pass moto's answer to the client as it comes (its own framing; moto closes after it); its status.
-async fn relay(mut up: Conn, client: &mut TcpStream) -> anyhow::Result<u16> {
+/// How a response's body is delimited; `None`: by the end of the connection.
+fn response_framing(
+    status: u16,
+    headers: &[(String, String)],
+    head_request: bool,
+) -> Option<Framing> {
+    if head_request || matches!(status, 204 | 304) {
+        return Some(Framing::Length(0));
+    }
+    if header(headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        return Some(Framing::Chunked);
+    }
+    header(headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .map(Framing::Length)
+}
+
+/// Pass moto's answer to the client as it comes, with its own framing; its status.
+async fn relay(mut up: Conn, client: &mut TcpStream, head_request: bool) -> anyhow::Result<u16> {
     let (status, headers) = upstream_head(&mut up).await?;
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in &headers {
@@ -319,8 +338,13 @@ async fn relay(mut up: Conn, client: &mut TcpStream) -> anyhow::Result<u16> {
     }
     head.push_str("Connection: close\r\n\r\n");
     client.write_all(head.as_bytes()).await?;
-    client.write_all(&up.buf).await?;
-    tokio::io::copy(&mut up.stream, client).await?;
+    match response_framing(status, &headers, head_request) {
+        Some(framing) => up.copy_body(framing, &mut Some(&mut *client), None).await?,
+        None => {
+            client.write_all(&up.buf).await?;
+            tokio::io::copy(&mut up.stream, client).await?;
+        }
+    }
     client.flush().await?;
     let _ = client.shutdown().await;
     Ok(status)
@@ -329,24 +353,16 @@ async fn relay(mut up: Conn, client: &mut TcpStream) -> anyhow::Result<u16> {
 /// moto's whole answer, its body de-chunked.
 async fn fetch(mut up: Conn, head_request: bool) -> anyhow::Result<Response> {
     let (status, mut headers) = upstream_head(&mut up).await?;
-    let mut body = std::mem::take(&mut up.buf);
-    up.stream.read_to_end(&mut body).await?;
-    let chunked = header(&headers, "transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    if head_request || matches!(status, 204 | 304) {
-        body.clear();
-    } else if chunked {
-        let mut c = Conn {
-            stream: up.stream,
-            buf: body,
-        };
-        let mut data = Vec::new();
-        c.copy_body(Framing::Chunked, &mut None::<TcpStream>, Some(&mut data))
-            .await?;
-        body = data;
-    } else if let Some(n) = header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok())
-    {
-        body.truncate(n);
+    let mut body = Vec::new();
+    match response_framing(status, &headers, head_request) {
+        Some(framing) => {
+            up.copy_body(framing, &mut None::<TcpStream>, Some(&mut body))
+                .await?
+        }
+        None => {
+            body = std::mem::take(&mut up.buf);
+            up.stream.read_to_end(&mut body).await?;
+        }
     }
     headers.retain(|(k, _)| {
         !is_hop(k)
@@ -532,7 +548,7 @@ async fn forward(
     body: &Body,
 ) -> anyhow::Result<u16> {
     match send_upstream(upstream, &mut client, req, body).await {
-        Ok(up) => relay(up, &mut client.stream).await,
+        Ok(up) => relay(up, &mut client.stream, req.method == "HEAD").await,
         Err(e) => {
             let r = Response::text(502, format!("fault proxy: {e:#}"));
             write_response(&mut client.stream, &r, req.method == "HEAD").await?;
