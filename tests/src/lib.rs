@@ -1,9 +1,11 @@
 //! Test harness: a private moto server per test (started and stopped by PID), AWS clients pointed at it,
 //! and the real `finder` / `worker` binaries run as child processes — by hand, or by the EC2 stand-in
-//! ([`ec2`]) from the launch templates of Auto Scaling groups.
+//! ([`ec2`]) from the launch templates of Auto Scaling groups. [`fault`] puts a fault-injecting proxy in front
+//! of moto.
 
 pub mod cloud;
 pub mod ec2;
+pub mod fault;
 pub mod http;
 pub mod instance;
 pub mod machine;
@@ -212,6 +214,11 @@ impl World {
             moto,
             dir,
         }
+    }
+
+    /// A [`fault::FaultProxy`] in front of this world's moto.
+    pub async fn fault_proxy(&self) -> fault::FaultProxy {
+        fault::FaultProxy::start(&self.endpoint).await
     }
 
     pub async fn bucket(&self, name: &str) {

@@ -28,6 +28,12 @@ pub fn provider_block(endpoint: &str, extra: &str) -> String {
 impl Terraform {
     /// A working directory `name` under the world's directory, with its own mirror holding the provider.
     pub fn new(world: &World, name: &str) -> Terraform {
+        Terraform::new_via(world, name, &world.endpoint)
+    }
+
+    /// [`Terraform::new`] with every endpoint of the provider block at `endpoint` instead of the world's moto:
+    /// a [`crate::fault::FaultProxy`] in front of it.
+    pub fn new_via(world: &World, name: &str, endpoint: &str) -> Terraform {
         let provider = bin("terraform-provider-dth");
         let root = world.dir.join(format!("tf-{name}"));
         let version = env!("CARGO_PKG_VERSION");
@@ -55,8 +61,18 @@ impl Terraform {
         Terraform {
             dir,
             cli_config,
-            endpoint: world.endpoint.clone(),
+            endpoint: endpoint.to_owned(),
         }
+    }
+
+    /// Point the provider block of the next [`Terraform::write`] at another endpoint (moto, or a proxy).
+    pub fn set_endpoint(&mut self, endpoint: &str) {
+        self.endpoint = endpoint.to_owned();
+    }
+
+    /// The endpoint every service of the provider block points at.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// main.tf: the provider block followed by `resources`.
