@@ -44,7 +44,13 @@ pub struct ProviderConfig {
     pub default_tags: BTreeMap<String, String>,
     /// Path-style S3 addressing (`endpoint/bucket/key`), needed by most S3 stand-ins.
     pub s3_use_path_style: bool,
+    /// Retries of a throttled, failed (5xx) or cut-off AWS call ([`DEFAULT_MAX_RETRIES`] unless given).
+    pub max_retries: Option<u32>,
 }
+
+/// The AWS provider's default `max_retries`: a busy account throttles often (EC2's RequestLimitExceeded, IAM's
+/// Throttling), and three attempts (the SDK's default) fail an apply of a hundred calls every few runs.
+pub const DEFAULT_MAX_RETRIES: u32 = 25;
 
 // By hand so that the secret key never reaches a log line or a panic message.
 impl fmt::Debug for ProviderConfig {
@@ -61,6 +67,7 @@ impl fmt::Debug for ProviderConfig {
             .field("endpoints", &self.endpoints)
             .field("default_tags", &self.default_tags)
             .field("s3_use_path_style", &self.s3_use_path_style)
+            .field("max_retries", &self.max_retries)
             .finish()
     }
 }
@@ -172,6 +179,12 @@ impl ProviderConfig {
                     );
                 }
             }
+        }
+        if self.max_retries.is_some_and(|r| r > 100) {
+            bad(
+                "max_retries",
+                "must be at most 100 (each retry waits up to 20 s)".into(),
+            );
         }
         for (k, v) in &self.default_tags {
             if let Some(m) = tag_problem(k, v) {
@@ -287,8 +300,14 @@ impl AwsClients {
             return Err(ConfigError { attribute, message });
         }
         let region = resolve_region(cfg).await;
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.clone()));
+        let retries = cfg.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.clone()))
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(retries.saturating_add(1))
+                    .with_max_backoff(std::time::Duration::from_secs(20)),
+            );
         if let Some(p) = &cfg.profile {
             loader = loader.profile_name(p);
         }

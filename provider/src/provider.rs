@@ -71,6 +71,7 @@ pub fn schema() -> Schema {
             .attribute(Attribute::string("secret_key").optional().sensitive().description("Secret access key; with `access_key`."))
             .attribute(Attribute::map("default_tags", Type::String).optional().description("Tags for every taggable resource, under each resource's own `tags`."))
             .attribute(Attribute::bool("s3_use_path_style").optional().description("Address S3 as `endpoint/bucket/key` (S3-compatible stores and local stand-ins)."))
+            .attribute(Attribute::number("max_retries").optional().description(format!("Times an AWS call is retried when AWS throttles it, answers with a server error or the connection fails (the SDK's standard retry mode, with exponential backoff), as in the AWS provider. Default: {}.", crate::aws::DEFAULT_MAX_RETRIES)))
             .block(NestedBlock::single("assume_role", assume_role).description("Assume a role."))
             .block(NestedBlock::single("endpoints", endpoints).description("Endpoint overrides.")),
     )

@@ -421,7 +421,9 @@ async fn failed_create_leaves_nothing_behind() {
     let err = create(&c, &cfg, &spec).await.expect_err("role exists");
     let text = err.to_string();
     assert!(
-        text.starts_with("creating IAM role (dth-fail-role): EntityAlreadyExists"),
+        text.starts_with(
+            "creating IAM role (dth-fail-role): already exists and it was not made by dth, not this transfer"
+        ),
         "{text}"
     );
     assert!(err.cleanup.is_empty(), "{text}");

@@ -614,19 +614,30 @@ impl Resource<Client> for S3Transfer {
         let limit = limits_of(planned)?.create;
         let c = &ctx.client;
         // The limit bounds the creation steps only: the rollback of a create that timed out runs to its end.
-        let infra = tokio::select! {
-            r = transfer::create_within(&c.aws, &c.config, &spec, limit) => match r {
-                Ok(created) => created.map_err(|e| failed("Creating", e))?,
-                Err(t) => {
-                    let outcome = if t.cleanup.is_empty() {
-                        "What was made has been deleted again.".to_owned()
-                    } else {
-                        format!("Deleting what was made also failed, left behind: {}.", t.cleanup.join("; "))
-                    };
-                    return Err(timed_out("create", &spec.name, t.limit, &outcome));
-                }
-            },
-            _ = ctx.cancel.cancelled() => return Err(failed("Creating", "interrupted: terraform asked the provider to stop (what was made is being rolled back only if the provider keeps running)")),
+        // Ctrl-C (StopProvider) abandons the creation steps like the limit does: what was made is deleted again
+        // before the error returns.
+        let created = transfer::create_within(&c.aws, &c.config, &spec, limit, &ctx.cancel).await;
+        let infra = match created {
+            Ok(created) => created.map_err(|e| failed("Creating", e))?,
+            Err(a) => {
+                let outcome = if a.cleanup.is_empty() {
+                    "What was made has been deleted again.".to_owned()
+                } else {
+                    format!(
+                        "Deleting what was made also failed, left behind: {}.",
+                        a.cleanup.join("; ")
+                    )
+                };
+                return Err(match a.reason {
+                    transfer::Abandon::TimedOut(limit) => {
+                        timed_out("create", &spec.name, limit, &outcome)
+                    }
+                    transfer::Abandon::Stopped => failed(
+                        "Creating",
+                        format!("interrupted: terraform asked the provider to stop. {outcome}"),
+                    ),
+                });
+            }
         };
         state_of(&spec, &infra, &Progress::default(), &[], Some(planned))
     }

@@ -7,7 +7,7 @@ use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
 use serde_json::{json, Value};
 
 use super::delete::Failures;
-use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use super::infra::{present, spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
 use super::spec::TransferSpec;
 use crate::aws::AwsClients;
 
@@ -41,6 +41,54 @@ pub(crate) fn dashboard_body(region: &str, n: &Names) -> String {
         ]),
     ]})
     .to_string()
+}
+
+/// Refuses to go on when an alarm or the dashboard a create would write exists already and is not ours:
+/// PutMetricAlarm and PutDashboard overwrite whatever has the name. Alarms carry our tags; a dashboard has none,
+/// so any dashboard of the name is someone else's (a create writes it once, after this check).
+pub(crate) async fn ensure_names_free(c: &AwsClients, n: &Names, infra: &Infra) -> Result<()> {
+    let what = "checking CloudWatch alarm names";
+    let alarms = c
+        .cloudwatch
+        .describe_alarms()
+        .alarm_names(&n.backlog_alarm)
+        .alarm_names(&n.empty_alarm)
+        .alarm_names(&n.dead_letter_alarm)
+        .send()
+        .map_err_async(what, &n.dead_letter_alarm)
+        .await?;
+    for a in alarms.metric_alarms() {
+        let (Some(name), Some(arn)) = (a.alarm_name(), a.alarm_arn()) else {
+            continue;
+        };
+        let tags = c
+            .cloudwatch
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .map_err_async(what, name)
+            .await?;
+        Owner::of(
+            tags.tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+            spec_name(infra),
+            &infra.creation_id,
+        )
+        .ensure_ours("CloudWatch alarm", name)?;
+    }
+    let dashboard = present(
+        c.cloudwatch
+            .get_dashboard()
+            .dashboard_name(&n.dashboard)
+            .send()
+            .map_err_async("checking CloudWatch dashboard name", &n.dashboard)
+            .await,
+    )?;
+    if dashboard.is_some() {
+        Owner::Foreign.ensure_ours("CloudWatch dashboard", &n.dashboard)?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn put_dashboard(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
@@ -85,6 +133,20 @@ pub(crate) async fn create_topic(
         .topic_arn()
         .ok_or_else(|| ProvisionError::new(what, &n.topic, "the response has no topic ARN"))?
         .to_owned();
+    // CreateTopic returns an existing topic of the name when its attributes and tags match: whose is it?
+    let found = c
+        .sns
+        .list_tags_for_resource()
+        .resource_arn(&topic)
+        .send()
+        .map_err_async(what, &n.topic)
+        .await?;
+    Owner::of(
+        found.tags().iter().map(|t| (t.key(), t.value())),
+        spec_name(infra),
+        &infra.creation_id,
+    )
+    .ensure_ours("SNS topic", &n.topic)?;
     infra.topic_arn = Some(topic.clone());
     infra.subscription_arn = Some(subscribe(c, &topic, email).await?);
     Ok(())

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dth_core::config::EventsMode;
+use tokio_util::sync::CancellationToken;
 
 use super::delete::teardown;
 use super::infra::{resource_tags, Infra, Names, ProvisionError, Result};
@@ -19,37 +20,57 @@ pub async fn create(
     cfg: &ProviderConfig,
     spec: &TransferSpec,
 ) -> Result<Infra> {
-    // Without a limit there is no timeout; the fallback only satisfies the type.
-    create_bounded(clients, cfg, spec, None)
+    // Without a limit or a stop there is nothing to abandon; the fallback only satisfies the type.
+    create_bounded(clients, cfg, spec, None, &CancellationToken::new())
         .await
-        .unwrap_or_else(|t| {
+        .unwrap_or_else(|a| {
             Err(ProvisionError::new(
                 "creating transfer",
                 &spec.name,
-                format!("timed out after {:?}", t.limit),
+                a.reason,
             ))
         })
 }
 
-/// A [`create_within`] whose creation steps did not finish in time. What they had made was deleted again;
-/// `cleanup` lists what could not be (as [`ProvisionError::cleanup`] does).
+/// Why a [`create_within`] stopped before its creation steps were done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimedOut {
-    pub limit: Duration,
+pub enum Abandon {
+    /// The steps took longer than this.
+    TimedOut(Duration),
+    /// Terraform asked the provider to stop (StopProvider: the user pressed Ctrl-C).
+    Stopped,
+}
+
+impl std::fmt::Display for Abandon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abandon::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+            Abandon::Stopped => write!(f, "interrupted: terraform asked the provider to stop"),
+        }
+    }
+}
+
+/// A [`create_within`] whose creation steps were abandoned. What they had made was deleted again; `cleanup`
+/// lists what could not be (as [`ProvisionError::cleanup`] does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abandoned {
+    pub reason: Abandon,
     pub cleanup: Vec<String>,
 }
 
-/// [`create`] with the creation steps bounded by `limit` (like [`tokio::time::timeout`], the outer `Err` is the
-/// timeout). When the limit passes, the step in progress is abandoned and what was made is deleted again; the
-/// rollback itself is not bounded, since stopping it halfway would leave part of a transfer behind that no state
-/// records. (An AWS call in flight at that moment may still complete on AWS's side without being recorded.)
+/// [`create`] with the creation steps bounded by `limit` and stoppable through `stop` (the outer `Err`). When
+/// either comes first, the step in progress is abandoned and what was made is deleted again; the rollback itself
+/// is neither bounded nor stoppable, since stopping it halfway would leave part of a transfer behind that no
+/// state records. (An AWS call in flight at that moment may still complete on AWS's side without being recorded;
+/// its resource carries this create's id, so that a later create of the name can tell it is not theirs.)
 pub async fn create_within(
     clients: &AwsClients,
     cfg: &ProviderConfig,
     spec: &TransferSpec,
     limit: Duration,
-) -> std::result::Result<Result<Infra>, TimedOut> {
-    create_bounded(clients, cfg, spec, Some(limit)).await
+    stop: &CancellationToken,
+) -> std::result::Result<Result<Infra>, Abandoned> {
+    create_bounded(clients, cfg, spec, Some(limit), stop).await
 }
 
 async fn create_bounded(
@@ -57,7 +78,8 @@ async fn create_bounded(
     cfg: &ProviderConfig,
     spec: &TransferSpec,
     limit: Option<Duration>,
-) -> std::result::Result<Result<Infra>, TimedOut> {
+    stop: &CancellationToken,
+) -> std::result::Result<Result<Infra>, Abandoned> {
     let problems = spec.validate();
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
@@ -77,9 +99,16 @@ async fn create_bounded(
     // Boxed: the SDK's futures are large, and a create awaits dozens of them (debug builds overflowed a
     // 2 MiB thread stack with the whole state machine inline).
     let steps = Box::pin(build(clients, cfg, spec, &mut infra));
-    let built = match limit {
-        None => Ok(steps.await),
-        Some(limit) => tokio::time::timeout(limit, steps).await,
+    let deadline = async {
+        match limit {
+            Some(l) => tokio::time::sleep(l).await,
+            None => std::future::pending().await,
+        }
+    };
+    let built = tokio::select! {
+        r = steps => Ok(r),
+        _ = deadline => Err(Abandon::TimedOut(limit.unwrap_or_default())),
+        _ = stop.cancelled() => Err(Abandon::Stopped),
     };
     // `steps` is gone here (finished or dropped), so `infra` holds what was made, whatever happened.
     match built {
@@ -89,11 +118,10 @@ async fn create_bounded(
             e.cleanup = Box::pin(teardown(clients, &infra, spec)).await;
             Ok(Err(e))
         }
-        Err(_elapsed) => {
-            let limit = limit.unwrap_or_default();
-            tracing::warn!(transfer = %spec.name, ?limit, "create timed out; deleting what was made");
+        Err(reason) => {
+            tracing::warn!(transfer = %spec.name, %reason, "create abandoned; deleting what was made");
             let cleanup = Box::pin(teardown(clients, &infra, spec)).await;
-            Err(TimedOut { limit, cleanup })
+            Err(Abandoned { reason, cleanup })
         }
     }
 }
@@ -120,6 +148,8 @@ async fn build(
         }
     }
 
+    // Names that AWS lets a create overwrite (alarms, dashboard) are checked before anything is made.
+    Box::pin(alarms::ensure_names_free(c, &n, infra)).await?;
     Box::pin(queues::create(c, spec, &n, infra)).await?;
     Box::pin(table::create(c, &n, infra)).await?;
     // Before the role (whose policy names it) and the launch templates (whose containers log to it).

@@ -24,6 +24,7 @@ use super::alarms::cw_tags;
 use super::delete::Failures;
 use super::iam::with_iam_settling;
 use super::infra::DEFAULTS_TAG;
+use super::infra::{spec_name, Owner};
 use super::network::ec2_tags;
 use super::spec::Schedule;
 
@@ -152,9 +153,36 @@ pub(crate) async fn create_launch_templates(
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| ProvisionError::sdk(what, name, e))?;
-        let lt = out.launch_template().ok_or_else(|| {
+            .map_err_async(what, name)
+            .await;
+        let lt = match out {
+            Ok(out) => out.launch_template().cloned(),
+            // A template of this name exists: ours only if a create whose answer was lost made it.
+            Err(e)
+                if e.code.as_deref()
+                    == Some("InvalidLaunchTemplateName.AlreadyExistsException") =>
+            {
+                let found = c
+                    .ec2
+                    .describe_launch_templates()
+                    .launch_template_names(name)
+                    .send()
+                    .map_err_async(what, name)
+                    .await?;
+                let lt = found.launch_templates().first().cloned();
+                Owner::of(
+                    lt.iter()
+                        .flat_map(|t| t.tags())
+                        .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+                    spec_name(infra),
+                    &infra.creation_id,
+                )
+                .ensure_ours("launch template", name)?;
+                lt
+            }
+            Err(e) => return Err(e),
+        };
+        let lt = lt.ok_or_else(|| {
             ProvisionError::new(what, name, "the response has no launch template")
         })?;
         let id = lt
@@ -220,6 +248,45 @@ pub(crate) fn defaults_tag(spec: &TransferSpec) -> String {
     }
 }
 
+/// Send a CreateAutoScalingGroup (retried while the new instance profile is not yet usable). A group of the name
+/// that exists already is adopted only when its tags say it is ours (a create whose answer was lost); anyone
+/// else's is refused and left alone.
+async fn create_group<T, F, Fut>(
+    c: &AwsClients,
+    what: &str,
+    asg: &str,
+    infra: &Infra,
+    send: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let e = match with_iam_settling(what, asg, send).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code.as_deref() == Some("AlreadyExists") => e,
+        Err(e) => return Err(e),
+    };
+    let out = c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(asg)
+        .send()
+        .map_err_async(what, asg)
+        .await?;
+    let Some(g) = out.auto_scaling_groups().first() else {
+        return Err(e);
+    };
+    Owner::of(
+        g.tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+        spec_name(infra),
+        &infra.creation_id,
+    )
+    .ensure_ours("Auto Scaling group", asg)
+}
+
 pub(crate) fn lt_spec(id: &str, version: i64) -> LaunchTemplateSpecification {
     // An explicit version number, not $Latest: a new version shows up as a change of the group.
     LaunchTemplateSpecification::builder()
@@ -262,7 +329,7 @@ pub(crate) async fn create_workers(
     let asg = &n.worker_asg;
     let mut tags = asg_tags(&infra.tags, asg);
     tags.push(asg_tag(asg, DEFAULTS_TAG, &defaults_tag(spec), false));
-    with_iam_settling(what, asg, || {
+    create_group(c, what, asg, infra, || {
         c.autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(asg)
@@ -456,7 +523,7 @@ pub(crate) async fn create_finder(
     // the group back to 0 when its run is enqueued.
     let desired = if schedule == Schedule::Once { 1 } else { 0 };
     let tags = asg_tags(&infra.tags, asg);
-    with_iam_settling(what, asg, || {
+    create_group(c, what, asg, infra, || {
         c.autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(asg)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aws_sdk_cloudwatchlogs::types::LogGroup;
 
 use super::infra::MapErrAsync;
-use super::infra::{Infra, Names, ProvisionError, Result};
+use super::infra::{retry_while, spec_name, Infra, Names, Owner, ProvisionError, Result};
 
 /// The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
 pub const RETENTION_DAYS: [u32; 22] = [
@@ -52,13 +52,47 @@ pub(crate) async fn create(
     retention_days: u32,
     infra: &mut Infra,
 ) -> Result<()> {
-    c.logs
-        .create_log_group()
-        .log_group_name(&n.log_group)
-        .set_tags(Some(infra.tags.clone().into_iter().collect()))
-        .send()
-        .map_err_async("creating CloudWatch Logs group", &n.log_group)
-        .await?;
+    let what = "creating CloudWatch Logs group";
+    // OperationAbortedException: another operation on a group of this name (its deletion) is under way.
+    let created = retry_while(
+        what,
+        &n.log_group,
+        std::time::Duration::from_secs(60),
+        |e| e.code.as_deref() == Some("OperationAbortedException"),
+        || {
+            c.logs
+                .create_log_group()
+                .log_group_name(&n.log_group)
+                .set_tags(Some(infra.tags.clone().into_iter().collect()))
+                .send()
+                .map_err_async(what, &n.log_group)
+        },
+    )
+    .await;
+    match created {
+        Ok(_) => {}
+        // A group of this name: ours only if a create whose answer was lost made it.
+        Err(e) if e.code.as_deref() == Some("ResourceAlreadyExistsException") => {
+            let account = super::policy::account_of(&infra.dlq_arn).unwrap_or_default();
+            let tags = c
+                .logs
+                .list_tags_for_resource()
+                .resource_arn(arn(&infra.region, account, &n.log_group))
+                .send()
+                .map_err_async(what, &n.log_group)
+                .await?;
+            Owner::of(
+                tags.tags()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+                spec_name(infra),
+                &infra.creation_id,
+            )
+            .ensure_ours("CloudWatch Logs group", &n.log_group)?;
+        }
+        Err(e) => return Err(e),
+    }
     infra.log_group = n.log_group.clone();
     if retention_days == NEVER_EXPIRE {
         // A new group has no retention policy: nothing to remove.

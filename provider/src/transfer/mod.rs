@@ -27,7 +27,7 @@ pub mod spec;
 mod table;
 mod update;
 
-pub use create::{create, create_within, TimedOut};
+pub use create::{create, create_within, Abandon, Abandoned};
 pub use delete::delete;
 pub use fleet::{architecture_of, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
 pub use infra::{

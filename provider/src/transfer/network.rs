@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{Filter, ResourceType, TagSpecification};
 
 use super::fleet::architecture_of;
 
-use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
+use super::infra::{spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
 use super::spec::TransferSpec;
 use crate::aws::AwsClients;
 
@@ -124,15 +124,36 @@ pub(crate) async fn resolve(
                 .build(),
         )
         .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, &n.security_group, e))?;
-    infra.security_group_id = Some(
-        out.group_id()
-            .ok_or_else(|| {
-                ProvisionError::new(what, &n.security_group, "the response has no group id")
-            })?
-            .to_owned(),
-    );
+        .map_err_async(what, &n.security_group)
+        .await;
+    let id = match out {
+        Ok(out) => out.group_id().map(str::to_owned),
+        // A group of this name in the VPC: ours only if a create whose answer was lost made it.
+        Err(e) if e.code.as_deref() == Some("InvalidGroup.Duplicate") => {
+            let found = c
+                .ec2
+                .describe_security_groups()
+                .filters(ec2_filter("group-name", &[&n.security_group]))
+                .filters(ec2_filter("vpc-id", &[&vpc]))
+                .send()
+                .map_err_async(what, &n.security_group)
+                .await?;
+            let g = found.security_groups().first();
+            Owner::of(
+                g.iter()
+                    .flat_map(|g| g.tags())
+                    .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or(""))),
+                spec_name(infra),
+                &infra.creation_id,
+            )
+            .ensure_ours("security group", &n.security_group)?;
+            g.and_then(|g| g.group_id()).map(str::to_owned)
+        }
+        Err(e) => return Err(e),
+    };
+    infra.security_group_id = Some(id.ok_or_else(|| {
+        ProvisionError::new(what, &n.security_group, "the response has no group id")
+    })?);
     Ok(())
 }
 

@@ -48,6 +48,25 @@ pub(crate) async fn add(
     let ours = ours
         .build()
         .map_err(|e| ProvisionError::new(what, bucket, e))?;
+    // An entry of our id for another queue is another transfer's (of the same name): never overwritten.
+    if let Some(other) = current
+        .queue_configurations()
+        .iter()
+        .find(|q| q.id() == Some(n.notification_id.as_str()) && q.queue_arn() != infra.queue_arn)
+    {
+        let mut e = ProvisionError::new(
+            what,
+            bucket,
+            format!(
+                "the bucket already notifies {} under the id {:?}: another transfer of this name owns it, and it \
+                 is left as it is. Choose another name (or name_prefix)",
+                other.queue_arn(),
+                n.notification_id
+            ),
+        );
+        e.code = Some(ProvisionError::OWNED_ELSEWHERE.into());
+        return Err(e);
+    }
     let mut queues: Vec<QueueConfiguration> = current
         .queue_configurations()
         .iter()

@@ -28,7 +28,10 @@ use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
 use super::infra::{present, MapErrAsync};
-use super::infra::{spec_tags, Infra, Names, ProvisionError, Result, DEFAULTS_TAG};
+use super::infra::{
+    spec_tags, Infra, Names, Owner, ProvisionError, Result, CREATION_TAG, DEFAULTS_TAG,
+    TRANSFER_TAG,
+};
 use super::notifications::bucket_notifications;
 use super::spec::{validate_name, Schedule, TransferSpec};
 use super::{queues, table};
@@ -871,6 +874,25 @@ async fn import_inner(
         .iter()
         .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
         .collect();
+    // Only what is tagged as this transfer's is adopted: both groups carry its name and the same creation id.
+    infra.creation_id = all_tags.get(CREATION_TAG).cloned().unwrap_or_default();
+    for g in [&worker_g, &finder_g] {
+        let tags = g
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or(""), t.value().unwrap_or("")));
+        if Owner::of(tags, name, &infra.creation_id) != Owner::Us {
+            return Err(ProvisionError::new(
+                "importing transfer",
+                name,
+                format!(
+                    "the Auto Scaling group {} is not tagged as transfer {name:?}'s ({TRANSFER_TAG} = {name}, one \
+                     {CREATION_TAG} on both groups): not adopted",
+                    g.auto_scaling_group_name().unwrap_or_default()
+                ),
+            ));
+        }
+    }
     let defaults: Vec<&str> = all_tags
         .get(DEFAULTS_TAG)
         .map(|d| d.split(',').collect())
