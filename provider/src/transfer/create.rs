@@ -233,7 +233,7 @@ async fn create_queues(
     if spec.source.events != EventsMode::None {
         req = req.attributes(
             QueueAttributeName::Policy,
-            queue_policy(&arn, &spec.source.bucket, c.partition()),
+            queue_policy(&arn, &spec.source.bucket, c.partition())?,
         );
     }
     for (k, v) in &infra.tags {
@@ -371,7 +371,7 @@ async fn create_role(
         .iam
         .create_role()
         .role_name(&n.role)
-        .assume_role_policy_document(trust_policy())
+        .assume_role_policy_document(trust_policy(c.partition()))
         .description(format!(
             "Data Transfer Hub transfer {} (finder and workers)",
             spec.name
@@ -388,7 +388,7 @@ async fn create_role(
         .put_role_policy()
         .role_name(&n.role)
         .policy_name(&n.policy)
-        .policy_document(access_policy(spec, infra, n))
+        .policy_document(access_policy(spec, infra, n)?)
         .send()
         .await
         .map_err(|e| ProvisionError::sdk(what, &n.policy, e))?;
