@@ -221,6 +221,31 @@ impl World {
         fault::FaultProxy::start(&self.endpoint).await
     }
 
+    /// Turn moto's IAM authentication and authorisation on or off for every request from now on: the setting
+    /// `INITIAL_NO_AUTH_ACTION_COUNT` (requests served before enforcement starts) of this world's private server,
+    /// through moto's `/moto-api/reset-auth` (0: every later request is checked; `inf`: none is). While on, only
+    /// credentials moto issued itself (an IAM user's access key, an assumed role's session) are accepted, and a
+    /// request is allowed only as the principal's policies allow it, as far as moto evaluates them (see
+    /// `tests/tests/least_privilege.rs`).
+    pub fn enforce_iam(&self, on: bool) {
+        use std::io::{Read, Write};
+        let body = if on { "0" } else { "inf" };
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(host).expect("connecting to moto");
+        write!(
+            conn,
+            "POST /moto-api/reset-auth HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.starts_with("HTTP/1") && reply.contains(" 200 ") && reply.contains("\"ok\""),
+            "moto refused reset-auth: {reply}"
+        );
+    }
+
     pub async fn bucket(&self, name: &str) {
         self.s3.create_bucket().bucket(name).send().await.unwrap();
     }

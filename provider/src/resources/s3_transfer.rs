@@ -179,6 +179,7 @@ pub fn schema() -> Schema {
         .attribute(s("endpoint", "Endpoint URL. Default: derived from `type` and `region` (Amazon S3's own for `Amazon_S3`)."))
         .attribute(s("credentials_secret_arn", "Secrets Manager secret holding `{\"access_key_id\",\"secret_access_key\"}` for the source; re-read on 403. Default: the instance role (same account) — only the ARN is stored, never the secret."))
         .attribute(Attribute::bool("requester_pays").optional().default(false).description("Send `x-amz-request-payer: requester`."))
+        .attribute(s("kms_key_id", "KMS key the source objects are encrypted with (SSE-KMS): key ARN, key id or alias (`alias/name`). The instance role gets `kms:Decrypt` on it; for an alias, on the keys that carry it. Only for an `Amazon_S3` source read with the instance role."))
         .attribute(
             s("events", "S3 event notifications from the source bucket to the job queue: `none`, `create` (copy new objects as they arrive) or `create_and_delete` (also delete at the destination).")
                 .default("none")

@@ -44,7 +44,7 @@ pub(crate) async fn create(
         .iam
         .create_role()
         .role_name(&n.role)
-        .assume_role_policy_document(trust_policy())
+        .assume_role_policy_document(trust_policy(c.partition()))
         .description(format!(
             "Data Transfer Hub transfer {} (finder and workers)",
             spec.name
@@ -73,7 +73,7 @@ pub(crate) async fn create(
     infra.role_name = n.role.clone();
 
     let what = "creating IAM role policy";
-    let policy = access_policy(spec, infra, n);
+    let policy = access_policy(spec, infra, n)?;
     retry_while(what, &n.policy, SETTLE_TIMEOUT, not_visible_yet, || {
         c.iam
             .put_role_policy()

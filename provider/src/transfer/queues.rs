@@ -68,7 +68,7 @@ pub(crate) async fn create(
     if spec.source.events != EventsMode::None {
         req = req.attributes(
             QueueAttributeName::Policy,
-            queue_policy(&arn, &spec.source.bucket, c.partition()),
+            queue_policy(&arn, &spec.source.bucket, c.partition())?,
         );
     }
     for (k, v) in &infra.tags {

@@ -76,6 +76,10 @@ pub struct Source {
     pub requester_pays: bool,
     #[serde(default)]
     pub events: EventsMode,
+    /// The KMS key the source's objects are encrypted with (SSE-KMS): a key ARN, key id or alias, for the instance
+    /// role's `kms:Decrypt`. Only the role's policy needs it; the job config does not carry it.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +225,7 @@ impl TransferSpec {
                 credentials_secret_arn: None,
                 requester_pays: false,
                 events: EventsMode::None,
+                kms_key_id: None,
             },
             destination: Destination {
                 bucket: destination_bucket.into(),
@@ -340,6 +345,20 @@ impl TransferSpec {
                 "source.events",
                 "S3 event notifications need source.type = \"Amazon_S3\"".into(),
             );
+        }
+        if let Some(key) = &self.source.kms_key_id {
+            if key.trim().is_empty() {
+                bad("source.kms_key_id", "must not be empty".into());
+            } else if self.source.kind != SourceType::AmazonS3
+                || self.source.credentials_secret_arn.is_some()
+            {
+                bad(
+                    "source.kms_key_id",
+                    "is for an Amazon_S3 source read with the instance role (no credentials_secret_arn): it \
+                     grants that role kms:Decrypt"
+                        .into(),
+                );
+            }
         }
         if self.source.events != EventsMode::None && self.source.prefix_list.is_some() {
             bad(
@@ -797,6 +816,11 @@ mod tests {
                 "source.events",
             ),
             (json!({"source": {"bucket": "Bad_Bucket"}}), "source.bucket"),
+            (json!({"source": {"kms_key_id": " "}}), "source.kms_key_id"),
+            (
+                json!({"source": {"kms_key_id": "alias/k", "credentials_secret_arn": "arn:aws:secretsmanager:us-east-1:1:secret:k"}}),
+                "source.kms_key_id",
+            ),
             (
                 json!({"destination": {"storage_class": "COLD"}}),
                 "destination.storage_class",

@@ -109,8 +109,8 @@ async fn update_inner(
         super::logs::put_retention(c, &infra.log_group, new.log_retention_days).await?;
     }
 
-    let policy = access_policy(new, &infra, &n);
-    if policy != access_policy(old_spec, old_infra, &n) {
+    let policy = access_policy(new, &infra, &n)?;
+    if access_policy(old_spec, old_infra, &n).ok().as_ref() != Some(&policy) {
         c.iam
             .put_role_policy()
             .role_name(&infra.role_name)
