@@ -259,7 +259,8 @@ pub fn schema() -> Schema {
     let mut root = Block::new()
         .description("A Data Transfer Hub S3 transfer: the job queue and dead-letter queue, the DynamoDB ledger, a CloudWatch Logs group, an IAM role, launch templates and Auto Scaling groups running the `finder` and `worker`, the finder's schedule, alarms and a dashboard — with the transfer's progress read back on every refresh.")
         .attribute(Attribute::string("id").computed().description("The transfer's name."))
-        .attribute(Attribute::string("name").required().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`."))
+        .attribute(Attribute::string("name").optional().computed().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`. Exactly one of `name` and `name_prefix`. Two transfers cannot share a name: a create that finds the name's resources made by someone else fails and leaves them alone."))
+        .attribute(Attribute::string("name_prefix").optional().requires_replace().description(format!("Instead of `name`: the name is this prefix and {} random characters, chosen at create — a new name for every create, so that `lifecycle {{ create_before_destroy = true }}` works (the new transfer is made while the old one still exists). 1–{} of `a-z 0-9 -`.", transfer::spec::NAME_SUFFIX_LEN, transfer::spec::MAX_NAME_LEN - transfer::spec::NAME_SUFFIX_LEN)))
         .attribute(s("compare", "How an object already at the destination counts as up to date: `size`, `size-etag` or `checksum`.").default("size-etag").one_of(&["size", "size-etag", "checksum"]))
         .attribute(Attribute::bool("skip_compare").optional().default(false).description("Copy every listed object without looking at the destination."))
         .attribute(Attribute::bool("include_metadata").optional().default(true).description("Copy system headers, user metadata and tags."))
@@ -314,6 +315,19 @@ pub fn schema() -> Schema {
     Schema::new(0, root)
 }
 
+/// `v` with its `name` chosen when only `name_prefix` is given (at create: a new random suffix; for validation the
+/// suffix's characters do not matter).
+fn with_name(v: &Value) -> Value {
+    let mut v = v.clone();
+    if matches!(v.get("name"), Value::Null | Value::Unknown) {
+        if let Some(prefix) = v.get("name_prefix").as_str() {
+            let name = transfer::spec::generated_name(prefix);
+            v.set("name", Value::string(name));
+        }
+    }
+    v
+}
+
 /// The user's part of a state or plan value.
 fn spec_of(v: &Value) -> Result<TransferSpec, Diagnostics> {
     let mut j = config_json(v);
@@ -327,6 +341,7 @@ fn spec_of(v: &Value) -> Result<TransferSpec, Diagnostics> {
 fn spec_fields() -> Vec<String> {
     [
         "name",
+        "name_prefix",
         "source",
         "destination",
         "compare",
@@ -568,7 +583,15 @@ impl Resource<Client> for S3Transfer {
         if !config.is_fully_known() {
             return;
         }
-        match spec_of(config) {
+        let (name, prefix) = (config.get("name"), config.get("name_prefix"));
+        if name.is_null() == prefix.is_null() {
+            diags.push(Diagnostic::error(
+                "Invalid dth_s3_transfer",
+                "exactly one of name and name_prefix must be set",
+            ));
+            return;
+        }
+        match spec_of(&with_name(config)) {
             Ok(spec) => problems_to_diagnostics("Invalid dth_s3_transfer", spec.validate(), diags),
             Err(d) => diags.extend(d.0),
         }
@@ -611,7 +634,7 @@ impl Resource<Client> for S3Transfer {
     }
 
     async fn create(&self, ctx: &Ctx<Client>, planned: &Value) -> Result<Value, Diagnostics> {
-        let spec = spec_of(planned)?;
+        let spec = spec_of(&with_name(planned))?;
         let limit = limits_of(planned)?.create;
         let c = &ctx.client;
         // The limit bounds the creation steps only: the rollback of a create that timed out runs to its end.

@@ -20,12 +20,48 @@ use crate::aws::{tag_problem, ProviderConfig};
 /// Longest transfer name: `dth-<name>-profile` etc. must fit IAM's 64-character role name limit with room to
 /// spare, and alarm/ASG names stay readable.
 pub const MAX_NAME_LEN: usize = 40;
+/// Characters a create appends to `name_prefix`.
+pub const NAME_SUFFIX_LEN: usize = 8;
+
+/// A new name from `prefix`: the prefix and [`NAME_SUFFIX_LEN`] random lowercase hex digits.
+pub fn generated_name(prefix: &str) -> String {
+    let random = super::infra::new_creation_id();
+    format!("{prefix}{}", &random[..NAME_SUFFIX_LEN])
+}
+
+/// What is wrong with a `name_prefix`, if anything: a name's characters, room for the suffix, and a first
+/// character a name may start with (the prefix may end with `-`).
+pub fn name_prefix_problem(prefix: &str) -> Option<String> {
+    let max = MAX_NAME_LEN - NAME_SUFFIX_LEN;
+    if prefix.is_empty() || prefix.len() > max {
+        return Some(format!(
+            "must be 1 to {max} characters ({NAME_SUFFIX_LEN} random ones follow it)"
+        ));
+    }
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some(format!(
+            "{prefix:?} may contain only lowercase letters, digits and '-'"
+        ));
+    }
+    if prefix.starts_with('-') {
+        return Some(format!("{prefix:?} must begin with a letter or digit"));
+    }
+    None
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferSpec {
     /// Names every AWS resource of the transfer: `dth-<name>-<part>`.
     pub name: String,
+    /// When set, `name` is this prefix and [`NAME_SUFFIX_LEN`] random characters, chosen at create (like the
+    /// AWS provider's `name_prefix`): every create gets names of its own, so that `create_before_destroy` can
+    /// make the new transfer while the old one still exists.
+    #[serde(default)]
+    pub name_prefix: Option<String>,
     pub source: Source,
     pub destination: Destination,
     #[serde(default)]
@@ -215,6 +251,7 @@ impl TransferSpec {
     pub fn new(name: &str, source_bucket: &str, destination_bucket: &str, image: &str) -> Self {
         TransferSpec {
             name: name.into(),
+            name_prefix: None,
             source: Source {
                 kind: SourceType::AmazonS3,
                 bucket: source_bucket.into(),
@@ -270,6 +307,9 @@ impl TransferSpec {
 
         if let Some(m) = name_problem(&self.name) {
             bad("name", m);
+        }
+        if let Some(m) = self.name_prefix.as_deref().and_then(name_prefix_problem) {
+            bad("name_prefix", m);
         }
         let f = &self.fleet;
         if f.max == 0 || f.max > 1000 {

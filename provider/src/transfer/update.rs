@@ -25,6 +25,9 @@ pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static 
     if old.name != new.name {
         out.push("name");
     }
+    if old.name_prefix != new.name_prefix {
+        out.push("name_prefix");
+    }
     if old.source.kind != new.source.kind {
         out.push("source.type");
     }

@@ -1,0 +1,324 @@
+//! dth_s3_transfer as AWS really behaves, through the real terraform CLI, with the fault-injecting proxy
+//! ([`dth_tests::fault`]) between the provider and moto answering as AWS answers:
+//! - a second transfer with a taken name fails, naming the resource and its owner, and the first transfer's
+//!   queues, jobs and table are untouched;
+//! - a replacement (destroy, then create of the same names) succeeds through `QueueDeletedRecently`, a table
+//!   still `DELETING`, and IAM's propagation delays (NoSuchEntity, "Invalid IAM Instance Profile name");
+//! - `create_before_destroy` with `name_prefix` makes the new transfer while the old one exists, through the
+//!   same IAM delays, then deletes the old one;
+//! - apply, plan and destroy succeed with 10 % of every service's calls throttled.
+
+use dth_tests::cloud::{clients, leftovers};
+use dth_tests::fault::{Fault, Rule};
+use dth_tests::terraform::Terraform;
+use dth_tests::*;
+
+fn transfer(naming: &str, source: &str, destination: &str, lifecycle: &str) -> String {
+    format!(
+        r#"
+resource "dth_s3_transfer" "t" {{
+  {naming}
+  source {{
+    bucket = "{source}"
+  }}
+  destination {{
+    bucket = "{destination}"
+  }}
+  fleet {{
+    image = "dth:test"
+  }}
+  {lifecycle}
+}}
+
+output "name" {{
+  value = dth_s3_transfer.t.name
+}}
+"#
+    )
+}
+
+fn apply(tf: &Terraform) -> String {
+    tf.ok(&["apply", "-auto-approve", "-input=false"])
+}
+
+fn state_name(tf: &Terraform) -> String {
+    tf.state()["values"]["outputs"]["name"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_name_is_refused_and_left_alone() {
+    let w = World::start("aws-taken").await;
+    for b in ["taken-src", "taken-dst", "other-src", "other-dst"] {
+        w.bucket(b).await;
+    }
+    let first = Terraform::new(&w, "first");
+    first.write(&transfer(r#"name = "taken""#, "taken-src", "taken-dst", ""));
+    first.ok(&["init", "-input=false"]);
+    apply(&first);
+    // Jobs waiting on the first transfer's queue, and a row in its ledger.
+    let url = w
+        .sqs
+        .get_queue_url()
+        .queue_name("dth-taken-jobs")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    for i in 0..5 {
+        w.sqs
+            .send_message()
+            .queue_url(&url)
+            .message_body(format!("job {i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(w.depth(&url).await.0, 5);
+    let table_before = w
+        .ddb
+        .describe_table()
+        .table_name("dth-taken-ledger")
+        .send()
+        .await
+        .unwrap();
+
+    // Another workspace (or a lost state) with the same name.
+    let second = Terraform::new(&w, "second");
+    second.write(&transfer(r#"name = "taken""#, "other-src", "other-dst", ""));
+    second.ok(&["init", "-input=false"]);
+    let out = second.run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    // Terraform wraps diagnostics at 80 columns.
+    let text = format!("{}{}", stdout(&out), stderr(&out))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("already exists and it belongs to the dth transfer \"taken\" (creation id"),
+        "the diagnostic names the owner: {text}"
+    );
+    assert!(text.contains("dth-taken-"), "and the resource: {text}");
+
+    // The first transfer is whole: its jobs, its table (the same one), and a plan without changes.
+    assert_eq!(w.depth(&url).await.0, 5, "no job lost");
+    let table_after = w
+        .ddb
+        .describe_table()
+        .table_name("dth-taken-ledger")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        table_after.table().and_then(|t| t.creation_date_time()),
+        table_before.table().and_then(|t| t.creation_date_time())
+    );
+    let (code, out) = first.plan(&[]);
+    assert_eq!(code, 0, "the first transfer is unchanged:\n{out}");
+    // Nothing of the second create is left, and nothing of the first was taken away.
+    let c = clients(&w.endpoint).await;
+    let second_state = second.state();
+    let resources = &second_state["values"]["root_module"]["resources"];
+    assert!(
+        resources.as_array().is_none_or(Vec::is_empty),
+        "no resource in the second state: {second_state}"
+    );
+    first.ok(&["destroy", "-auto-approve", "-input=false"]);
+    assert!(leftovers(&c, "taken", "taken-src").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacement_goes_through_aws_consistency_errors() {
+    let w = World::start("aws-replace").await;
+    for b in ["repl-src", "repl-src2", "repl-dst"] {
+        w.bucket(b).await;
+    }
+    let proxy = w.fault_proxy().await;
+    let tf = Terraform::new_via(&w, "main", proxy.url());
+    tf.write(&transfer(r#"name = "repl""#, "repl-src", "repl-dst", ""));
+    tf.ok(&["init", "-input=false"]);
+    apply(&tf);
+
+    // A new source bucket replaces the transfer: destroy, then create the same names at once — where AWS holds
+    // a deleted queue's name for 60 s, keeps the table DELETING for a while, and has not yet propagated the new
+    // role and instance profile.
+    tf.write(&transfer(r#"name = "repl""#, "repl-src2", "repl-dst", ""));
+    let rules = [
+        proxy.inject(
+            Rule::on("sqs", "CreateQueue", Fault::queue_deleted_recently())
+                .mentioning("dth-repl-jobs")
+                .first(2),
+        ),
+        proxy.inject(
+            Rule::on(
+                "dynamodb",
+                "CreateTable",
+                Fault::resource_in_use("Table already exists: dth-repl-ledger"),
+            )
+            .first(1),
+        ),
+        proxy.inject(
+            Rule::on(
+                "dynamodb",
+                "DescribeTable",
+                Fault::respond_json(serde_json::json!({"Table": {
+                    "TableName": "dth-repl-ledger",
+                    "TableStatus": "DELETING",
+                    "TableArn": "arn:aws:dynamodb:us-east-1:123456789012:table/dth-repl-ledger"
+                }})),
+            )
+            .first(1),
+        ),
+        proxy.inject(
+            Rule::on(
+                "iam",
+                "PutRolePolicy",
+                Fault::error(
+                    404,
+                    "NoSuchEntity",
+                    "The role with name dth-repl-role cannot be found.",
+                ),
+            )
+            .first(1),
+        ),
+        proxy.inject(
+            Rule::on(
+                "iam",
+                "AddRoleToInstanceProfile",
+                Fault::error(
+                    404,
+                    "NoSuchEntity",
+                    "The role with name dth-repl-role cannot be found.",
+                ),
+            )
+            .first(1),
+        ),
+        proxy.inject(
+            Rule::on(
+                "autoscaling",
+                "CreateAutoScalingGroup",
+                Fault::autoscaling_invalid_instance_profile("dth-repl-profile"),
+            )
+            .first(2),
+        ),
+    ];
+    let out = apply(&tf);
+    assert!(out.contains("1 added, 0 changed, 1 destroyed"), "{out}");
+    for id in rules {
+        assert!(proxy.fired(id) > 0, "{}", proxy.journal_text());
+    }
+    assert_eq!(proxy.injected("sqs", "CreateQueue"), 2);
+    assert_eq!(proxy.injected("autoscaling", "CreateAutoScalingGroup"), 2);
+    proxy.clear();
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "the replacement is whole:\n{out}");
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    let c = clients(&w.endpoint).await;
+    assert!(leftovers(&c, "repl", "repl-src2").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_before_destroy_with_name_prefix() {
+    let w = World::start("aws-cbd").await;
+    for b in ["cbd-src", "cbd-dst", "cbd-dst2"] {
+        w.bucket(b).await;
+    }
+    let proxy = w.fault_proxy().await;
+    let tf = Terraform::new_via(&w, "main", proxy.url());
+    let lifecycle = "lifecycle {\n    create_before_destroy = true\n  }";
+    tf.write(&transfer(
+        r#"name_prefix = "cbd-""#,
+        "cbd-src",
+        "cbd-dst",
+        lifecycle,
+    ));
+    tf.ok(&["init", "-input=false"]);
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("+ name ") && l.contains("(known after apply)")),
+        "the name is chosen at apply: {out}"
+    );
+    apply(&tf);
+    let old = state_name(&tf);
+    assert!(
+        old.starts_with("cbd-") && old.len() == 4 + 8,
+        "generated name {old:?}"
+    );
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+
+    // Replace with the old transfer still there: the new one's IAM is slow to propagate.
+    tf.write(&transfer(
+        r#"name_prefix = "cbd-""#,
+        "cbd-src",
+        "cbd-dst2",
+        lifecycle,
+    ));
+    proxy.inject(
+        Rule::on(
+            "autoscaling",
+            "CreateAutoScalingGroup",
+            Fault::autoscaling_invalid_instance_profile("dth-cbd-profile"),
+        )
+        .first(1),
+    );
+    proxy.inject(
+        Rule::on(
+            "iam",
+            "AddRoleToInstanceProfile",
+            Fault::error(404, "NoSuchEntity", "The role cannot be found."),
+        )
+        .first(1),
+    );
+    let out = apply(&tf);
+    assert!(out.contains("1 added, 0 changed, 1 destroyed"), "{out}");
+    let created = out.find("Creation complete").expect("created");
+    let destroyed = out.find("Destruction complete").expect("destroyed");
+    assert!(created < destroyed, "create before destroy:\n{out}");
+    let new = state_name(&tf);
+    assert_ne!(new, old);
+    assert!(new.starts_with("cbd-"), "{new}");
+    proxy.clear();
+    let c = clients(&w.endpoint).await;
+    let left = leftovers(&c, &old, "cbd-src").await;
+    assert!(left.is_empty(), "the old transfer is gone: {left:?}");
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    assert!(leftovers(&c, &new, "cbd-src").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_and_destroy_through_throttling_on_every_service() {
+    let w = World::start("aws-throttle").await;
+    for b in ["thr-src", "thr-dst"] {
+        w.bucket(b).await;
+    }
+    let proxy = w.fault_proxy().await;
+    let tf = Terraform::new_via(&w, "main", proxy.url());
+    tf.write(&transfer(r#"name = "thr""#, "thr-src", "thr-dst", ""));
+    tf.ok(&["init", "-input=false"]);
+    // One call in ten, on every service and operation, answers as AWS does when it throttles (EC2's
+    // RequestLimitExceeded, IAM's Throttling, DynamoDB's ThrottlingException, S3's SlowDown, ...).
+    proxy.inject(Rule::new(Fault::Throttling).share(0.10, 7));
+    apply(&tf);
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    let throttled = proxy.injected("*", "*");
+    let calls = proxy.calls("*", "*");
+    assert!(
+        throttled * 20 >= calls && throttled > 5,
+        "{throttled} of {calls} calls throttled:\n{}",
+        proxy.journal_text()
+    );
+    proxy.clear();
+    let c = clients(&w.endpoint).await;
+    assert!(leftovers(&c, "thr", "thr-src").await.is_empty());
+}
