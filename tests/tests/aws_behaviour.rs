@@ -322,3 +322,87 @@ async fn apply_and_destroy_through_throttling_on_every_service() {
     let c = clients(&w.endpoint).await;
     assert!(leftovers(&c, "thr", "thr-src").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_applies_on_one_source_bucket_keep_every_entry() {
+    let w = World::start("aws-notify").await;
+    for b in ["shared-src", "one-dst", "two-dst"] {
+        w.bucket(b).await;
+    }
+    // Someone else's entry, there before either transfer.
+    let other = w.queues("someone-else", 3, 30).await;
+    w.s3.put_bucket_notification_configuration()
+        .bucket("shared-src")
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .queue_configurations(
+                    aws_sdk_s3::types::QueueConfiguration::builder()
+                        .id("someone-else")
+                        .queue_arn(&other.arn)
+                        .events(aws_sdk_s3::types::Event::from("s3:ObjectCreated:*"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let proxy = w.fault_proxy().await;
+    // Every write of the configuration is held 3 s: both applies read it before either writes,
+    // and the later write drops the earlier one's entry — unless the provider sees that and writes it again.
+    proxy.inject(Rule::on(
+        "s3",
+        "PutBucketNotificationConfiguration",
+        Fault::Delay(std::time::Duration::from_secs(3)),
+    ));
+    let workspaces: Vec<Terraform> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let tf = Terraform::new_via(&w, name, proxy.url());
+            // S3 events from the shared bucket to each transfer's queue.
+            let config = transfer(
+                &format!("name = \"{name}\""),
+                "shared-src",
+                &format!("{name}-dst"),
+                "",
+            )
+            .replace(
+                "bucket = \"shared-src\"",
+                "bucket = \"shared-src\"\n    events = \"create\"",
+            );
+            tf.write(&config);
+            tf.ok(&["init", "-input=false"]);
+            tf
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for tf in &workspaces {
+            s.spawn(move || apply(tf));
+        }
+    });
+    let c = clients(&w.endpoint).await;
+    let mut ids = dth_tests::cloud::notification_ids(&c, "shared-src").await;
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["dth-one", "dth-two", "someone-else"],
+        "{}",
+        proxy.journal_text()
+    );
+    assert!(
+        proxy.calls("s3", "PutBucketNotificationConfiguration") >= 3,
+        "the two writes raced, and the one dropped was made again:\n{}",
+        proxy.journal_text()
+    );
+
+    // Both destroyed at once: each takes only its own entry away.
+    std::thread::scope(|s| {
+        for tf in &workspaces {
+            s.spawn(move || tf.ok(&["destroy", "-auto-approve", "-input=false"]));
+        }
+    });
+    let ids = dth_tests::cloud::notification_ids(&c, "shared-src").await;
+    assert_eq!(ids, ["someone-else"]);
+}
