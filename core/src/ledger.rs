@@ -475,7 +475,9 @@ impl DynamoLedger {
     }
 
     /// Record that `run` finished listing, and clear the last failure from the pointer if `run` is still the
-    /// latest run (a newer run that started meanwhile decides for itself).
+    /// latest run (a newer run that started meanwhile decides for itself). With overlapping finder runs (not
+    /// how a transfer runs them: one scheduled finder at a time) the latest run finishing clears a failure of
+    /// a run that started after it and failed first.
     pub async fn finish_run(&self, run: &str, objects_found: u64, bytes_found: u64) -> Result<()> {
         let at = now();
         count_call();

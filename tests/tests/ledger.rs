@@ -378,3 +378,83 @@ async fn a_failed_finder_run_keeps_the_last_good_run_as_latest() {
         RunStatus::Done
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_pointer_through_failures_overlaps_and_an_upgrade() {
+    let w = World::start("run-pointer").await;
+    w.table("ledger").await;
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    let good = |l: dth_core::ledger::LatestRuns| l.good;
+    let failed = |l: dth_core::ledger::LatestRuns| l.failed.map(|f| (f.run, f.error));
+    assert_eq!(ledger.latest_runs().await.unwrap(), Default::default());
+
+    // The first run fails: there is no good run to show.
+    ledger.start_run("a").await.unwrap();
+    assert_eq!(ledger.latest_run().await.unwrap().as_deref(), Some("a"));
+    ledger.fail_run("a", "boom").await.unwrap();
+    let l = ledger.latest_runs().await.unwrap();
+    assert_eq!(good(l.clone()), None);
+    assert_eq!(failed(l), Some(("a".into(), "boom".into())));
+
+    // A run in progress is the latest; the failure stays until it finishes.
+    ledger.start_run("b").await.unwrap();
+    let l = ledger.latest_runs().await.unwrap();
+    assert_eq!(good(l.clone()).as_deref(), Some("b"));
+    assert_eq!(failed(l), Some(("a".into(), "boom".into())));
+    ledger.finish_run("b", 1, 1).await.unwrap();
+    assert_eq!(
+        ledger.latest_runs().await.unwrap(),
+        dth_core::ledger::LatestRuns {
+            good: Some("b".into()),
+            failed: None
+        }
+    );
+
+    // Two failures in a row go back to the same good run.
+    for r in ["c", "d"] {
+        ledger.start_run(r).await.unwrap();
+        ledger.fail_run(r, &format!("{r} failed")).await.unwrap();
+        let l = ledger.latest_runs().await.unwrap();
+        assert_eq!(good(l.clone()).as_deref(), Some("b"));
+        assert_eq!(failed(l), Some((r.into(), format!("{r} failed"))));
+    }
+
+    // Overlapping runs: an older run failing after a newer one started leaves the newer one the latest (and
+    // the newer one finishing clears the failure).
+    ledger.start_run("e").await.unwrap();
+    ledger.start_run("f").await.unwrap();
+    ledger.fail_run("e", "e failed").await.unwrap();
+    assert_eq!(ledger.latest_run().await.unwrap().as_deref(), Some("f"));
+    ledger.finish_run("f", 0, 0).await.unwrap();
+    assert_eq!(ledger.latest_runs().await.unwrap().failed, None);
+
+    // A pointer written by the version that made a failed run the latest one.
+    w.ddb
+        .put_item()
+        .table_name("ledger")
+        .item("pk", Av::S("transfer".into()))
+        .item("sk", Av::S("latest".into()))
+        .item("run", Av::S("old".into()))
+        .item("started_at", Av::S("2025-01-01T00:00:00Z".into()))
+        .item("failed_at", Av::S("2025-01-01T00:01:00Z".into()))
+        .item("error", Av::S("old failure".into()))
+        .send()
+        .await
+        .unwrap();
+    let l = ledger.latest_runs().await.unwrap();
+    assert_eq!(good(l.clone()), None);
+    assert_eq!(failed(l), Some(("old".into(), "old failure".into())));
+    ledger.start_run("g").await.unwrap();
+    let l = ledger.latest_runs().await.unwrap();
+    assert_eq!(good(l.clone()).as_deref(), Some("g"));
+    assert_eq!(failed(l), Some(("old".into(), "old failure".into())));
+    ledger.fail_run("g", "g failed").await.unwrap();
+    let l = ledger.latest_runs().await.unwrap();
+    assert_eq!(good(l.clone()), None, "the old failed run is not put back");
+    assert_eq!(failed(l), Some(("g".into(), "g failed".into())));
+    let pointer = &items(&w, "transfer").await["latest"];
+    assert!(
+        !pointer.contains_key("error") && !pointer.contains_key("started_at"),
+        "{pointer:?}"
+    );
+}
