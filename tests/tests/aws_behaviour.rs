@@ -406,3 +406,80 @@ async fn concurrent_applies_on_one_source_bucket_keep_every_entry() {
     let ids = dth_tests::cloud::notification_ids(&c, "shared-src").await;
     assert_eq!(ids, ["someone-else"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_aborts_only_the_transfers_own_uploads() {
+    let w = World::start("aws-uploads").await;
+    for b in ["up-src", "up-dst"] {
+        w.bucket(b).await;
+    }
+    let tf = Terraform::new(&w, "main");
+    tf.write(&transfer(r#"name = "up""#, "up-src", "up-dst", ""));
+    tf.ok(&["init", "-input=false"]);
+    apply(&tf);
+    // The ledger lets DynamoDB expire per-object and per-job rows.
+    let ttl = w
+        .ddb
+        .describe_time_to_live()
+        .table_name("dth-up-ledger")
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().expect("time to live");
+    assert_eq!(
+        ttl.attribute_name(),
+        Some(dth_core::ledger::EXPIRES_AT),
+        "{ttl:?}"
+    );
+
+    let start = |key: &'static str| {
+        let s3 = w.s3.clone();
+        async move {
+            s3.create_multipart_upload()
+                .bucket("up-dst")
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .upload_id()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // Another application's uploads under the destination prefix (the whole bucket), one under a key the
+    // transfer also writes; and one the transfer's worker started and recorded in its ledger.
+    let foreign = [
+        start("other-app/big.bin").await,
+        start("photos/a.jpg").await,
+    ];
+    let ours = start("photos/a.jpg").await;
+    let ledger = dth_core::ledger::DynamoLedger::new(w.ddb.clone(), "dth-up-ledger");
+    ledger
+        .record_open_upload(&dth_core::ledger::OpenUpload {
+            upload_id: ours.clone(),
+            bucket: "up-dst".into(),
+            key: "photos/a.jpg".into(),
+            run: "run-1".into(),
+            created_at: None,
+        })
+        .await
+        .unwrap();
+
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    let left =
+        w.s3.list_multipart_uploads()
+            .bucket("up-dst")
+            .send()
+            .await
+            .unwrap();
+    let mut left: Vec<String> = left
+        .uploads()
+        .iter()
+        .filter_map(|u| u.upload_id().map(str::to_owned))
+        .collect();
+    left.sort();
+    let mut want = foreign.to_vec();
+    want.sort();
+    assert_eq!(left, want, "only the transfer's own upload is aborted");
+    assert_eq!(w.incomplete_uploads("up-dst").await, 2);
+}
