@@ -270,6 +270,13 @@ async fn update_inner(
             .autoscaling
             .start_instance_refresh()
             .auto_scaling_group_name(&infra.worker_asg)
+            // Only a warning when it fails (new instances get the new version anyway): the SDK's three attempts,
+            // not the provider's `max_retries`.
+            .customize()
+            .config_override(
+                aws_sdk_autoscaling::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3)),
+            )
             .send()
             .map_err_async("starting instance refresh", &infra.worker_asg)
             .await;
