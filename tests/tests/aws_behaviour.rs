@@ -624,6 +624,50 @@ async fn hand_edits_show_in_the_plan_and_are_put_back() {
         .await
         .unwrap();
 
+    // The worker group moved to a template version that lets instances use IMDSv1.
+    let lt = c
+        .ec2
+        .describe_launch_templates()
+        .launch_template_names(&n.worker_launch_template)
+        .send()
+        .await
+        .unwrap()
+        .launch_templates()[0]
+        .clone();
+    let version = c
+        .ec2
+        .create_launch_template_version()
+        .launch_template_id(lt.launch_template_id().unwrap())
+        .source_version(lt.latest_version_number().unwrap().to_string())
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .metadata_options(
+                    aws_sdk_ec2::types::LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                        .http_tokens(aws_sdk_ec2::types::LaunchTemplateHttpTokensState::Optional)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .launch_template_version()
+        .unwrap()
+        .version_number()
+        .unwrap();
+    c.autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&n.worker_asg)
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_id(lt.launch_template_id().unwrap())
+                .version(version.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
     // The plan names each edit, and applying it puts everything back.
     let (code, out) = tf.plan(&["-no-color"]);
     assert_eq!(code, 2, "{out}");
@@ -637,6 +681,7 @@ async fn hand_edits_show_in_the_plan_and_are_put_back() {
         "role_policy: the role's policy differs",
         "drain_hook: waits 30 s then ABANDON",
         "table: time to live is off",
+        "worker_launch_template: instance metadata does not require IMDSv2 tokens",
     ] {
         assert!(text.contains(edit), "the plan names {edit:?}:\n{out}");
     }

@@ -7,7 +7,7 @@
 //! | service      | calls | what                                                                  |
 //! |--------------|-------|-----------------------------------------------------------------------|
 //! | SQS          | 2     | GetQueueAttributes on the job queue (depth, redrive) and the DLQ      |
-//! | DynamoDB     | 1–2   | GetItem of the latest run pointer, then of that run's summary         |
+//! | DynamoDB     | 2–3   | GetItem of the latest run pointer, then of that run's summary; DescribeTimeToLive |
 //! | Auto Scaling | 4     | DescribeAutoScalingGroups (both), DescribeScheduledActions, DescribePolicies, DescribeLifecycleHooks (the drain hook) |
 //! | EC2          | 3     | DescribeLaunchTemplates (both), DescribeLaunchTemplateVersions × 2   |
 //! | EC2          | 0–1   | DescribeSecurityGroups, when the transfer created its group          |
