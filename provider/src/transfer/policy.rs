@@ -253,7 +253,8 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Resul
     let s = &spec.source;
     let d = &spec.destination;
     let source_range = source_key_prefix(spec);
-    if s.kind == SourceType::AmazonS3 && s.credentials_secret_arn.is_none() {
+    // Read with the role; an anonymous source is read with unsigned requests.
+    if s.kind == SourceType::AmazonS3 && s.credentials_secret_arn.is_none() && !s.anonymous {
         let mut read = vec!["s3:GetObject", "s3:GetObjectVersion"];
         if spec.include_metadata {
             read.extend(["s3:GetObjectTagging", "s3:GetObjectVersionTagging"]);

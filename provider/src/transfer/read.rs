@@ -721,11 +721,12 @@ fn apply_fleet_data(
     }
 }
 
-/// What the worker's user data carries: the job config, the image and `--concurrency`.
+/// What the worker's user data carries: the job config, the image and `--concurrency` (which wins over the job
+/// config's `worker.concurrency`).
 fn apply_launch(live: &mut TransferSpec, cfg: &ProviderConfig, ls: &LaunchSpec) {
     live.apply_job_config(&ls.config, cfg);
     live.fleet.image = ls.image.clone();
-    live.fleet.worker_concurrency = ls
+    live.worker.concurrency = ls
         .args
         .windows(2)
         .find(|w| w[0] == "--concurrency")

@@ -105,6 +105,11 @@ async fn update_inner(
             .await?;
     }
 
+    // The drain hook waits for the workers' grace.
+    if old_spec.worker.shutdown_grace_secs != new.worker.shutdown_grace_secs {
+        fleet::put_drain_hook(c, new, &n).await?;
+    }
+
     if old_spec.log_retention_days != new.log_retention_days && !infra.log_group.is_empty() {
         super::logs::put_retention(c, &infra.log_group, new.log_retention_days).await?;
     }
