@@ -929,6 +929,16 @@ mod tests {
     }
 
     #[test]
+    fn an_anonymous_source_gets_no_s3_rights_on_it() {
+        // Read with unsigned requests: the role is never asked.
+        let mut s = spec();
+        s.source.anonymous = true;
+        let rows = policy(&s, "us-east-1");
+        assert!(!rows.iter().any(|r| r.1.contains("src-bucket")), "{rows:?}");
+        assert!(rows.iter().any(|r| r.1.contains("dst-bucket")), "{rows:?}");
+    }
+
+    #[test]
     fn no_logs_rights_without_a_log_group() {
         // A transfer created before the provider made log groups: its role gets no logs rights.
         let i = Infra {
