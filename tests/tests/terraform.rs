@@ -436,6 +436,32 @@ async fn invalid_configurations_name_the_attribute() {
             with("", "").replace("image = \"dth:test\"", "image = \"two words\""),
             "fleet.image",
         ),
+        (
+            with("worker", "heartbeat_secs = 900\n    visibility_secs = 1800"),
+            "worker.heartbeat_secs",
+        ),
+        (
+            with("worker", "shutdown_grace_secs = 7200"),
+            "worker.shutdown_grace_secs",
+        ),
+        (
+            with("worker", "part_concurrency = -1"),
+            "worker.part_concurrency",
+        ),
+        (with("finder", "depth = 1.5"), "finder.depth"),
+        (with("batch", "max_objects = 0"), "batch.max_objects"),
+        (
+            with(
+                "source",
+                "anonymous = true\n    credentials_secret_arn = \"arn:aws:secretsmanager:us-east-1:1:secret:s\"",
+            ),
+            "source.anonymous",
+        ),
+        (with("worker", "concurrency = 8"), "concurrency"),
+        (
+            with("source", "prefix_list {\n      key = \"list.txt\"\n    }"),
+            "\"bucket\" is required",
+        ),
         (with("", "colour = \"blue\""), "colour"),
         (with("timeouts", "create = \"soon\""), "timeouts.create"),
         (with("timeouts", "delete = \"-5m\""), "timeouts.delete"),

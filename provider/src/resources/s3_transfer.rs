@@ -278,7 +278,7 @@ pub fn schema() -> Schema {
                 "prefix_list",
                 Block::new()
                     .description("A file listing the prefixes to transfer, one per line.")
-                    .attribute(s("bucket", "Bucket of the list, read with the instance role (whatever credentials the source uses)."))
+                    .attribute(Attribute::string("bucket").required().description("Bucket of the list, read with the instance role (whatever credentials the source uses)."))
                     .attribute(Attribute::string("key").required().description("Key of the list.")),
             ).description("Transfer only the prefixes listed in an object."),
         );
@@ -316,7 +316,7 @@ pub fn schema() -> Schema {
         .attribute(setting(d, "fleet.min", "Fewest workers (when the queue is empty)."))
         .attribute(setting(d, "fleet.desired", "Workers at creation."))
         .attribute(setting(d, "fleet.max", "Most workers."))
-        .attribute(setting(d, "fleet.worker_concurrency", "Objects (or parts) each worker copies at once; its memory holds `worker_concurrency × multipart.chunk_size` bytes of data. (The job config's `worker.concurrency`.)"))
+        .attribute(setting(d, "fleet.worker_concurrency", "Objects (or parts) each worker copies at once; its memory holds `worker_concurrency × multipart.chunk_size` bytes of data. The job config's `worker.concurrency`."))
         .attribute(setting(d, "fleet.subnet_ids", "Subnets of the fleet. Default: the default VPC's."))
         .attribute(setting(d, "fleet.security_group_ids", "Security groups of the fleet. Default: an egress-only group made for the transfer."))
         .attribute(setting(d, "fleet.image", "Container image with the `finder` and `worker` binaries. Default: the project's image for this provider version (pinned by digest in a release). To run from your own registry, copy it there (`scripts/publish-image`, or `skopeo copy --all`) and set this; an image in ECR is pulled with the instances' role, which may pull from that one repository."))
