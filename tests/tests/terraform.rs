@@ -719,9 +719,9 @@ const EVERY_SETTING_B: &[(&str, &str)] = &[
     ("destination.bucket", r#""setb-dst""#),
 ];
 
-/// A `dth_s3_transfer` named `name` (also its address) with these (attribute path, HCL value) settings and the
-/// test image.
-fn transfer_with(name: &str, settings: &[(&str, &str)]) -> String {
+/// A `dth_s3_transfer` named `name` (also its address) with these (attribute path, HCL value) settings, and
+/// `image` (none: no `fleet` block, the default image).
+fn transfer_with(name: &str, image: Option<&str>, settings: &[(&str, &str)]) -> String {
     #[derive(Default)]
     struct Block(Vec<(String, String)>, BTreeMap<String, Block>);
     fn render(b: &Block, indent: usize, out: &mut String) {
@@ -736,10 +736,10 @@ fn transfer_with(name: &str, settings: &[(&str, &str)]) -> String {
         }
     }
     let mut root = Block::default();
-    let all = [
-        ("name", format!("\"{name}\"")),
-        ("fleet.image", "\"dth:test\"".into()),
-    ];
+    let mut all = vec![("name", format!("\"{name}\""))];
+    if let Some(image) = image {
+        all.push(("fleet.image", format!("\"{image}\"")));
+    }
     let settings = all
         .iter()
         .map(|(p, v)| (*p, v.as_str()))
@@ -839,8 +839,9 @@ async fn every_job_setting_reaches_the_instances() {
     let config = |a: &[(&str, &str)]| {
         format!(
             "{}\n{}",
-            transfer_with("seta", a),
-            transfer_with("setb", EVERY_SETTING_B)
+            transfer_with("seta", Some("dth:test"), a),
+            // No fleet block: every block but source and destination may be left out.
+            transfer_with("setb", None, EVERY_SETTING_B)
         )
     };
 

@@ -23,7 +23,7 @@ pub struct S3Transfer;
 
 /// Optional blocks: absent from configuration means "all defaults", and state keeps them absent while the cloud
 /// agrees, so that a configuration without them plans no changes.
-const OPTIONAL_BLOCKS: [&str; 5] = ["filters", "finder", "multipart", "batch", "worker"];
+const OPTIONAL_BLOCKS: [&str; 6] = ["filters", "finder", "fleet", "multipart", "batch", "worker"];
 
 /// Computed attributes that report progress. They change as the transfer runs, never because of a plan.
 const PROGRESS: [(&str, &str); 9] = [
