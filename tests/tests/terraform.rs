@@ -894,8 +894,11 @@ async fn every_job_setting_reaches_the_instances() {
         "job settings this test does not set: {unset:?}"
     );
 
+    // moto answers StartInstanceRefresh (after a new worker launch template version) with a 500, which the SDK
+    // would retry 25 times with backoff (minutes): a warning after a few.
+    const RETRIES: &str = "  max_retries = 2";
     let tf = Terraform::new(&w, "main");
-    tf.write(&config(EVERY_SETTING_A));
+    tf.write_with(RETRIES, &config(EVERY_SETTING_A));
     tf.ok(&["init", "-input=false"]);
     tf.ok(&["apply", "-auto-approve", "-input=false"]);
     check_job_configs(&w, "seta", EVERY_SETTING_A).await;
@@ -943,7 +946,7 @@ async fn every_job_setting_reaches_the_instances() {
     // Imported into a fresh working directory: the job configs read back from the launch templates are the
     // configuration's.
     let imported = Terraform::new(&w, "import");
-    imported.write(&config(EVERY_SETTING_A));
+    imported.write_with(RETRIES, &config(EVERY_SETTING_A));
     imported.ok(&["init", "-input=false"]);
     for name in ["seta", "setb"] {
         imported.ok(&[
@@ -966,7 +969,7 @@ async fn every_job_setting_reaches_the_instances() {
             _ => (a, v),
         })
         .collect();
-    tf.write(&config(&changed));
+    tf.write_with(RETRIES, &config(&changed));
     let (code, out) = tf.plan(&[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("0 to add, 1 to change, 0 to destroy"), "{out}");
