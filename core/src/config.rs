@@ -279,7 +279,21 @@ pub struct WorkerOptions {
     pub visibility_secs: u64,
     /// Seconds a stopping worker waits for jobs in flight before releasing them.
     pub shutdown_grace_secs: u64,
+    /// Days the ledger keeps the rows of object outcomes and finished jobs the workers write, after their
+    /// last write (the table's TTL removes them then; run summaries are kept forever). 0: keep them forever.
+    /// Here rather than under `ledger`, which the provider builds field by field: the workers are the only
+    /// writers of those rows. Left out of the JSON at its default, so older workers still read the config.
+    #[serde(skip_serializing_if = "is_default_retention")]
+    pub ledger_retention_days: u32,
 }
+
+fn is_default_retention(days: &u32) -> bool {
+    *days == crate::ledger::DEFAULT_RETENTION_DAYS
+}
+
+/// Longest ledger retention: ten years. Longer is a unit mistake (seconds or hours given as days); to keep
+/// rows forever, say 0.
+pub const MAX_RETENTION_DAYS: u32 = 3650;
 
 impl Default for WorkerOptions {
     fn default() -> Self {
@@ -291,6 +305,7 @@ impl Default for WorkerOptions {
             heartbeat_secs: 60,
             visibility_secs: 300,
             shutdown_grace_secs: 90,
+            ledger_retention_days: crate::ledger::DEFAULT_RETENTION_DAYS,
         }
     }
 }
@@ -556,6 +571,15 @@ impl JobConfig {
                 "must be greater than worker.heartbeat_secs and at most 43200 (12 hours, SQS's limit)",
             ));
         }
+        if w.ledger_retention_days > MAX_RETENTION_DAYS {
+            return Err(Error::config(
+                "worker.ledger_retention_days",
+                format!(
+                    "{} is more than {MAX_RETENTION_DAYS} days (ten years); give days, or 0 to keep ledger rows forever",
+                    w.ledger_retention_days
+                ),
+            ));
+        }
         if self.max_attempts == 0 || self.max_attempts > 1000 {
             return Err(Error::config("max_attempts", "must be between 1 and 1000"));
         }
@@ -760,6 +784,22 @@ pub(crate) mod tests {
         assert_eq!(c.multipart.chunk_size, 5 * MIB);
         assert_eq!(c.max_attempts, 5);
         assert!(c.include_metadata);
+        assert_eq!(c.worker.ledger_retention_days, 30);
+    }
+
+    #[test]
+    fn ledger_retention_is_written_only_when_it_is_not_the_default() {
+        let c = sample();
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(v["worker"].get("ledger_retention_days").is_none(), "{v}");
+        assert_eq!(JobConfig::from_json(&v.to_string()).unwrap(), c);
+        for days in [0, 7, MAX_RETENTION_DAYS] {
+            let c = with(serde_json::json!({"worker": {"ledger_retention_days": days}})).unwrap();
+            assert_eq!(c.worker.ledger_retention_days, days);
+            let v = serde_json::to_value(&c).unwrap();
+            assert_eq!(v["worker"]["ledger_retention_days"], days);
+            assert_eq!(JobConfig::from_json(&v.to_string()).unwrap(), c);
+        }
     }
 
     #[test]
@@ -828,6 +868,14 @@ pub(crate) mod tests {
             (json!({"queue": {"url": "jobs"}}), "queue.url"),
             (json!({"ledger": {"table": "a b"}}), "ledger.table"),
             (json!({"max_attempts": 0}), "max_attempts"),
+            (
+                json!({"worker": {"ledger_retention_days": 2_592_000}}),
+                "worker.ledger_retention_days",
+            ),
+            (
+                json!({"worker": {"ledger_retention_days": -1}}),
+                "worker.ledger_retention_days",
+            ),
             (json!({"batch": {"max_objects": 0}}), "batch.max_objects"),
             (json!({"finder": {"parallelism": 0}}), "finder.parallelism"),
             (json!({"source": {"colour": "red"}}), "source"),

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::config::{JobConfig, Sse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobObject;
-use crate::ledger::{DynamoLedger, UploadRecord};
+use crate::ledger::{DynamoLedger, OpenUpload, UploadRecord};
 use crate::limit::MemoryBudget;
 use crate::stats::{StatEvent, Stats};
 use crate::store::{
@@ -238,7 +238,16 @@ impl Copier {
         Ok((Reserved(f.body, permit), md5, etag))
     }
 
-    /// Create the destination upload and record it in the ledger as STARTED (for resume and fleet completion).
+    /// Create the destination upload and record it in the ledger: first as one of the transfer's open uploads
+    /// (before anything else, so that whatever happens next it is known to be ours, to resume or abort), then as
+    /// the key's upload in progress, STARTED (for resume and fleet completion).
+    ///
+    /// S3 names the upload only in its answer to CreateMultipartUpload, so one window remains in which an
+    /// upload exists and is not recorded: between that answer and the ledger's acknowledgement of the record (a
+    /// single PutItem), plus a create whose answer was lost on the way back. An upload left there is never
+    /// aborted by the transfer, since it cannot be told from another application's; a lifecycle rule
+    /// (AbortIncompleteMultipartUpload) on the destination bucket is what removes it. When the record itself
+    /// fails, the upload is aborted at once.
     pub async fn start_upload(
         &self,
         run: &str,
@@ -248,10 +257,21 @@ impl Copier {
         layout: Layout,
     ) -> Result<String> {
         let opts = self.write_options(key, head, pin).await?;
-        let id = self
-            .dst
-            .create_multipart(&self.cfg.destination_key(key), &opts)
-            .await?;
+        let dkey = self.cfg.destination_key(key);
+        let id = self.dst.create_multipart(&dkey, &opts).await?;
+        let open = OpenUpload {
+            upload_id: id.clone(),
+            bucket: self.cfg.destination.bucket.clone(),
+            key: dkey.clone(),
+            run: run.to_owned(),
+            created_at: None,
+        };
+        if let Err(e) = self.ledger.record_open_upload(&open).await {
+            if let Err(abort) = self.dst.abort_multipart(&dkey, &id).await {
+                tracing::warn!(key = %dkey, upload_id = %id, "aborting an upload the ledger could not record: {abort}");
+            }
+            return Err(e);
+        }
         let rec = UploadRecord {
             upload_id: id.clone(),
             source_etag: head.etag.clone(),
@@ -263,7 +283,28 @@ impl Copier {
         Ok(id)
     }
 
+    /// Abort one of the transfer's own uploads and forget it. An upload already gone (NoSuchUpload) counts as
+    /// aborted; any other failure leaves it recorded, for a later resume or destroy to abort.
+    pub async fn abort_upload(&self, dkey: &str, upload_id: &str) -> Result<()> {
+        match self.dst.abort_multipart(dkey, upload_id).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("NoSuchUpload") => {}
+            Err(e) => return Err(e),
+        }
+        self.forget_upload(upload_id).await;
+        Ok(())
+    }
+
+    /// Take a completed or aborted upload off the open ones. A failure only warns: the upload is closed
+    /// either way, and destroy finds it gone (NoSuchUpload) and forgets it then.
+    async fn forget_upload(&self, upload_id: &str) {
+        if let Err(e) = self.ledger.close_upload(upload_id).await {
+            tracing::warn!(upload_id, "forgetting a closed upload: {e}");
+        }
+    }
+
     /// Incomplete uploads of exactly `dkey`, or None when the store cannot list them (some S3-compatible ones).
+    /// Other applications' uploads are among them: see [`Copier::ours`].
     pub async fn live_uploads(&self, dkey: &str) -> Result<Option<Vec<crate::store::UploadInfo>>> {
         match self.dst.list_multipart_uploads(dkey).await {
             Ok(v) => Ok(Some(v.into_iter().filter(|u| u.key == dkey).collect())),
@@ -272,8 +313,30 @@ impl Copier {
         }
     }
 
+    /// Whether the transfer created `upload_id` (of `dkey`): recorded as open, or named by the key's row in
+    /// the ledger (`named`, which is also how uploads started before open uploads were recorded are known; such
+    /// an upload is recorded now, so that destroy finds it too).
+    async fn ours(&self, run: &str, dkey: &str, upload_id: &str, named: bool) -> Result<bool> {
+        if self.ledger.open_upload(upload_id).await?.is_some() {
+            return Ok(true);
+        }
+        if named {
+            self.ledger
+                .record_open_upload(&OpenUpload {
+                    upload_id: upload_id.to_owned(),
+                    bucket: self.cfg.destination.bucket.clone(),
+                    key: dkey.to_owned(),
+                    run: run.to_owned(),
+                    created_at: None,
+                })
+                .await?;
+        }
+        Ok(named)
+    }
+
     /// Find the upload to continue: the one the ledger recorded for this source version, with its parts
-    /// re-verified against the source. Other incomplete uploads of the key are aborted.
+    /// re-verified against the source. The transfer's other incomplete uploads of the key are aborted; uploads
+    /// it did not record (another application's) are left alone.
     async fn resume(
         &self,
         run: &str,
@@ -287,20 +350,34 @@ impl Copier {
         let Some(uploads) = self.live_uploads(&dkey).await? else {
             // Without ListMultipartUploads nothing can be checked: abort the upload we know of, start afresh.
             if let Some(r) = record.filter(|r| r.status == "STARTED") {
-                let _ = self.dst.abort_multipart(&dkey, &r.upload_id).await;
+                let _ = self.abort_upload(&dkey, &r.upload_id).await;
             }
             return Ok(None);
         };
-        let usable = record.filter(|r| {
+        let named = |id: &str| record.as_ref().is_some_and(|r| r.upload_id == id);
+        if let Some(r) = &record {
+            if r.status == "STARTED" && !uploads.iter().any(|u| u.upload_id == r.upload_id) {
+                // Completed, or aborted by someone else: nothing left to abort.
+                self.forget_upload(&r.upload_id).await;
+            }
+        }
+        let usable = record.clone().filter(|r| {
             r.source_etag == head.etag
                 && r.part_size == layout.part_size
                 && r.status == "STARTED"
                 && uploads.iter().any(|u| u.upload_id == r.upload_id)
         });
         for u in &uploads {
+            if !self
+                .ours(run, &dkey, &u.upload_id, named(&u.upload_id))
+                .await?
+            {
+                tracing::debug!(key = %dkey, upload_id = %u.upload_id, "leaving an incomplete upload the transfer did not start");
+                continue;
+            }
             if usable.as_ref().is_none_or(|r| r.upload_id != u.upload_id) {
                 tracing::info!(key = %dkey, upload_id = %u.upload_id, "aborting a stale incomplete upload");
-                self.dst.abort_multipart(&dkey, &u.upload_id).await?;
+                self.abort_upload(&dkey, &u.upload_id).await?;
             }
         }
         let Some(r) = usable else { return Ok(None) };
@@ -377,7 +454,7 @@ impl Copier {
                     || e.kind() == ErrorKind::Integrity
                     || final_attempt =>
             {
-                if let Err(abort) = self.dst.abort_multipart(&dkey, &upload_id).await {
+                if let Err(abort) = self.abort_upload(&dkey, &upload_id).await {
                     tracing::warn!(key = %dkey, "aborting upload after failure: {abort}");
                 }
             }
@@ -464,6 +541,8 @@ impl Copier {
         head: &Head,
     ) -> Result<String> {
         let etag = self.dst.complete_multipart(dkey, upload_id, parts).await?;
+        // Completed: the upload is an object now (whatever the checks below find), nothing to abort.
+        self.forget_upload(upload_id).await;
         if self.dest_etag_is_md5() {
             let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
             if let Some(md5s) = md5s {

@@ -1,21 +1,35 @@
 //! The DynamoDB ledger: one table (`pk`, `sk` strings) holding, per run, a summary kept current with atomic
 //! ADDs, the outcome of every object, the in-progress multipart uploads, and, per key, the last applied event
-//! sequencer.
+//! sequencer; and, for the whole transfer, every multipart upload still open at the destination.
 //!
-//! | item                 | pk               | sk              |
-//! |----------------------|------------------|-----------------|
-//! | latest run pointer   | `transfer`       | `latest`        |
-//! | run summary          | `run#<run>`      | `summary`       |
-//! | object               | `run#<run>`      | `obj#<key>`     |
-//! | finished job         | `run#<run>`      | `job#<job id>`  |
+//! | item                 | pk               | sk              | expires |
+//! |----------------------|------------------|-----------------|---------|
+//! | run pointer          | `transfer`       | `latest`        | never   |
+//! | run summary          | `run#<run>`      | `summary`       | never   |
+//! | object               | `run#<run>`      | `obj#<key>`     | [`EXPIRES_AT`] |
+//! | finished job         | `run#<run>`      | `job#<job id>`  | [`EXPIRES_AT`] |
+//! | open upload          | `uploads`        | `<upload id>`   | never (deleted when closed) |
 //!
-//! | event order per key  | `seq#<key>`      | `seq`           |
+//! | event order per key  | `seq#<key>`      | `seq`           | never   |
 //!
 //! A finished job's row is written once (a conditional put, which is also what keeps the run counts exact when
 //! a message is redelivered) and carries the outcomes of its objects that went right the first time, in one
 //! compact `objects` attribute: a batch of small objects costs one ledger row, not one per object. Every other
 //! outcome — failed, retried, or of a multipart object whose upload row exists already — gets its own `obj#`
 //! row. [`DynamoLedger::objects`] reads both back as one list.
+//!
+//! Object and job rows carry [`EXPIRES_AT`] (epoch seconds, the retention after their last write) for the
+//! table's TTL to remove: a transfer that runs for years would otherwise keep every outcome it ever had. The run
+//! summaries and the pointer stay, so the history of runs and their totals is never lost.
+//!
+//! The run pointer names the latest run that has not failed (`run`: in progress or finished), the one before it
+//! (`previous_run`, put back when the latest fails), and the last failure since a run last succeeded
+//! (`failed_run`, `failed_error`, `failed_at`): a failed finder run never hides the progress of the good one.
+//!
+//! Every multipart upload a worker creates is recorded under `uploads` before any part is uploaded, and its row
+//! deleted once the upload is completed or aborted. Those rows are what the transfer may abort — when resuming
+//! and at destroy ([`crate::uploads::abort_open_uploads`]); any other incomplete upload at the destination
+//! belongs to someone else and is never touched.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,6 +38,21 @@ use aws_sdk_dynamodb::Client;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::queue::count_call;
+
+/// The attribute holding when a row may go (epoch seconds): the name to give DynamoDB's UpdateTimeToLive.
+pub const EXPIRES_AT: &str = "expires_at";
+
+/// How long object and job rows are kept when the job config says nothing else.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+/// The partition holding the transfer's open multipart uploads, one row per upload id.
+pub const UPLOADS_PK: &str = "uploads";
+
+/// When a row written at `now_unix` (epoch seconds) expires after `retention_days`; None keeps it forever
+/// (retention 0). Saturates rather than overflowing on absurd clocks.
+pub fn expiry(now_unix: i64, retention_days: u32) -> Option<i64> {
+    (retention_days > 0).then(|| now_unix.saturating_add(i64::from(retention_days) * 86_400))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -112,6 +141,7 @@ impl JobTotals {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunSummary {
     pub run: String,
+    pub status: RunStatus,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub objects_found: u64,
@@ -122,6 +152,73 @@ pub struct RunSummary {
     pub objects_gone: u64,
     /// Why the run failed, when it did (see [`DynamoLedger::fail_run`]).
     pub error: Option<String>,
+}
+
+/// How a run stands, from its summary row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Started, not finished: the finder is listing (or died without a word).
+    #[default]
+    Running,
+    /// The finder listed everything and enqueued it.
+    Done,
+    /// The finder failed; the summary's `error` says why.
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::Done => "DONE",
+            RunStatus::Failed => "FAILED",
+        }
+    }
+
+    /// The `status` attribute, or, on rows written before it existed, what the other attributes imply.
+    fn of(item: &HashMap<String, Av>) -> Self {
+        match get_s(item, "status").as_deref() {
+            Some("FAILED") => RunStatus::Failed,
+            Some("DONE") => RunStatus::Done,
+            Some(_) => RunStatus::Running,
+            None if item.contains_key("error") => RunStatus::Failed,
+            None if item.contains_key("finished_at") => RunStatus::Done,
+            None => RunStatus::Running,
+        }
+    }
+}
+
+/// The last failed finder run since a run last succeeded, as the run pointer records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FailedRun {
+    pub run: String,
+    pub error: String,
+    /// When it failed (RFC 3339).
+    pub at: Option<String>,
+}
+
+/// What a refresh shows: the latest run that has not failed (its summary has the progress), and the last
+/// failure since a run last succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LatestRuns {
+    /// The latest run that has not failed: in progress or finished. None before the first one.
+    pub good: Option<String>,
+    /// The last failed run, until a later run finishes.
+    pub failed: Option<FailedRun>,
+}
+
+/// A multipart upload the transfer created and has not yet completed or aborted (a row under [`UPLOADS_PK`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OpenUpload {
+    pub upload_id: String,
+    /// The destination bucket and key the upload writes.
+    pub bucket: String,
+    pub key: String,
+    /// The run that created it.
+    pub run: String,
+    /// When it was created (RFC 3339).
+    pub created_at: Option<String>,
 }
 
 /// A multipart upload in progress, as the ledger remembers it (for resume and for fleet-split completion).
@@ -139,6 +236,8 @@ pub struct UploadRecord {
 pub struct DynamoLedger {
     client: Client,
     table: String,
+    /// Days object and job rows are kept after their last write; 0: forever.
+    retention_days: u32,
 }
 
 fn s(v: impl Into<String>) -> Av {
@@ -150,10 +249,10 @@ fn n(v: u64) -> Av {
 fn run_pk(run: &str) -> String {
     format!("run#{run}")
 }
-/// The two rows a run's state is written to: its own summary, and the transfer's latest-run pointer.
-fn run_rows(run: &str) -> [(String, &'static str); 2] {
-    [(run_pk(run), "summary"), ("transfer".to_owned(), "latest")]
-}
+const POINTER_PK: &str = "transfer";
+const POINTER_SK: &str = "latest";
+/// Attempts at moving the run pointer while another writer moves it too (two finder runs at once).
+const POINTER_TRIES: u32 = 5;
 
 /// Sort keys are limited to 1024 bytes; S3 keys may be that long themselves.
 pub fn object_sk(key: &str) -> String {
@@ -181,6 +280,10 @@ fn get_n(item: &HashMap<String, Av>, k: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -197,15 +300,29 @@ fn is_condition_failure(e: &Error) -> bool {
 }
 
 impl DynamoLedger {
+    /// A ledger keeping object and job rows [`DEFAULT_RETENTION_DAYS`]; see [`DynamoLedger::with_retention_days`].
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            retention_days: DEFAULT_RETENTION_DAYS,
         }
+    }
+
+    /// Keep the object and job rows this ledger writes `days` after their last write (0: forever). Only what
+    /// is written from now on is affected; the table's TTL must be enabled on [`EXPIRES_AT`] for rows to go.
+    pub fn with_retention_days(mut self, days: u32) -> Self {
+        self.retention_days = days;
+        self
     }
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The [`EXPIRES_AT`] value for a row written now, if rows expire.
+    fn expires(&self) -> Option<Av> {
+        expiry(unix_now(), self.retention_days).map(|t| Av::N(t.to_string()))
     }
 
     fn err<E>(
@@ -241,84 +358,258 @@ impl DynamoLedger {
         Ok(())
     }
 
-    pub async fn start_run(&self, run: &str) -> Result<()> {
-        let at = now();
-        for (pk, sk) in run_rows(run) {
-            count_call();
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s(pk))
-                .item("sk", s(sk))
-                .item("run", s(run))
-                .item("started_at", s(&at))
-                .send()
-                .await
-                .map_err(self.err("starting run"))?;
-        }
-        Ok(())
-    }
-
-    pub async fn finish_run(&self, run: &str, objects_found: u64, bytes_found: u64) -> Result<()> {
-        let at = now();
-        for (pk, sk) in run_rows(run) {
-            count_call();
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
-                .update_expression("SET finished_at = :at, objects_found = :f, bytes_found = :b")
-                .expression_attribute_values(":at", s(&at))
-                .expression_attribute_values(":f", n(objects_found))
-                .expression_attribute_values(":b", n(bytes_found))
-                .send()
-                .await
-                .map_err(self.err("finishing run"))?;
-        }
-        Ok(())
-    }
-
-    /// Record that `run` failed with `error`, creating its summary when it failed before it started, and
-    /// make it the latest run: a refresh then reports the failure (`terraform plan` shows it) until the next
-    /// run replaces it.
-    pub async fn fail_run(&self, run: &str, error: &str) -> Result<()> {
-        let at = now();
-        for (pk, sk) in run_rows(run) {
-            count_call();
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
-                .update_expression(
-                    "SET #r = :run, started_at = if_not_exists(started_at, :at), failed_at = :at, #e = :e",
-                )
-                .expression_attribute_names("#r", "run")
-                .expression_attribute_names("#e", "error")
-                .expression_attribute_values(":run", s(run))
-                .expression_attribute_values(":at", s(&at))
-                .expression_attribute_values(":e", s(error))
-                .send()
-                .await
-                .map_err(self.err("recording a failed run"))?;
-        }
-        Ok(())
-    }
-
-    pub async fn latest_run(&self) -> Result<Option<String>> {
+    /// The run pointer as it stands (consistent read).
+    async fn pointer(&self) -> Result<Option<HashMap<String, Av>>> {
         count_call();
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s("transfer"))
-            .key("sk", s("latest"))
+            .key("pk", s(POINTER_PK))
+            .key("sk", s(POINTER_SK))
             .consistent_read(true)
             .send()
             .await
-            .map_err(self.err("reading latest run"))?;
-        Ok(out.item().and_then(|i| get_s(i, "run")))
+            .map_err(self.err("reading the run pointer"))?;
+        Ok(out.item().cloned())
+    }
+
+    /// Write the run pointer with `update` if its `run` is still `seen` (absent when None). `#r` stands for
+    /// `run`; `names` are the other attribute names the update uses. False when another writer moved the
+    /// pointer first: read it again and retry.
+    async fn move_pointer(
+        &self,
+        seen: Option<&str>,
+        update: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, Av)>,
+    ) -> Result<bool> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(POINTER_PK))
+            .key("sk", s(POINTER_SK))
+            .update_expression(update)
+            .expression_attribute_names("#r", "run");
+        req = match seen {
+            Some(run) => req
+                .condition_expression("#r = :seen")
+                .expression_attribute_values(":seen", s(run)),
+            None => req.condition_expression("attribute_not_exists(#r)"),
+        };
+        for (alias, name) in names {
+            req = req.expression_attribute_names(*alias, *name);
+        }
+        for (alias, v) in values {
+            req = req.expression_attribute_values(alias, v);
+        }
+        count_call();
+        match req.send().await.map_err(self.err("moving the run pointer")) {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pointer_contended(&self) -> Error {
+        Error::new(
+            ErrorKind::Transient,
+            format!(
+                "the run pointer in ledger table {} kept moving under us",
+                self.table
+            ),
+        )
+    }
+
+    /// Record `run` as started and make it the latest run, remembering the one it replaces so that a failure
+    /// can put that one back. A failure recorded earlier stays on the pointer until a run finishes.
+    pub async fn start_run(&self, run: &str) -> Result<()> {
+        let at = now();
+        count_call();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(run_pk(run)))
+            .item("sk", s("summary"))
+            .item("run", s(run))
+            .item("status", s(RunStatus::Running.as_str()))
+            .item("started_at", s(&at))
+            .send()
+            .await
+            .map_err(self.err("starting run"))?;
+        // What the pointer carried before it only pointed (a copy of the summary; a failed run as the latest
+        // one, with its `error`) is dropped: the summary row is the one place for it.
+        let legacy = "started_at, finished_at, objects_found, bytes_found, #e";
+        for _ in 0..POINTER_TRIES {
+            let pointer = self.pointer().await?.unwrap_or_default();
+            let seen = get_s(&pointer, "run");
+            if seen.as_deref() == Some(run) {
+                return Ok(()); // started twice (a retried call): the pointer is right already
+            }
+            let mut values = vec![(":run", s(run))];
+            let update = match (&seen, get_s(&pointer, "error")) {
+                // An earlier version made a failed run the latest one: it is the last failure, not a run to
+                // go back to.
+                (Some(prev), Some(error)) if !pointer.contains_key("failed_run") => {
+                    values.push((":frun", s(prev)));
+                    values.push((":ferr", s(error)));
+                    format!(
+                        "SET #r = :run, failed_run = :frun, failed_error = :ferr REMOVE {legacy}, previous_run"
+                    )
+                }
+                (Some(prev), _) => {
+                    values.push((":prev", s(prev)));
+                    format!("SET #r = :run, previous_run = :prev REMOVE {legacy}")
+                }
+                (None, _) => format!("SET #r = :run REMOVE {legacy}, previous_run"),
+            };
+            if self
+                .move_pointer(seen.as_deref(), &update, &[("#e", "error")], values)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(self.pointer_contended())
+    }
+
+    /// Record that `run` finished listing, and clear the last failure from the pointer if `run` is still the
+    /// latest run (a newer run that started meanwhile decides for itself). With overlapping finder runs (not
+    /// how a transfer runs them: one scheduled finder at a time) the latest run finishing clears a failure of
+    /// a run that started after it and failed first.
+    pub async fn finish_run(&self, run: &str, objects_found: u64, bytes_found: u64) -> Result<()> {
+        let at = now();
+        count_call();
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s("summary"))
+            .update_expression(
+                "SET finished_at = :at, objects_found = :f, bytes_found = :b, #s = :done",
+            )
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":at", s(&at))
+            .expression_attribute_values(":f", n(objects_found))
+            .expression_attribute_values(":b", n(bytes_found))
+            .expression_attribute_values(":done", s(RunStatus::Done.as_str()))
+            .send()
+            .await
+            .map_err(self.err("finishing run"))?;
+        // Not the latest run any more (a newer one started meanwhile): that one decides.
+        self.move_pointer(
+            Some(run),
+            "REMOVE failed_run, failed_error, failed_at, previous_run",
+            &[],
+            vec![],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Record that `run` failed with `error`: its summary (created when it failed before it started) says
+    /// FAILED and why, and the pointer records the failure. If `run` was the latest run, the run before it
+    /// becomes the latest again, so a refresh shows both "the last run failed: <error>" and the progress of the
+    /// last good run, until a later run finishes.
+    pub async fn fail_run(&self, run: &str, error: &str) -> Result<()> {
+        let at = now();
+        count_call();
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s("summary"))
+            .update_expression(
+                "SET #r = :run, started_at = if_not_exists(started_at, :at), failed_at = :at, #e = :e, \
+                 #s = :failed",
+            )
+            .expression_attribute_names("#r", "run")
+            .expression_attribute_names("#e", "error")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":run", s(run))
+            .expression_attribute_values(":at", s(&at))
+            .expression_attribute_values(":e", s(error))
+            .expression_attribute_values(":failed", s(RunStatus::Failed.as_str()))
+            .send()
+            .await
+            .map_err(self.err("recording a failed run"))?;
+        let failure = "failed_run = :run, failed_error = :e, failed_at = :at";
+        let values = || vec![(":run", s(run)), (":e", s(error)), (":at", s(&at))];
+        for _ in 0..POINTER_TRIES {
+            let pointer = self.pointer().await?;
+            let seen = pointer.as_ref().and_then(|p| get_s(p, "run"));
+            let moved = if seen.as_deref() == Some(run) {
+                // The failed run was the latest: put the one before it back.
+                match pointer.as_ref().and_then(|p| get_s(p, "previous_run")) {
+                    Some(prev) => {
+                        let mut v = values();
+                        v.push((":prev", s(prev)));
+                        self.move_pointer(
+                            Some(run),
+                            &format!("SET #r = :prev, {failure} REMOVE previous_run"),
+                            &[],
+                            v,
+                        )
+                        .await?
+                    }
+                    None => {
+                        self.move_pointer(
+                            Some(run),
+                            &format!("SET {failure} REMOVE #r, previous_run"),
+                            &[],
+                            values(),
+                        )
+                        .await?
+                    }
+                }
+            } else {
+                // Failed before it became the latest run (or a newer one started since): only the failure.
+                self.move_pointer(seen.as_deref(), &format!("SET {failure}"), &[], values())
+                    .await?
+            };
+            if moved {
+                return Ok(());
+            }
+        }
+        Err(self.pointer_contended())
+    }
+
+    /// The latest run that has not failed (in progress or finished): the one whose summary shows the
+    /// transfer's progress. See [`DynamoLedger::latest_runs`] for the last failure too.
+    pub async fn latest_run(&self) -> Result<Option<String>> {
+        Ok(self.latest_runs().await?.good)
+    }
+
+    /// The latest run that has not failed, and the last failed run since a run last finished.
+    pub async fn latest_runs(&self) -> Result<LatestRuns> {
+        let Some(p) = self.pointer().await? else {
+            return Ok(LatestRuns::default());
+        };
+        if let (Some(run), Some(error), None) = (
+            get_s(&p, "run"),
+            get_s(&p, "error"),
+            get_s(&p, "failed_run"),
+        ) {
+            // Written by an earlier version, which made a failed run the latest one: the good run before it
+            // is not known.
+            return Ok(LatestRuns {
+                good: None,
+                failed: Some(FailedRun {
+                    run,
+                    error,
+                    at: get_s(&p, "failed_at"),
+                }),
+            });
+        }
+        Ok(LatestRuns {
+            good: get_s(&p, "run"),
+            failed: get_s(&p, "failed_run").map(|run| FailedRun {
+                run,
+                error: get_s(&p, "failed_error").unwrap_or_default(),
+                at: get_s(&p, "failed_at"),
+            }),
+        })
     }
 
     pub async fn summary(&self, run: &str) -> Result<Option<RunSummary>> {
@@ -335,6 +626,7 @@ impl DynamoLedger {
             .map_err(self.err("reading run summary"))?;
         Ok(out.item().map(|i| RunSummary {
             run: run.to_owned(),
+            status: RunStatus::of(i),
             started_at: get_s(i, "started_at"),
             finished_at: get_s(i, "finished_at"),
             objects_found: get_n(i, "objects_found"),
@@ -350,6 +642,7 @@ impl DynamoLedger {
     /// Write object rows, 25 to a BatchWriteItem, retrying what DynamoDB leaves unprocessed.
     pub async fn record_objects(&self, run: &str, records: &[ObjectRecord]) -> Result<()> {
         let at = now();
+        let expires = self.expires();
         // A key twice in one batch is an error to DynamoDB: the last outcome wins.
         let mut latest: BTreeMap<String, &ObjectRecord> = BTreeMap::new();
         for r in records {
@@ -373,6 +666,9 @@ impl DynamoLedger {
                 }
                 if let Some(e) = &r.error {
                     item.insert("error".into(), s(e.chars().take(2000).collect::<String>()));
+                }
+                if let Some(x) = &expires {
+                    item.insert(EXPIRES_AT.into(), x.clone());
                 }
                 WriteRequest::builder()
                     .put_request(
@@ -534,6 +830,9 @@ impl DynamoLedger {
         if let Some(o) = objects {
             item.insert("objects".into(), s(o));
         }
+        if let Some(x) = self.expires() {
+            item.insert(EXPIRES_AT.into(), x);
+        }
         count_call();
         let marked = self
             .client
@@ -585,8 +884,8 @@ impl DynamoLedger {
 
     /// Record a multipart upload as STARTED (replacing an earlier row for the key).
     pub async fn put_upload(&self, run: &str, key: &str, u: &UploadRecord) -> Result<()> {
-        count_call();
-        self.client
+        let mut req = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item("pk", s(run_pk(run)))
@@ -598,11 +897,89 @@ impl DynamoLedger {
             .item("part_size", n(u.part_size))
             .item("parts", n(u.parts.into()))
             .item("part_etags", Av::M(HashMap::new()))
-            .item("updated_at", s(now()))
+            .item("updated_at", s(now()));
+        if let Some(x) = self.expires() {
+            req = req.item(EXPIRES_AT, x);
+        }
+        count_call();
+        req.send().await.map_err(self.err("recording an upload"))?;
+        Ok(())
+    }
+
+    /// Record an upload the transfer just created, before any part of it is uploaded: from now on it is
+    /// the transfer's to resume, complete or abort. Kept until [`DynamoLedger::close_upload`], never expired:
+    /// an open upload costs storage until someone aborts it.
+    pub async fn record_open_upload(&self, u: &OpenUpload) -> Result<()> {
+        count_call();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(UPLOADS_PK))
+            .item("sk", s(&u.upload_id))
+            .item("bucket", s(&u.bucket))
+            .item("key", s(&u.key))
+            .item("run", s(&u.run))
+            .item("created_at", s(u.created_at.clone().unwrap_or_else(now)))
             .send()
             .await
-            .map_err(self.err("recording an upload"))?;
+            .map_err(self.err("recording an open upload"))?;
         Ok(())
+    }
+
+    /// The recorded open upload `upload_id`, if the transfer created it and has not closed it.
+    pub async fn open_upload(&self, upload_id: &str) -> Result<Option<OpenUpload>> {
+        count_call();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(UPLOADS_PK))
+            .key("sk", s(upload_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(self.err("reading an open upload"))?;
+        Ok(out.item().and_then(open_upload_from_item))
+    }
+
+    /// Forget an upload that was completed or aborted (or is gone): there is nothing left of it to abort.
+    pub async fn close_upload(&self, upload_id: &str) -> Result<()> {
+        count_call();
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(UPLOADS_PK))
+            .key("sk", s(upload_id))
+            .send()
+            .await
+            .map_err(self.err("closing an upload"))?;
+        Ok(())
+    }
+
+    /// Every upload the transfer created and has not closed: what destroy aborts. A paged Query of one
+    /// partition (no Scan), consistent, oldest id first.
+    pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>> {
+        let mut uploads = Vec::new();
+        let mut start = None;
+        loop {
+            count_call();
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(UPLOADS_PK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(self.err("listing open uploads"))?;
+            uploads.extend(out.items().iter().filter_map(open_upload_from_item));
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(uploads);
+            }
+        }
     }
 
     /// Record a finished part of a fleet-split upload. Returns the upload as it now stands, or None when the
@@ -615,8 +992,7 @@ impl DynamoLedger {
         part: u32,
         etag: &str,
     ) -> Result<Option<UploadRecord>> {
-        count_call();
-        let res = self
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -627,10 +1003,16 @@ impl DynamoLedger {
             .expression_attribute_names("#p", part.to_string())
             .expression_attribute_values(":e", s(etag))
             .expression_attribute_values(":u", s(upload_id))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(self.err("recording a part"));
+            .return_values(ReturnValue::AllNew);
+        if let Some(x) = self.expires() {
+            // The row lives as long as its upload is being written, however long a giant object takes.
+            req = req
+                .update_expression("SET part_etags.#p = :e, #x = :x")
+                .expression_attribute_names("#x", EXPIRES_AT)
+                .expression_attribute_values(":x", x);
+        }
+        count_call();
+        let res = req.send().await.map_err(self.err("recording a part"));
         match res {
             Ok(out) => Ok(out.attributes().and_then(upload_from_item)),
             Err(e) if is_condition_failure(&e) => Ok(None),
@@ -709,6 +1091,16 @@ impl DynamoLedger {
     }
 }
 
+fn open_upload_from_item(i: &HashMap<String, Av>) -> Option<OpenUpload> {
+    Some(OpenUpload {
+        upload_id: get_s(i, "sk")?,
+        bucket: get_s(i, "bucket")?,
+        key: get_s(i, "key")?,
+        run: get_s(i, "run").unwrap_or_default(),
+        created_at: get_s(i, "created_at"),
+    })
+}
+
 fn upload_from_item(i: &HashMap<String, Av>) -> Option<UploadRecord> {
     let upload_id = get_s(i, "upload_id")?;
     let part_etags = i
@@ -740,6 +1132,62 @@ mod tests {
         // A longer sequencer extending a shorter one is later.
         assert!(pad_sequencer("00AB") < pad_sequencer("00AB01"));
         assert!(pad_sequencer("00AC") > pad_sequencer("00AB01"));
+    }
+
+    #[test]
+    fn rows_expire_after_the_retention_in_epoch_seconds() {
+        // 2024-01-01T00:00:00Z + 30 days = 2024-01-31T00:00:00Z.
+        assert_eq!(expiry(1_704_067_200, 30), Some(1_706_659_200));
+        assert_eq!(expiry(1_704_067_200, 1), Some(1_704_067_200 + 86_400));
+        assert_eq!(expiry(1_704_067_200, 0), None, "0 keeps rows forever");
+        assert_eq!(expiry(i64::MAX - 10, 3650), Some(i64::MAX), "saturates");
+        assert_eq!(DEFAULT_RETENTION_DAYS, 30);
+        assert_eq!(EXPIRES_AT, "expires_at");
+    }
+
+    #[test]
+    fn a_new_ledger_expires_rows_after_the_default_retention() {
+        let client = Client::from_conf(
+            aws_sdk_dynamodb::Config::builder()
+                .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                .build(),
+        );
+        let before = unix_now();
+        let x = |l: &DynamoLedger| {
+            l.expires()
+                .map(|v| v.as_n().unwrap().parse::<i64>().unwrap())
+        };
+        let l = DynamoLedger::new(client, "t");
+        let at = x(&l).unwrap();
+        assert!((before + 30 * 86_400..=unix_now() + 30 * 86_400).contains(&at));
+        assert_eq!(x(&l.clone().with_retention_days(0)), None);
+        let at = x(&l.with_retention_days(7)).unwrap();
+        assert!((before + 7 * 86_400..=unix_now() + 7 * 86_400).contains(&at));
+    }
+
+    #[test]
+    fn run_status_reads_rows_written_before_it_existed() {
+        let row = |attrs: &[(&str, &str)]| -> HashMap<String, Av> {
+            attrs.iter().map(|(k, v)| (k.to_string(), s(*v))).collect()
+        };
+        assert_eq!(
+            RunStatus::of(&row(&[("status", "FAILED")])),
+            RunStatus::Failed
+        );
+        assert_eq!(RunStatus::of(&row(&[("status", "DONE")])), RunStatus::Done);
+        assert_eq!(
+            RunStatus::of(&row(&[("status", "RUNNING")])),
+            RunStatus::Running
+        );
+        assert_eq!(RunStatus::of(&row(&[("error", "boom")])), RunStatus::Failed);
+        assert_eq!(
+            RunStatus::of(&row(&[("finished_at", "t")])),
+            RunStatus::Done
+        );
+        assert_eq!(
+            RunStatus::of(&row(&[("started_at", "t")])),
+            RunStatus::Running
+        );
     }
 
     #[test]

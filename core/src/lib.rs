@@ -7,6 +7,7 @@
 //! - [`finder`]: list → diff → pack into jobs → enqueue, streaming with bounded memory.
 //! - [`worker`]: dequeue → copy (single PUT / multipart / fleet-split) → verify → record.
 //! - [`queue`], [`ledger`]: the SQS job queue and the DynamoDB ledger.
+//! - [`uploads`]: the transfer's own open multipart uploads, aborted at destroy.
 //! - [`fleet`]: what a binary does to its own Auto Scaling group (the finder scales itself in).
 //! - [`build_info`]: the version, revision and target baked into every binary.
 
@@ -27,6 +28,7 @@ pub mod queue;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod uploads;
 pub mod userdata;
 pub mod worker;
 

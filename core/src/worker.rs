@@ -113,6 +113,8 @@ impl Worker {
         stats: Stats,
     ) -> Result<Arc<Self>> {
         let w = &cfg.worker;
+        // The rows a worker writes expire as its config says, however the ledger was opened.
+        let ledger = ledger.with_retention_days(w.ledger_retention_days);
         let copier = Arc::new(Copier {
             cfg: cfg.clone(),
             src,
@@ -582,7 +584,9 @@ impl Worker {
                     .claim_upload(run, &o.key, upload_id, "STARTED", "RESTARTED")
                     .await?
                 {
-                    let _ = c.dst.abort_multipart(&dkey, upload_id).await;
+                    if let Err(e) = c.abort_upload(&dkey, upload_id).await {
+                        tracing::warn!(key = %dkey, upload_id, "aborting a restarted upload: {e}");
+                    }
                     let job = Job::Giant {
                         id: new_id(),
                         run: run.into(),

@@ -361,6 +361,27 @@ async fn create_observe_update_import_delete() {
     let (imported, imported_infra) = import(&c, &cfg, "life").await.expect("import");
     assert_eq!(imported, new);
     assert_eq!(imported_infra, infra2);
+    // Step scaling moved the fleet in to 2 (moto cannot launch from a template version with user data made by
+    // CreateLaunchTemplateVersion, so the test scales in): a new max leaves it there — only a change of
+    // `desired` itself writes the desired capacity.
+    c.autoscaling
+        .set_desired_capacity()
+        .auto_scaling_group_name(&infra2.worker_asg)
+        .desired_capacity(2)
+        .send()
+        .await
+        .expect("scaled in");
+    let mut wider = new.clone();
+    wider.fleet.max = 12;
+    let (infra3, _) = update(&c, &cfg, (&new, &infra2), &wider)
+        .await
+        .expect("raise max");
+    let seen = observed(&c, &cfg, &wider, &infra3).await;
+    assert_eq!((seen.spec.fleet.max, seen.worker_desired), (12, 2));
+    assert_eq!(seen.spec.fleet.desired, 3, "within min..max: as written");
+    update(&c, &cfg, (&wider, &infra3), &new)
+        .await
+        .expect("max back");
 
     // The alarm email changes in place: a new subscription, then none (topic gone, alarm without action).
     let mut other_email = new.clone();

@@ -188,6 +188,14 @@ async fn finder_and_workers_copy_a_mixed_bucket() {
     assert_eq!(w.depth(&q.url).await, (0, 0));
     assert_eq!(w.depth(&q.dlq_url).await, (0, 0));
     assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    // Every upload the workers recorded as theirs (multipart and the fleet-split giant) is closed.
+    assert_eq!(
+        dth_core::ledger::DynamoLedger::new(w.ddb.clone(), "ledger")
+            .open_uploads()
+            .await
+            .unwrap(),
+        vec![]
+    );
 
     // In sync: a second finder run enqueues nothing.
     let again = w.run("finder", &cfg, &["--json"]);

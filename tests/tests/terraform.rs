@@ -704,6 +704,7 @@ const EVERY_SETTING_A: &[(&str, &str)] = &[
     ("worker.heartbeat_secs", "30"),
     ("worker.visibility_secs", "120"),
     ("worker.shutdown_grace_secs", "240"),
+    ("worker.ledger_retention_days", "7"),
     ("max_attempts", "7"),
 ];
 
@@ -845,50 +846,17 @@ async fn every_job_setting_reaches_the_instances() {
         )
     };
 
-    // Between them, the two set every job setting a user of the binaries has, away from its default.
-    let spec = dth_provider::transfer::TransferSpec::new("d", "d-src", "d-dst", "dth:test");
-    let defaults = serde_json::to_value(spec.job_config(
-        &dth_provider::transfer::Infra::default(),
-        &Default::default(),
-    ))
-    .unwrap();
+    // Between them, the two set every job setting a user of the binaries has (core's fields, less what the
+    // provider owns or derives).
     let set: Vec<String> = EVERY_SETTING_A
         .iter()
         .chain(EVERY_SETTING_B)
         .map(|(a, _)| job_path(a))
         .collect();
-    let mut unset = Vec::new();
-    fn leaves(j: &serde_json::Value, at: &str, out: &mut Vec<String>) {
-        match j.as_object() {
-            Some(m) => {
-                for (k, v) in m {
-                    let path = if at.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{at}.{k}")
-                    };
-                    leaves(v, &path, out);
-                }
-            }
-            None => out.push(at.to_owned()),
-        }
-    }
-    let mut all = Vec::new();
-    leaves(&defaults, "", &mut all);
-    for path in all {
-        let top = path.split('.').next().unwrap();
-        if dth_provider::transfer::spec::PROVIDER_OWNED.contains(&top)
-            || dth_provider::transfer::spec::NOT_SETTABLE.contains(&path.as_str())
-        {
-            continue;
-        }
-        if !set
-            .iter()
-            .any(|s| *s == path || s.starts_with(&format!("{path}.")))
-        {
-            unset.push(path);
-        }
-    }
+    let unset: Vec<String> = dth_provider::transfer::spec::job_settings()
+        .into_iter()
+        .filter(|s| !set.contains(s))
+        .collect();
     assert!(
         unset.is_empty(),
         "job settings this test does not set: {unset:?}"

@@ -209,8 +209,18 @@ fn schema_json(spec: &TransferSpec) -> Result<serde_json::Value, Diagnostics> {
     for field in transfer::spec::NOT_SETTABLE {
         take(&mut j, field);
     }
+    for (field, value) in OMITTED_AT_DEFAULT {
+        put(&mut j, field, value(spec));
+    }
     Ok(j)
 }
+
+/// Job settings core's JSON leaves out at their default (so that older binaries, which refuse unknown fields,
+/// still read a job config that does not change them), with the spec's value: state and schema show them all.
+type Field = fn(&TransferSpec) -> serde_json::Value;
+const OMITTED_AT_DEFAULT: [(&str, Field); 1] = [("worker.ledger_retention_days", |s| {
+    s.worker.ledger_retention_days.into()
+})];
 
 /// The default spec as the schema shapes it: where the schema's defaults come from (core's, for every job
 /// setting), so that none is written twice.
@@ -341,6 +351,7 @@ pub fn schema() -> Schema {
         .attribute(setting(d, "worker.requests_per_second", "S3 requests per second each worker sends, source and destination together; 0: unlimited."))
         .attribute(setting(d, "worker.heartbeat_secs", "Seconds between extensions of a job's visibility while a worker copies it. Below the job queue's visibility timeout (900), which holds a job until its first heartbeat."))
         .attribute(setting(d, "worker.visibility_secs", "Seconds each extension hides the job from other workers: more than `heartbeat_secs`, at most 43200."))
+        .attribute(setting(d, "worker.ledger_retention_days", &format!("Days the ledger keeps the rows of copied objects and finished jobs after their last write (DynamoDB's TTL removes them; run summaries are kept). 0: forever. At most {}.", dth_core::config::MAX_RETENTION_DAYS)))
         .attribute(setting(d, "worker.shutdown_grace_secs", &format!("Seconds a stopping worker (scale-in, instance refresh) waits for its jobs in flight before releasing them to the queue; the workers' drain lifecycle hook waits that long plus margins. At most {}.", transfer::spec::max_shutdown_grace_secs())));
 
     let mut timeouts = Block::new();
@@ -362,7 +373,8 @@ pub fn schema() -> Schema {
     let mut root = Block::new()
         .description("A Data Transfer Hub S3 transfer: the job queue and dead-letter queue, the DynamoDB ledger, a CloudWatch Logs group, an IAM role, launch templates and Auto Scaling groups running the `finder` and `worker`, the finder's schedule, alarms and a dashboard — with the transfer's progress read back on every refresh.")
         .attribute(Attribute::string("id").computed().description("The transfer's name."))
-        .attribute(Attribute::string("name").required().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`."))
+        .attribute(Attribute::string("name").optional().computed().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`. Exactly one of `name` and `name_prefix`. Two transfers cannot share a name: a create that finds the name's resources made by someone else fails and leaves them alone."))
+        .attribute(Attribute::string("name_prefix").optional().requires_replace().description(format!("Instead of `name`: the name is this prefix and {} random characters, chosen at create — a new name for every create, so that `lifecycle {{ create_before_destroy = true }}` works (the new transfer is made while the old one still exists). 1–{} of `a-z 0-9 -`.", transfer::spec::NAME_SUFFIX_LEN, transfer::spec::MAX_NAME_LEN - transfer::spec::NAME_SUFFIX_LEN)))
         .attribute(setting(d, "compare", "How an object already at the destination counts as up to date: `size`, `size-etag` or `checksum`.").one_of(&["size", "size-etag", "checksum"]))
         .attribute(setting(d, "skip_compare", "Copy every listed object without looking at the destination."))
         .attribute(setting(d, "include_metadata", "Copy system headers, user metadata and tags."))
@@ -417,6 +429,19 @@ pub fn schema() -> Schema {
             ),
         );
     Schema::new(0, root)
+}
+
+/// `v` with its `name` chosen when only `name_prefix` is given (at create: a new random suffix; for validation the
+/// suffix's characters do not matter).
+fn with_name(v: &Value) -> Value {
+    let mut v = v.clone();
+    if matches!(v.get("name"), Value::Null | Value::Unknown) {
+        if let Some(prefix) = v.get("name_prefix").as_str() {
+            let name = transfer::spec::generated_name(prefix);
+            v.set("name", Value::string(name));
+        }
+    }
+    v
 }
 
 /// The user's part of a state or plan value.
@@ -663,7 +688,15 @@ impl Resource<Client> for S3Transfer {
         if !config.is_fully_known() {
             return;
         }
-        match spec_of(config) {
+        let (name, prefix) = (config.get("name"), config.get("name_prefix"));
+        if name.is_null() == prefix.is_null() {
+            diags.push(Diagnostic::error(
+                "Invalid dth_s3_transfer",
+                "exactly one of name and name_prefix must be set",
+            ));
+            return;
+        }
+        match spec_of(&with_name(config)) {
             Ok(spec) => problems_to_diagnostics("Invalid dth_s3_transfer", spec.validate(), diags),
             Err(d) => diags.extend(d.0),
         }
@@ -706,7 +739,7 @@ impl Resource<Client> for S3Transfer {
     }
 
     async fn create(&self, ctx: &Ctx<Client>, planned: &Value) -> Result<Value, Diagnostics> {
-        let spec = spec_of(planned)?;
+        let spec = spec_of(&with_name(planned))?;
         let limit = limits_of(planned)?.create;
         let c = &ctx.client;
         // The limit bounds the creation steps only: the rollback of a create that timed out runs to its end.
@@ -1082,46 +1115,33 @@ mod tests {
 
     #[test]
     fn every_job_setting_has_an_attribute() {
-        use crate::transfer::spec::{spec_path, NOT_SETTABLE, PROVIDER_OWNED};
-        let jc = TransferSpec::new("t", "src", "dst", "img")
-            .job_config(&Infra::default(), &crate::aws::ProviderConfig::default());
-        let mut paths = Vec::new();
-        fn walk(j: &serde_json::Value, at: &str, out: &mut Vec<String>) {
-            match j {
-                serde_json::Value::Object(m) => {
-                    for (k, v) in m {
-                        let path = if at.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{at}.{k}")
-                        };
-                        walk(v, &path, out);
-                    }
-                }
-                _ => out.push(at.to_owned()),
-            }
-        }
-        walk(&serde_json::to_value(&jc).unwrap(), "", &mut paths);
-        let mut offered = 0;
-        for path in paths {
-            let top = path.split('.').next().unwrap_or_default();
-            if PROVIDER_OWNED.contains(&top) {
-                continue;
-            }
-            let attribute = spec_path(&path);
-            if NOT_SETTABLE.contains(&path.as_str()) {
-                assert!(!in_schema(&attribute), "{path} is derived, yet offered");
-                continue;
-            }
+        use crate::transfer::spec::{job_settings, spec_path, NOT_SETTABLE};
+        let settings = job_settings();
+        for path in &settings {
+            let attribute = spec_path(path);
             assert!(
                 in_schema(&attribute),
                 "the job setting {path} has no attribute ({attribute})"
             );
-            offered += 1;
         }
-        assert!(offered >= 39, "{offered}");
+        assert!(settings.len() >= 40, "{settings:?}");
+        for path in [
+            "worker.ledger_retention_days",
+            "source.anonymous",
+            "batch.max_bytes",
+            "events",
+        ] {
+            assert!(settings.iter().any(|s| s == path), "{path}");
+        }
+        for path in NOT_SETTABLE {
+            assert!(
+                !settings.iter().any(|s| s == path) && !in_schema(path),
+                "{path} is derived, yet offered"
+            );
+        }
         // Where a setting is offered elsewhere, its own path is not offered too.
         assert!(!in_schema("worker.concurrency") && !in_schema("events"));
+        assert!(!in_schema("queue") && !in_schema("ledger") && !in_schema("aws"));
     }
 
     #[test]

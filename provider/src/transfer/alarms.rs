@@ -259,21 +259,6 @@ pub(crate) async fn update_alarm_email(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dashboard_names_the_queues_and_groups() {
-        let body = dashboard_body("us-east-1", &Names::new("x"));
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["widgets"].as_array().map(Vec::len), Some(4));
-        for name in ["dth-x-jobs", "dth-x-dlq", "dth-x-worker", "dth-x-finder"] {
-            assert!(body.contains(name), "{name}");
-        }
-    }
-}
-
 /// Put `tags` on the alarms and the topic and take `removed` off.
 pub(crate) async fn retag(
     c: &AwsClients,
@@ -386,5 +371,20 @@ pub(crate) async fn delete(c: &AwsClients, infra: &Infra, failed: &mut Failures)
                 .await
                 .map(|_| ()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashboard_names_the_queues_and_groups() {
+        let body = dashboard_body("us-east-1", &Names::new("x"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["widgets"].as_array().map(Vec::len), Some(4));
+        for name in ["dth-x-jobs", "dth-x-dlq", "dth-x-worker", "dth-x-finder"] {
+            assert!(body.contains(name), "{name}");
+        }
     }
 }

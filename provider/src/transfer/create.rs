@@ -115,12 +115,12 @@ async fn create_bounded(
         Ok(Ok(())) => Ok(Ok(infra)),
         Ok(Err(mut e)) => {
             tracing::warn!(transfer = %spec.name, error = %e, "create failed; deleting what was made");
-            e.cleanup = Box::pin(teardown(clients, &infra, spec)).await;
+            e.cleanup = Box::pin(teardown(clients, &infra, spec, &mut Vec::new())).await;
             Ok(Err(e))
         }
         Err(reason) => {
             tracing::warn!(transfer = %spec.name, %reason, "create abandoned; deleting what was made");
-            let cleanup = Box::pin(teardown(clients, &infra, spec)).await;
+            let cleanup = Box::pin(teardown(clients, &infra, spec, &mut Vec::new())).await;
             Err(Abandoned { reason, cleanup })
         }
     }

@@ -1,13 +1,11 @@
 //! Delete: every resource a transfer created, newest first, each piece tolerating its absence. Copied data is
-//! never touched; only incomplete multipart uploads the workers left under the destination prefix are aborted.
+//! never touched; only the multipart uploads the workers started and left open, as the ledger records them, are
+//! aborted (other applications' uploads in the bucket are not the transfer's to touch).
 
 use super::infra::{Infra, ProvisionError, Result};
 use super::spec::TransferSpec;
 use super::{alarms, fleet, iam, logs, network, notifications, queues, table};
 use crate::aws::AwsClients;
-
-/// Most multipart uploads aborted in one delete: a bound on the calls, not a limit that matters in practice.
-const MAX_ABORTS: usize = 10_000;
 
 /// Delete everything in `infra`. Returns notes for the user (aborted uploads, steps skipped); fails with every
 /// piece that could not be deleted (the others are gone).
@@ -17,26 +15,23 @@ pub async fn delete(
     spec: &TransferSpec,
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
-    let failures = Box::pin(teardown(clients, infra, spec)).await;
+    let failures = Box::pin(teardown(clients, infra, spec, &mut notes)).await;
     if !failures.is_empty() {
         let mut e = ProvisionError::new("deleting transfer", &spec.name, failures.join("; "));
         e.code = Some("DeleteFailed".into());
         return Err(e);
-    }
-    match Box::pin(abort_uploads(clients, spec)).await {
-        Ok(0) => {}
-        Ok(n) => notes.push(format!(
-            "aborted {n} incomplete multipart upload(s) under s3://{}/{}",
-            spec.destination.bucket, spec.destination.prefix
-        )),
-        Err(note) => notes.push(note),
     }
     Ok(notes)
 }
 
 /// Best effort, newest first: deletes every piece `infra` names (empty names are skipped, so a half-made
 /// transfer is rolled back by the same code) and returns what could not be deleted.
-pub(crate) async fn teardown(c: &AwsClients, infra: &Infra, spec: &TransferSpec) -> Vec<String> {
+pub(crate) async fn teardown(
+    c: &AwsClients,
+    infra: &Infra,
+    spec: &TransferSpec,
+    notes: &mut Vec<String>,
+) -> Vec<String> {
     let mut failed = Failures::default();
     if let Some(id) = &infra.notification_id {
         failed.step(notifications::remove(c, &spec.source.bucket, id).await);
@@ -44,6 +39,10 @@ pub(crate) async fn teardown(c: &AwsClients, infra: &Infra, spec: &TransferSpec)
     Box::pin(alarms::delete(c, infra, &mut failed)).await;
     // Groups (with their instances) before the launch templates, instance profile and security group they use.
     Box::pin(fleet::delete(c, infra, &mut failed)).await;
+    // With no worker left to start one, and before the ledger that records them goes.
+    if let Some(note) = Box::pin(abort_uploads(c, infra, spec, &mut failed)).await {
+        notes.push(note);
+    }
     if let Some(sg) = &infra.security_group_id {
         failed.step(network::delete_security_group(c, sg).await);
     }
@@ -72,75 +71,57 @@ impl Failures {
     }
 }
 
-/// Aborts the incomplete multipart uploads under the destination prefix (the workers' leftovers; completed
-/// objects are never touched). Returns how many, or a note when the store cannot list uploads.
-async fn abort_uploads(c: &AwsClients, spec: &TransferSpec) -> std::result::Result<usize, String> {
+/// Aborts the multipart uploads the transfer's workers started and left open, as its ledger records them
+/// (never "every incomplete upload under the prefix": other applications' uploads stay, even of the same keys).
+/// Returns a note for the user when there was something to say.
+async fn abort_uploads(
+    c: &AwsClients,
+    infra: &Infra,
+    spec: &TransferSpec,
+    failed: &mut Failures,
+) -> Option<String> {
+    if infra.table.is_empty() {
+        return None;
+    }
     let d = &spec.destination;
     if d.endpoint.is_some() || d.credentials_secret_arn.is_some() {
-        // Written with other credentials or to another store: the provider's S3 client cannot see it.
-        return Ok(0);
+        // Written with other credentials or to another store: the provider's S3 client cannot reach it.
+        return Some(format!(
+            "multipart uploads the workers left open at s3://{} (another store or account) were not aborted: \
+             a lifecycle rule on that bucket that aborts incomplete uploads cleans them up",
+            d.bucket
+        ));
     }
-    let mut aborted = 0;
-    let mut key_marker: Option<String> = None;
-    let mut upload_marker: Option<String> = None;
-    loop {
-        let out =
-            c.s3.list_multipart_uploads()
-                .bucket(&d.bucket)
-                .prefix(&d.prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(upload_marker.clone())
-                .send()
-                .await;
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                let e = ProvisionError::sdk("listing multipart uploads", &d.bucket, e);
-                // Stores without the API (and buckets already gone) have nothing we could abort.
-                tracing::debug!(error = %e, "not aborting multipart uploads");
-                return if e.is_not_found() || e.code.as_deref() == Some("NotImplemented") {
-                    Ok(aborted)
-                } else {
-                    Err(format!(
-                        "incomplete multipart uploads were not aborted: {e}"
-                    ))
-                };
+    let s3 = match d.region.as_deref().filter(|r| *r != c.region()) {
+        Some(r) => aws_sdk_s3::Client::from_conf(
+            c.s3.config()
+                .to_builder()
+                .region(aws_sdk_s3::config::Region::new(r.to_owned()))
+                .build(),
+        ),
+        None => c.s3.clone(),
+    };
+    let ledger = dth_core::ledger::DynamoLedger::new(c.dynamodb.clone(), &infra.table);
+    match dth_core::uploads::abort_open_uploads(&ledger, &s3).await {
+        Ok(done) if done.aborted + done.gone == 0 && done.failed.is_empty() => None,
+        Ok(done) => {
+            if !done.failed.is_empty() {
+                failed.step(Err(ProvisionError::new(
+                    "aborting multipart uploads",
+                    &d.bucket,
+                    done.describe(),
+                )));
             }
-        };
-        for u in out.uploads() {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
-                continue;
-            };
-            match c
-                .s3
-                .abort_multipart_upload()
-                .bucket(&d.bucket)
-                .key(key)
-                .upload_id(id)
-                .send()
-                .await
-            {
-                Ok(_) => aborted += 1,
-                Err(e) => {
-                    let e = ProvisionError::sdk("aborting multipart upload", key, e);
-                    if !e.is_not_found() {
-                        return Err(format!(
-                            "incomplete multipart uploads were not all aborted: {e}"
-                        ));
-                    }
-                }
-            }
-            if aborted >= MAX_ABORTS {
-                return Ok(aborted);
-            }
+            Some(done.describe())
         }
-        if out.is_truncated() != Some(true) {
-            return Ok(aborted);
-        }
-        key_marker = out.next_key_marker().map(str::to_owned);
-        upload_marker = out.next_upload_id_marker().map(str::to_owned);
-        if key_marker.is_none() {
-            return Ok(aborted);
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            failed.step(Err(ProvisionError::new(
+                "reading the ledger's open uploads",
+                &infra.table,
+                e,
+            )));
+            None
         }
     }
 }

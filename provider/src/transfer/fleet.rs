@@ -650,77 +650,6 @@ pub(crate) async fn update_schedule(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn graviton_families_are_arm64() {
-        for t in [
-            "t4g.micro",
-            "m7gd.large",
-            "c6gn.xlarge",
-            "a1.medium",
-            "r8g.2xlarge",
-        ] {
-            assert_eq!(architecture_of(t), "arm64", "{t}");
-        }
-        for t in [
-            "t3.micro",
-            "m5.large",
-            "c7i.xlarge",
-            "g5.xlarge",
-            "m6a.large",
-        ] {
-            assert_eq!(architecture_of(t), "x86_64", "{t}");
-        }
-    }
-
-    #[test]
-    fn instances_log_to_the_transfers_group() {
-        let spec = TransferSpec::new("x", "src-bucket", "dst-bucket", "img");
-        let n = Names::new("x");
-        let user_data = |infra: &Infra, role: Role| {
-            let data = launch_template_data(&ProviderConfig::default(), &spec, infra, &n, role);
-            let text = base64::engine::general_purpose::STANDARD
-                .decode(data.user_data().unwrap_or(""))
-                .unwrap();
-            String::from_utf8(text).unwrap()
-        };
-        let infra = Infra {
-            region: "eu-west-1".into(),
-            queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/dth-x-jobs".into(),
-            table: n.table.clone(),
-            log_group: n.log_group.clone(),
-            ..Infra::default()
-        };
-        for role in [Role::Finder, Role::Worker] {
-            let script = user_data(&infra, role);
-            let parsed = userdata::parse(&script).unwrap();
-            assert_eq!(parsed.log_group.as_deref(), Some("/dth/x"));
-            assert!(script.contains("--log-driver awslogs"), "{script}");
-            assert!(script.contains("awslogs-group=/dth/x"), "{script}");
-        }
-        // A transfer without a group (made before the provider created them) keeps Docker's local logs.
-        let old = Infra {
-            log_group: String::new(),
-            ..infra
-        };
-        assert_eq!(
-            userdata::parse(&user_data(&old, Role::Worker))
-                .unwrap()
-                .log_group,
-            None
-        );
-    }
-
-    #[test]
-    fn scale_out_steps_are_dths() {
-        assert_eq!(SCALE_OUT_STEPS.map(|s| s.0), [100, 500, 2000, 10000]);
-        assert_eq!(SCALE_OUT_STEPS.map(|s| s.1), [1, 2, 5, 10]);
-    }
-}
-
 /// Put `tags` on the launch templates, the egress security group (when the transfer made it) and both groups; instance and volume tags follow through new template versions and take `removed` off.
 pub(crate) async fn retag(
     c: &AwsClients,
@@ -806,5 +735,76 @@ pub(crate) async fn delete(c: &AwsClients, infra: &Infra, failed: &mut Failures)
                     .map(|_| ()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graviton_families_are_arm64() {
+        for t in [
+            "t4g.micro",
+            "m7gd.large",
+            "c6gn.xlarge",
+            "a1.medium",
+            "r8g.2xlarge",
+        ] {
+            assert_eq!(architecture_of(t), "arm64", "{t}");
+        }
+        for t in [
+            "t3.micro",
+            "m5.large",
+            "c7i.xlarge",
+            "g5.xlarge",
+            "m6a.large",
+        ] {
+            assert_eq!(architecture_of(t), "x86_64", "{t}");
+        }
+    }
+
+    #[test]
+    fn instances_log_to_the_transfers_group() {
+        let spec = TransferSpec::new("x", "src-bucket", "dst-bucket", "img");
+        let n = Names::new("x");
+        let user_data = |infra: &Infra, role: Role| {
+            let data = launch_template_data(&ProviderConfig::default(), &spec, infra, &n, role);
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(data.user_data().unwrap_or(""))
+                .unwrap();
+            String::from_utf8(text).unwrap()
+        };
+        let infra = Infra {
+            region: "eu-west-1".into(),
+            queue_url: "https://sqs.eu-west-1.amazonaws.com/123456789012/dth-x-jobs".into(),
+            table: n.table.clone(),
+            log_group: n.log_group.clone(),
+            ..Infra::default()
+        };
+        for role in [Role::Finder, Role::Worker] {
+            let script = user_data(&infra, role);
+            let parsed = userdata::parse(&script).unwrap();
+            assert_eq!(parsed.log_group.as_deref(), Some("/dth/x"));
+            assert!(script.contains("--log-driver awslogs"), "{script}");
+            assert!(script.contains("awslogs-group=/dth/x"), "{script}");
+        }
+        // A transfer without a group (made before the provider created them) keeps Docker's local logs.
+        let old = Infra {
+            log_group: String::new(),
+            ..infra
+        };
+        assert_eq!(
+            userdata::parse(&user_data(&old, Role::Worker))
+                .unwrap()
+                .log_group,
+            None
+        );
+    }
+
+    #[test]
+    fn scale_out_steps_are_dths() {
+        assert_eq!(SCALE_OUT_STEPS.map(|s| s.0), [100, 500, 2000, 10000]);
+        assert_eq!(SCALE_OUT_STEPS.map(|s| s.1), [1, 2, 5, 10]);
     }
 }

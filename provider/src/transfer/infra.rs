@@ -444,6 +444,36 @@ pub(crate) fn spec_name(infra: &Infra) -> &str {
 /// `Result` of a provisioning step.
 pub type Result<T, E = ProvisionError> = std::result::Result<T, E>;
 
+/// `.send()` futures of any SDK operation, mapped to a [`ProvisionError`] naming the step.
+pub(crate) trait MapErrAsync<T> {
+    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>>;
+}
+
+impl<T, E, F> MapErrAsync<T> for F
+where
+    F: std::future::Future<
+        Output = std::result::Result<
+            T,
+            aws_smithy_runtime_api::client::result::SdkError<
+                E,
+                aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+            >,
+        >,
+    >,
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>> {
+        let (what, name) = (what.to_owned(), name.to_owned());
+        // On the heap right away, so that callers awaiting many calls stay small.
+        let call = Box::pin(self);
+        async move { call.await.map_err(|e| ProvisionError::sdk(&what, &name, e)) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,35 +584,5 @@ mod tests {
         ] {
             assert!(is_not_found_code(c), "{c}");
         }
-    }
-}
-
-/// `.send()` futures of any SDK operation, mapped to a [`ProvisionError`] naming the step.
-pub(crate) trait MapErrAsync<T> {
-    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>>;
-}
-
-impl<T, E, F> MapErrAsync<T> for F
-where
-    F: std::future::Future<
-        Output = std::result::Result<
-            T,
-            aws_smithy_runtime_api::client::result::SdkError<
-                E,
-                aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-            >,
-        >,
-    >,
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-        + std::error::Error
-        + Send
-        + Sync
-        + 'static,
-{
-    fn map_err_async(self, what: &str, name: &str) -> impl std::future::Future<Output = Result<T>> {
-        let (what, name) = (what.to_owned(), name.to_owned());
-        // On the heap right away, so that callers awaiting many calls stay small.
-        let call = Box::pin(self);
-        async move { call.await.map_err(|e| ProvisionError::sdk(&what, &name, e)) }
     }
 }

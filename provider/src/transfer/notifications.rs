@@ -20,7 +20,6 @@ pub(crate) async fn add(
 ) -> Result<()> {
     let bucket = &spec.source.bucket;
     let what = "adding S3 event notification";
-    let current = bucket_notifications(c, bucket).await?;
     let mut events = vec![Event::from("s3:ObjectCreated:*")];
     if spec.source.events == EventsMode::CreateAndDelete {
         events.push(Event::from("s3:ObjectRemoved:*"));
@@ -48,44 +47,48 @@ pub(crate) async fn add(
     let ours = ours
         .build()
         .map_err(|e| ProvisionError::new(what, bucket, e))?;
-    // An entry of our id for another queue is another transfer's (of the same name): never overwritten.
-    if let Some(other) = current
-        .queue_configurations()
-        .iter()
-        .find(|q| q.id() == Some(n.notification_id.as_str()) && q.queue_arn() != infra.queue_arn)
-    {
-        let mut e = ProvisionError::new(
-            what,
-            bucket,
-            format!(
-                "the bucket already notifies {} under the id {:?}: another transfer of this name owns it, and it \
-                 is left as it is. Choose another name (or name_prefix)",
-                other.queue_arn(),
-                n.notification_id
-            ),
-        );
-        e.code = Some(ProvisionError::OWNED_ELSEWHERE.into());
-        return Err(e);
-    }
-    let mut queues: Vec<QueueConfiguration> = current
-        .queue_configurations()
-        .iter()
-        .filter(|q| q.id() != Some(n.notification_id.as_str()))
-        .cloned()
-        .collect();
-    queues.push(ours);
-    let config = NotificationConfiguration::builder()
-        .set_topic_configurations(Some(current.topic_configurations().to_vec()))
-        .set_queue_configurations(Some(queues))
-        .set_lambda_function_configurations(Some(current.lambda_function_configurations().to_vec()))
-        .set_event_bridge_configuration(current.event_bridge_configuration().cloned())
-        .build();
-    c.s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .notification_configuration(config)
-        .send()
-        .await
-        .map_err(|e| ProvisionError::sdk(what, bucket, e))?;
+    let id = n.notification_id.as_str();
+    let queue_arn = infra.queue_arn.clone();
+    // Ours: our id for our queue (S3 may give the entry back normalised, so not compared field by field).
+    let is_ours = |q: &QueueConfiguration| q.id() == Some(id) && q.queue_arn() == queue_arn;
+    edit(
+        c,
+        bucket,
+        what,
+        |current| {
+            // An entry of our id for another queue is another transfer's (of the same name): never overwritten.
+            if let Some(other) = current
+                .queue_configurations()
+                .iter()
+                .find(|q| q.id() == Some(id) && q.queue_arn() != queue_arn)
+            {
+                let mut e = ProvisionError::new(
+                    what,
+                    bucket,
+                    format!(
+                        "the bucket already notifies {} under the id {id:?}: another transfer of this name owns \
+                         it, and it is left as it is. Choose another name (or name_prefix)",
+                        other.queue_arn()
+                    ),
+                );
+                e.code = Some(ProvisionError::OWNED_ELSEWHERE.into());
+                return Err(e);
+            }
+            if current.queue_configurations().iter().any(is_ours) {
+                return Ok(None);
+            }
+            let mut queues: Vec<QueueConfiguration> = current
+                .queue_configurations()
+                .iter()
+                .filter(|q| q.id() != Some(id))
+                .cloned()
+                .collect();
+            queues.push(ours.clone());
+            Ok(Some(queues))
+        },
+        |current| current.queue_configurations().iter().any(is_ours),
+    )
+    .await?;
     infra.notification_id = Some(n.notification_id.clone());
     Ok(())
 }
@@ -126,31 +129,97 @@ pub(crate) async fn bucket_notifications(
 
 /// Takes only our entry out of the bucket's notification configuration.
 pub(crate) async fn remove(c: &AwsClients, bucket: &str, id: &str) -> Result<()> {
-    let current = super::notifications::bucket_notifications(c, bucket).await?;
-    if !current
-        .queue_configurations()
-        .iter()
-        .any(|q| q.id() == Some(id))
-    {
-        return Ok(());
+    let ours = |q: &QueueConfiguration| q.id() == Some(id);
+    edit(
+        c,
+        bucket,
+        "removing S3 event notification",
+        |current| {
+            if !current.queue_configurations().iter().any(ours) {
+                return Ok(None);
+            }
+            Ok(Some(
+                current
+                    .queue_configurations()
+                    .iter()
+                    .filter(|q| !ours(q))
+                    .cloned()
+                    .collect(),
+            ))
+        },
+        |current| !current.queue_configurations().iter().any(ours),
+    )
+    .await
+}
+
+type Notifications =
+    aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput;
+
+/// How many read-modify-write rounds [`edit`] makes before it gives up.
+const EDIT_ROUNDS: u32 = 10;
+/// Reads in a row, after a write, that must find the change in place (each 1.5–2.5 s after the last): another
+/// writer's write from a document read before ours landed arrives within its own round trip, well inside the
+/// 4.5 s this spans at least.
+const CONFIRMATIONS: u32 = 3;
+
+/// A read-modify-write of the bucket's notification configuration that keeps every other writer's entries and
+/// does not lose its own to them. S3 has no conditional write for this configuration, and two transfers applied
+/// at once on one source bucket (or any other application editing it) each read it, change their entry and
+/// write the whole document back: the later write drops the earlier one's change. So after writing, `edit` reads
+/// the configuration back [`CONFIRMATIONS`] times, a random 1.5–2.5 s apart (two writers' rounds drift apart
+/// instead of staying in step), and redoes its change whenever `done` no longer holds — another writer's change, made from a document
+/// read before ours was written, is then seen and kept. `change` returns the queue configurations to write, or
+/// `None` when there is nothing to change; topics, Lambda functions and EventBridge are always kept as read.
+async fn edit(
+    c: &AwsClients,
+    bucket: &str,
+    what: &str,
+    change: impl Fn(&Notifications) -> Result<Option<Vec<QueueConfiguration>>>,
+    done: impl Fn(&Notifications) -> bool,
+) -> Result<()> {
+    let mut confirmed = 0;
+    for _ in 0..EDIT_ROUNDS {
+        let current = bucket_notifications(c, bucket).await?;
+        match change(&current)? {
+            Some(queues) => {
+                confirmed = 0;
+                let config = NotificationConfiguration::builder()
+                    .set_topic_configurations(Some(current.topic_configurations().to_vec()))
+                    .set_queue_configurations(Some(queues))
+                    .set_lambda_function_configurations(Some(
+                        current.lambda_function_configurations().to_vec(),
+                    ))
+                    .set_event_bridge_configuration(current.event_bridge_configuration().cloned())
+                    .build();
+                c.s3.put_bucket_notification_configuration()
+                    .bucket(bucket)
+                    .notification_configuration(config)
+                    .send()
+                    .map_err_async(what, bucket)
+                    .await?;
+            }
+            None if done(&current) => {
+                confirmed += 1;
+                if confirmed == CONFIRMATIONS {
+                    return Ok(());
+                }
+            }
+            None => confirmed = 0,
+        }
+        tokio::time::sleep(jitter()).await;
     }
-    let queues = current
-        .queue_configurations()
-        .iter()
-        .filter(|q| q.id() != Some(id))
-        .cloned()
-        .collect();
-    let config = NotificationConfiguration::builder()
-        .set_topic_configurations(Some(current.topic_configurations().to_vec()))
-        .set_queue_configurations(Some(queues))
-        .set_lambda_function_configurations(Some(current.lambda_function_configurations().to_vec()))
-        .set_event_bridge_configuration(current.event_bridge_configuration().cloned())
-        .build();
-    c.s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .notification_configuration(config)
-        .send()
-        .map_err_async("removing S3 event notification", bucket)
-        .await
-        .map(|_| ())
+    Err(ProvisionError::new(
+        what,
+        bucket,
+        format!(
+            "the bucket's notification configuration kept changing under this write ({EDIT_ROUNDS} rounds): another \
+             writer is editing it; apply again"
+        ),
+    ))
+}
+
+/// 1.5 to 2.5 s, at random.
+fn jitter() -> std::time::Duration {
+    let random = u64::from_str_radix(&super::infra::new_creation_id()[..4], 16).unwrap_or(0);
+    std::time::Duration::from_millis(1500 + random % 1000)
 }

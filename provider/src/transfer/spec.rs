@@ -33,6 +33,37 @@ use crate::aws::{tag_problem, ProviderConfig};
 /// Longest transfer name: `dth-<name>-profile` etc. must fit IAM's 64-character role name limit with room to
 /// spare, and alarm/ASG names stay readable.
 pub const MAX_NAME_LEN: usize = 40;
+/// Characters a create appends to `name_prefix`.
+pub const NAME_SUFFIX_LEN: usize = 8;
+
+/// A new name from `prefix`: the prefix and [`NAME_SUFFIX_LEN`] random lowercase hex digits.
+pub fn generated_name(prefix: &str) -> String {
+    let random = super::infra::new_creation_id();
+    format!("{prefix}{}", &random[..NAME_SUFFIX_LEN])
+}
+
+/// What is wrong with a `name_prefix`, if anything: a name's characters, room for the suffix, and a first
+/// character a name may start with (the prefix may end with `-`).
+pub fn name_prefix_problem(prefix: &str) -> Option<String> {
+    let max = MAX_NAME_LEN - NAME_SUFFIX_LEN;
+    if prefix.is_empty() || prefix.len() > max {
+        return Some(format!(
+            "must be 1 to {max} characters ({NAME_SUFFIX_LEN} random ones follow it)"
+        ));
+    }
+    if !prefix
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some(format!(
+            "{prefix:?} may contain only lowercase letters, digits and '-'"
+        ));
+    }
+    if prefix.starts_with('-') {
+        return Some(format!("{prefix:?} must begin with a letter or digit"));
+    }
+    None
+}
 
 /// Job-config fields the provider fills in and the user never sets: the control plane it creates (`queue`,
 /// `ledger`) and the account and endpoints it runs in (`aws`).
@@ -62,6 +93,11 @@ pub const ATTRIBUTE_OF: [(&str, &str); 2] = [
 pub struct TransferSpec {
     /// Names every AWS resource of the transfer: `dth-<name>-<part>`.
     pub name: String,
+    /// When set, `name` is this prefix and [`NAME_SUFFIX_LEN`] random characters, chosen at create (like the
+    /// AWS provider's `name_prefix`): every create gets names of its own, so that `create_before_destroy` can
+    /// make the new transfer while the old one still exists.
+    #[serde(default)]
+    pub name_prefix: Option<String>,
     pub source: Source,
     pub destination: Destination,
     #[serde(default)]
@@ -257,6 +293,9 @@ impl TransferSpec {
 
         if let Some(m) = name_problem(&self.name) {
             bad("name", m);
+        }
+        if let Some(m) = self.name_prefix.as_deref().and_then(name_prefix_problem) {
+            bad("name_prefix", m);
         }
         let f = &self.fleet;
         if f.max == 0 || f.max > 1000 {
@@ -518,6 +557,88 @@ fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
         secretsmanager: e.secretsmanager.clone(),
         autoscaling: e.autoscaling.clone(),
     }
+}
+
+/// Every job setting a user of the binaries has, as its job-config path (`worker.bandwidth_limit`): the fields of
+/// core's [`JobConfig`] and its parts as serde names them (whether or not their JSON shows them), less
+/// [`PROVIDER_OWNED`] and [`NOT_SETTABLE`]. The resource offers each, at [`spec_path`] of it.
+pub fn job_settings() -> Vec<String> {
+    use dth_core::config::PrefixList;
+    // The structs within the job config, by path.
+    let parts: [(&str, &[&str]); 8] = [
+        ("source", fields_of::<SourceConfig>()),
+        ("source.prefix_list", fields_of::<PrefixList>()),
+        ("destination", fields_of::<DestinationConfig>()),
+        ("filters", fields_of::<Filters>()),
+        ("finder", fields_of::<FinderOptions>()),
+        ("multipart", fields_of::<MultipartOptions>()),
+        ("batch", fields_of::<BatchOptions>()),
+        ("worker", fields_of::<WorkerOptions>()),
+    ];
+    fn expand(at: &str, fields: &[&str], parts: &[(&str, &[&str])], out: &mut Vec<String>) {
+        for f in fields {
+            let path = if at.is_empty() {
+                (*f).to_owned()
+            } else {
+                format!("{at}.{f}")
+            };
+            match parts.iter().find(|(p, _)| *p == path) {
+                Some((_, inner)) => expand(&path, inner, parts, out),
+                None => out.push(path),
+            }
+        }
+    }
+    let top: Vec<&str> = fields_of::<JobConfig>()
+        .iter()
+        .copied()
+        .filter(|f| !PROVIDER_OWNED.contains(f))
+        .collect();
+    let mut out = Vec::new();
+    expand("", &top, &parts, &mut out);
+    out.retain(|path| !NOT_SETTABLE.contains(&path.as_str()));
+    out
+}
+
+/// The fields of a struct as serde's derive declares them, read from what it asks a deserializer for.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("only the field names were wanted")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// The attribute for a job-config field named in a [`JobConfig::validate`] error: its own path unless
@@ -944,7 +1065,7 @@ pub(crate) mod tests {
                 "worker": {
                     "concurrency": 6, "part_concurrency": 3, "bandwidth_limit": 10 * MIB,
                     "requests_per_second": 300, "heartbeat_secs": 30, "visibility_secs": 120,
-                    "shutdown_grace_secs": 240
+                    "shutdown_grace_secs": 240, "ledger_retention_days": 7
                 },
                 "max_attempts": 7,
                 "fleet": {"image": "img:1"}
@@ -959,28 +1080,6 @@ pub(crate) mod tests {
                 "fleet": {"image": "img:1"}
             }),
         ]
-    }
-
-    /// The leaves of a JSON document, as (dotted path, value); an array is a leaf.
-    fn leaves(j: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
-        fn walk(j: &serde_json::Value, at: String, out: &mut Vec<(String, serde_json::Value)>) {
-            match j {
-                serde_json::Value::Object(m) => {
-                    for (k, v) in m {
-                        let path = if at.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{at}.{k}")
-                        };
-                        walk(v, path, out);
-                    }
-                }
-                other => out.push((at, other.clone())),
-            }
-        }
-        let mut out = Vec::new();
-        walk(j, String::new(), &mut out);
-        out
     }
 
     #[test]
@@ -1014,30 +1113,24 @@ pub(crate) mod tests {
             })
             .collect();
 
-        // Every leaf of the job config a user may set is away from its default in one of them: none is left
-        // out of the spec, or dropped on its way to the job config.
+        // Every job setting is away from its default in one of them: none is left out of the spec, or dropped
+        // on its way to the job config.
         let default = TransferSpec::new("d", "", "", "img:1").job_config(&infra, &cfg);
         let default = serde_json::to_value(&default).unwrap();
         let set: Vec<serde_json::Value> = configs
             .iter()
             .map(|c| serde_json::to_value(c).unwrap())
             .collect();
-        let mut checked = 0;
-        for (path, value) in leaves(&default) {
-            let owned = PROVIDER_OWNED
-                .iter()
-                .any(|o| path == *o || path.starts_with(&format!("{o}.")));
-            if owned || NOT_SETTABLE.contains(&path.as_str()) {
-                continue;
-            }
+        let settings = job_settings();
+        for path in &settings {
             let pointer = format!("/{}", path.replace('.', "/"));
+            let was = default.pointer(&pointer);
             assert!(
-                set.iter().any(|c| c.pointer(&pointer) != Some(&value)),
-                "{path} stays at its default {value} in every test transfer: is it settable?"
+                set.iter().any(|c| c.pointer(&pointer) != was),
+                "{path} stays at its default {was:?} in every test transfer: is it settable?"
             );
-            checked += 1;
         }
-        assert!(checked >= 39, "{checked} settings");
+        assert!(settings.len() >= 40, "{settings:?}");
 
         // What the provider derives.
         let (a, b) = (&configs[0], &configs[1]);

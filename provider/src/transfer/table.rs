@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification,
 };
 use dth_core::ledger::DynamoLedger;
 
@@ -19,7 +20,29 @@ use super::infra::{
 };
 use crate::aws::AwsClients;
 
+/// Create the ledger table, wait until it is ACTIVE, and let DynamoDB expire the per-object and per-job rows
+/// the workers write with an expiry ([`dth_core::ledger::EXPIRES_AT`], `worker.ledger_retention_days`): run
+/// summaries carry none and stay.
 pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
+    Box::pin(create_active(c, n, infra)).await?;
+    let what = "enabling DynamoDB time to live";
+    c.dynamodb
+        .update_time_to_live()
+        .table_name(&n.table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(dth_core::ledger::EXPIRES_AT)
+                .build()
+                .map_err(|e| ProvisionError::new(what, &n.table, e))?,
+        )
+        .send()
+        .map_err_async(what, &n.table)
+        .await?;
+    Ok(())
+}
+
+async fn create_active(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
     let what = "creating DynamoDB table";
     let e =
         |m: aws_smithy_types::error::operation::BuildError| ProvisionError::new(what, &n.table, m);
@@ -155,15 +178,24 @@ pub(crate) async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progres
         }
         pe
     };
-    let Some(run) = ledger.latest_run().await.map_err(core)? else {
+    // The last good run's progress, and the last failure since (a failed finder run never hides the progress of
+    // the run before it). One GetItem of the pointer, one of the good run's summary.
+    let runs = ledger.latest_runs().await.map_err(core)?;
+    if let Some(f) = &runs.failed {
+        p.finder_error = Some(f.error.clone());
+        p.last_finder_run = Some(f.at.clone().unwrap_or_else(|| f.run.clone()));
+        p.finder_finished = true;
+    }
+    let Some(run) = runs.good else {
         return Ok(());
     };
     let Some(s) = ledger.summary(&run).await.map_err(core)? else {
         return Ok(());
     };
-    p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
-    p.finder_finished = s.finished_at.is_some();
-    p.finder_error = s.error;
+    if runs.failed.is_none() {
+        p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
+        p.finder_finished = s.finished_at.is_some();
+    }
     p.objects_found = s.objects_found;
     p.bytes_found = s.bytes_found;
     p.objects_done = s.objects_done;

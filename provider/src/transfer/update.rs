@@ -25,6 +25,9 @@ pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static 
     if old.name != new.name {
         out.push("name");
     }
+    if old.name_prefix != new.name_prefix {
+        out.push("name_prefix");
+    }
     if old.source.kind != new.source.kind {
         out.push("source.type");
     }
@@ -199,12 +202,16 @@ async fn update_inner(
     // running now and are replaced by the instance refresh below. (moto, the local stand-in, cannot launch
     // from a version made by CreateLaunchTemplateVersion that carries user data; this order keeps it working.)
     if (f_old.min, f_old.desired, f_old.max) != (f_new.min, f_new.desired, f_new.max) {
+        // The desired capacity is step scaling's to move: it is written only when `desired` itself changes, so that
+        // a new min or max leaves the fleet as the scaling policies sized it (AWS raises or lowers it into the new
+        // bounds by itself).
+        let desired = (f_old.desired != f_new.desired).then_some(f_new.desired as i32);
         c.autoscaling
             .update_auto_scaling_group()
             .auto_scaling_group_name(&infra.worker_asg)
             .min_size(f_new.min as i32)
             .max_size(f_new.max as i32)
-            .desired_capacity(f_new.desired as i32)
+            .set_desired_capacity(desired)
             .send()
             .map_err_async("updating Auto Scaling group capacity", &infra.worker_asg)
             .await?;
