@@ -1,9 +1,11 @@
 //! `dth_s3_transfer`: one Data Transfer Hub S3 transfer — its queue, ledger, role, fleet, schedule, alarms and
 //! dashboard — with its progress read back into state.
 //!
-//! The user's attributes map one to one onto [`TransferSpec`] (through serde, so the defaults live in one
-//! place and the schema repeats them for plans and docs); the computed ones come from [`Infra`] (what was
-//! created) and [`Progress`] (the ledger's run summary and the queues' depths).
+//! The user's attributes map one to one onto [`TransferSpec`] through serde (a spec field whose attribute sits
+//! elsewhere is moved by [`RELOCATED`]), and each optional one takes its type and default from the default spec
+//! ([`setting`]), whose job settings are core's own: no default is written twice, and plans and docs show them.
+//! The computed attributes come from [`Infra`] (what was created) and [`Progress`] (the ledger's run summary and
+//! the queues' depths).
 
 use std::time::Duration;
 
@@ -877,14 +879,33 @@ mod tests {
 
     #[test]
     fn schema_defaults_equal_the_spec_defaults() {
-        // The schema repeats serde's defaults for plans and docs; a state built from a default spec must read
-        // back as the same spec, and carry exactly the schema's defaults.
+        // A state built from a default spec reads back as the same spec, its optional blocks null.
         let spec = TransferSpec::new("t", "src", "dst", "img");
         let v = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
         assert_eq!(spec_of(&v).unwrap(), spec);
         assert!(v.get("finder").is_null(), "{v:?}");
         assert_eq!(v.get("fleet").get("max").as_u64(), Some(20));
         assert_eq!(v.get("source").get("type").as_str(), Some("Amazon_S3"));
+
+        // Every default the schema plans is the default spec's, at every depth.
+        let spec = TransferSpec::new("t", "src", "dst", transfer::spec::DEFAULT_IMAGE);
+        let j = schema_json(&spec).unwrap();
+        fn check(block: &Block, at: &str, j: &serde_json::Value, seen: &mut usize) {
+            for a in &block.attributes {
+                if let Some(default) = &a.default {
+                    let path = format!("{at}/{}", a.name);
+                    let have = j.pointer(&path).cloned().unwrap_or_default();
+                    assert_eq!(&Value::from_json(&have, &a.ty).unwrap(), default, "{path}");
+                    *seen += 1;
+                }
+            }
+            for b in &block.blocks {
+                check(&b.block, &format!("{at}/{}", b.name), j, seen);
+            }
+        }
+        let mut seen = 0;
+        check(&schema().block, "", &j, &mut seen);
+        assert!(seen >= 36, "{seen} defaults");
     }
 
     /// A configuration of the default transfer with `timeouts` as given (JSON; null for no block).
