@@ -483,3 +483,184 @@ async fn destroy_aborts_only_the_transfers_own_uploads() {
     assert_eq!(left, want, "only the transfer's own upload is aborted");
     assert_eq!(w.incomplete_uploads("up-dst").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_edits_show_in_the_plan_and_are_put_back() {
+    let w = World::start("aws-drift").await;
+    for b in ["drift-src", "drift-dst"] {
+        w.bucket(b).await;
+    }
+    let tf = Terraform::new(&w, "main");
+    let config = |max: u32| {
+        transfer(r#"name = "drift""#, "drift-src", "drift-dst", "").replace(
+            "image = \"dth:test\"",
+            &format!("image = \"dth:test\"\n    max   = {max}"),
+        )
+    };
+    tf.write(&config(20));
+    tf.ok(&["init", "-input=false"]);
+    apply(&tf);
+
+    // An in-place update plans only what changes: no "(known after apply)" for ids it keeps.
+    tf.write(&config(30));
+    let (code, out) = tf.plan(&["-no-color"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("~ max"), "{out}");
+    assert!(
+        !out.contains("known after apply"),
+        "only max changes:\n{out}"
+    );
+    assert!(out.contains("1 to change"), "{out}");
+    apply(&tf);
+
+    let c = clients(&w.endpoint).await;
+    let n = dth_provider::transfer::Names::new("drift");
+    let queue = |name: &str| {
+        let sqs = w.sqs.clone();
+        let name = name.to_owned();
+        async move {
+            sqs.get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (q, dlq) = (queue(&n.queue).await, queue(&n.dlq).await);
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    w.sqs
+        .set_queue_attributes()
+        .queue_url(&q)
+        .attributes(A::VisibilityTimeout, "60")
+        .send()
+        .await
+        .unwrap();
+    w.sqs
+        .set_queue_attributes()
+        .queue_url(&dlq)
+        .attributes(A::MessageRetentionPeriod, "3600")
+        .send()
+        .await
+        .unwrap();
+    let scale_out = c
+        .autoscaling
+        .describe_policies()
+        .auto_scaling_group_name(&n.worker_asg)
+        .policy_names(&n.scale_out_policy)
+        .send()
+        .await
+        .unwrap()
+        .scaling_policies()[0]
+        .policy_arn()
+        .unwrap()
+        .to_owned();
+    c.cloudwatch
+        .put_metric_alarm()
+        .alarm_name(&n.backlog_alarm)
+        .namespace("AWS/SQS")
+        .metric_name("ApproximateNumberOfMessagesVisible")
+        .statistic(aws_sdk_cloudwatch::types::Statistic::Maximum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(50.0)
+        .comparison_operator(
+            aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanOrEqualToThreshold,
+        )
+        .alarm_actions(&scale_out)
+        .send()
+        .await
+        .unwrap();
+    c.autoscaling
+        .put_scaling_policy()
+        .auto_scaling_group_name(&n.worker_asg)
+        .policy_name(&n.scale_in_policy)
+        .policy_type("SimpleScaling")
+        .adjustment_type("ExactCapacity")
+        .scaling_adjustment(5)
+        .send()
+        .await
+        .unwrap();
+    c.cloudwatch
+        .put_dashboard()
+        .dashboard_name(&n.dashboard)
+        .dashboard_body(r#"{"widgets":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    c.iam
+        .put_role_policy()
+        .role_name(&n.role)
+        .policy_name(&n.policy)
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    c.autoscaling
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(&n.worker_asg)
+        .lifecycle_hook_name(&n.drain_hook)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(30)
+        .default_result("ABANDON")
+        .send()
+        .await
+        .unwrap();
+    w.ddb
+        .update_time_to_live()
+        .table_name(&n.table)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .enabled(false)
+                .attribute_name(dth_core::ledger::EXPIRES_AT)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // The plan names each edit, and applying it puts everything back.
+    let (code, out) = tf.plan(&["-no-color"]);
+    assert_eq!(code, 2, "{out}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for edit in [
+        "queue: VisibilityTimeout is 60 (the provider sets 900)",
+        "dead_letter_queue: MessageRetentionPeriod is 3600",
+        "alarms: dth-drift-queue-backlog: threshold 50",
+        "scaling_policies: dth-drift-scale-in: sets ExactCapacity 5",
+        "dashboard: its widgets differ",
+        "role_policy: the role's policy differs",
+        "drain_hook: waits 30 s then ABANDON",
+        "table: time to live is off",
+    ] {
+        assert!(text.contains(edit), "the plan names {edit:?}:\n{out}");
+    }
+    assert!(
+        text.contains("1 to change, 0 to destroy"),
+        "in place: {out}"
+    );
+    apply(&tf);
+    let (code, out) = tf.plan(&["-no-color"]);
+    assert_eq!(code, 0, "everything is back:\n{out}");
+    let attrs = w
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&q)
+        .attribute_names(A::VisibilityTimeout)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&A::VisibilityTimeout))
+            .map(String::as_str),
+        Some("900")
+    );
+    tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+}

@@ -389,6 +389,10 @@ pub fn schema() -> Schema {
         .attribute(Attribute::string("last_finder_run").computed().description("When the latest finder run started (RFC 3339)."))
         .attribute(Attribute::string("last_finder_error").computed().description("Why the latest finder run failed, when it did (the transfer is then `failed`; the next scheduled run tries again)."))
         .attribute(Attribute::list("missing_components", Type::String).computed().description("Pieces of the transfer deleted outside Terraform; any forces a replacement."))
+        .attribute(Attribute::list("drift", Type::String).computed().description("Settings of the transfer's AWS resources changed outside Terraform that no other attribute shows (a queue's visibility timeout, an alarm's threshold, a scaling step, the dashboard, the role's policy, the drain hook, the ledger's time to live, the launch templates' content), one line each: `<component>: <what differs>`. A plan shows them going away, and applying it puts the settings back in place."))
+        .attribute(Attribute::string("queue_arn").computed().description("ARN of the job queue."))
+        .attribute(Attribute::string("dead_letter_queue_arn").computed().description("ARN of the dead-letter queue."))
+        .attribute(Attribute::string("instance_profile_arn").computed().description("The instances' IAM instance profile."))
         .attribute(Attribute::string("queue_url").computed().description("The job queue."))
         .attribute(Attribute::string("dead_letter_queue_url").computed().description("The dead-letter queue."))
         .attribute(Attribute::string("ledger_table").computed().description("The DynamoDB ledger."))
@@ -469,6 +473,15 @@ fn spec_fields() -> Vec<String> {
     }
 }
 
+/// The `drift` lines of a state.
+fn drift_of(v: &Value) -> Vec<String> {
+    v.get("drift")
+        .items()
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect()
+}
+
 fn infra_of(v: &Value) -> Result<Infra, Diagnostics> {
     let text = v.get("infrastructure").as_str().unwrap_or("{}");
     serde_json::from_str(text).map_err(|e| {
@@ -535,6 +548,7 @@ fn state_of(
         "missing_components",
         Value::list(missing.iter().map(Value::string)),
     );
+    v.set("drift", Value::list(Vec::<Value>::new()));
     Ok(v)
 }
 
@@ -544,6 +558,12 @@ fn set_infra(v: &mut Value, infra: &Infra) -> Result<(), Diagnostics> {
     })?;
     v.set("infrastructure", Value::string(json));
     v.set("queue_url", Value::string(&infra.queue_url));
+    v.set("queue_arn", Value::string(&infra.queue_arn));
+    v.set("dead_letter_queue_arn", Value::string(&infra.dlq_arn));
+    v.set(
+        "instance_profile_arn",
+        Value::string(&infra.instance_profile_arn),
+    );
     v.set("dead_letter_queue_url", Value::string(&infra.dlq_url));
     v.set("ledger_table", Value::string(&infra.table));
     v.set("worker_asg_name", Value::string(&infra.worker_asg));
@@ -733,8 +753,16 @@ impl Resource<Client> for S3Transfer {
         for path in transfer::requires_replace(&old, &new) {
             plan.requires_replace.push(super::path_of(path));
         }
-        if old != new {
-            // A new launch template version, subscription or schedule action: ids to be learnt at apply.
+        // Settings changed by hand go back in place: the plan shows the drift going away.
+        let drifted = drift_of(&prior);
+        if !drifted.is_empty() {
+            plan.planned.set("drift", Value::list(Vec::<Value>::new()));
+        }
+        let repair = transfer::drift::components_of(drifted.iter().map(String::as_str));
+        let infra = infra_of(&prior)?;
+        if !transfer::infra_unchanged(&ctx.client.config, (&old, &infra), &new, &repair) {
+            // A new launch template version, subscription or schedule action: ids to be learnt at apply. Any
+            // other update leaves them as they are, and the plan says so (no "known after apply").
             plan.planned.set("infrastructure", Value::Unknown);
         }
         Ok(())
@@ -793,7 +821,12 @@ impl Resource<Client> for S3Transfer {
                     .unwrap_or_else(|| format!("{m:?}"))
             })
             .collect();
-        state_of(&o.spec, &o.infra, &o.progress, &missing, Some(state)).map(Some)
+        let mut v = state_of(&o.spec, &o.infra, &o.progress, &missing, Some(state))?;
+        v.set(
+            "drift",
+            Value::list(o.drift.iter().map(|d| Value::string(d.to_string()))),
+        );
+        Ok(Some(v))
     }
 
     async fn update(
@@ -807,12 +840,19 @@ impl Resource<Client> for S3Transfer {
         let new = spec_of(planned)?;
         let limit = limits_of(planned)?.update;
         let c = &ctx.client;
-        let (infra, warnings) = if old == new {
+        let repair = transfer::drift::components_of(drift_of(prior).iter().map(String::as_str));
+        let (infra, warnings) = if old == new && repair.is_empty() {
             // Only what the spec does not hold changed (`timeouts`): nothing to do in AWS, and the plan promised
             // the infrastructure unchanged.
             (infra, Vec::new())
         } else {
-            let update = Box::pin(transfer::update(&c.aws, &c.config, (&old, &infra), &new));
+            let update = Box::pin(transfer::update_repairing(
+                &c.aws,
+                &c.config,
+                (&old, &infra),
+                &new,
+                &repair,
+            ));
             match tokio::time::timeout(limit, update).await {
                 Ok(r) => r.map_err(|e| failed("Updating", e))?,
                 Err(_) => {

@@ -353,7 +353,18 @@ pub(crate) async fn create_workers(
     .await?;
     infra.worker_asg = asg.clone();
     put_drain_hook(c, spec, n).await?;
+    put_scaling(c, spec, n, infra).await
+}
 
+/// The workers' step scaling: the scale-out and scale-in policies and the two queue alarms that drive them. Puts
+/// are idempotent, so this also repairs them after a hand edit.
+pub(crate) async fn put_scaling(
+    c: &AwsClients,
+    spec: &TransferSpec,
+    n: &Names,
+    infra: &mut Infra,
+) -> Result<()> {
+    let asg = &n.worker_asg;
     let what = "creating scaling policy";
     let mut out_policy = c
         .autoscaling
@@ -412,7 +423,9 @@ pub(crate) async fn create_workers(
         .send()
         .await
         .map_err(|e| ProvisionError::sdk(what, &n.backlog_alarm, e))?;
-    infra.alarm_names.push(n.backlog_alarm.clone());
+    if !infra.alarm_names.contains(&n.backlog_alarm) {
+        infra.alarm_names.push(n.backlog_alarm.clone());
+    }
 
     // Visible + in flight, so that a long copy (messages in flight, none visible) is not mistaken for an
     // empty queue. Missing data counts as empty: SQS stops reporting for queues idle for hours.
@@ -466,7 +479,9 @@ pub(crate) async fn create_workers(
         .send()
         .await
         .map_err(|e| ProvisionError::sdk(what, &n.empty_alarm, e))?;
-    infra.alarm_names.push(n.empty_alarm.clone());
+    if !infra.alarm_names.contains(&n.empty_alarm) {
+        infra.alarm_names.push(n.empty_alarm.clone());
+    }
     Ok(())
 }
 

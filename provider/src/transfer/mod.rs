@@ -14,6 +14,7 @@ mod alarms;
 pub mod cost;
 mod create;
 mod delete;
+pub mod drift;
 mod fleet;
 mod iam;
 pub mod infra;
@@ -37,4 +38,4 @@ pub use infra::{
 pub use policy::access_policy;
 pub use read::{import, observe, Component, Observed, Progress, Status};
 pub use spec::{Destination, Finder, Fleet, Schedule, Source, TransferSpec};
-pub use update::{requires_replace, update};
+pub use update::{infra_unchanged, requires_replace, update, update_repairing};

@@ -164,6 +164,37 @@ fn is_queue_deleted_recently(e: &ProvisionError) -> bool {
         .is_some_and(|c| c.ends_with("QueueDeletedRecently"))
 }
 
+/// Put back the settings the provider gives both queues (after a hand edit): visibility timeout, retention,
+/// redrive and, with S3 events, the policy letting the source bucket send.
+pub(crate) async fn put_settings(c: &AwsClients, spec: &TransferSpec, infra: &Infra) -> Result<()> {
+    let what = "putting back SQS queue settings";
+    let mut req = c
+        .sqs
+        .set_queue_attributes()
+        .queue_url(&infra.queue_url)
+        .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_SECS)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_SECS)
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            redrive_policy(&infra.dlq_arn, spec.max_attempts),
+        );
+    if spec.source.events != EventsMode::None {
+        req = req.attributes(
+            QueueAttributeName::Policy,
+            queue_policy(&infra.queue_arn, &spec.source.bucket, c.partition())?,
+        );
+    }
+    req.send().map_err_async(what, &infra.queue_url).await?;
+    c.sqs
+        .set_queue_attributes()
+        .queue_url(&infra.dlq_url)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, RETENTION_SECS)
+        .send()
+        .map_err_async(what, &infra.dlq_url)
+        .await?;
+    Ok(())
+}
+
 async fn queue_arn(c: &AwsClients, url: &str, name: &str, what: &str) -> Result<String> {
     let out = c
         .sqs

@@ -27,6 +27,7 @@ use dth_core::config::EventsMode;
 use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
+use super::drift::{self, Drift};
 use super::infra::{present, MapErrAsync};
 use super::infra::{
     spec_tags, Infra, Names, Owner, ProvisionError, Result, CREATION_TAG, DEFAULTS_TAG,
@@ -132,6 +133,8 @@ pub struct Observed {
     /// Components that are gone (see [`Component`]): the transfer needs replacing.
     pub missing: Vec<Component>,
     pub progress: Progress,
+    /// Settings changed by hand that the spec does not show ([`drift`]): an update puts them back.
+    pub drift: Vec<Drift>,
     /// The worker group's live desired capacity. Step scaling moves it, so it is reported in `spec` only when it
     /// lies outside the group's live min..=max; here it is always the live value.
     pub worker_desired: u32,
@@ -215,6 +218,9 @@ async fn observe_inner(
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
         .attribute_names(QueueAttributeName::RedrivePolicy)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+        .attribute_names(QueueAttributeName::Policy)
         .send()
         .map_err_async("reading SQS queue", &infra.queue_url);
     let dlq_f = c
@@ -222,8 +228,15 @@ async fn observe_inner(
         .get_queue_attributes()
         .queue_url(&infra.dlq_url)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::MessageRetentionPeriod)
         .send()
         .map_err_async("reading SQS queue", &infra.dlq_url);
+    let ttl_f = c
+        .dynamodb
+        .describe_time_to_live()
+        .table_name(&infra.table)
+        .send()
+        .map_err_async("reading DynamoDB time to live", &infra.table);
     let mut progress = Progress::default();
     let ledger_f = Box::pin(table::ledger_progress(c, &infra.table, &mut progress));
     let groups_f = c
@@ -358,6 +371,7 @@ async fn observe_inner(
         group,
         subs,
         notification,
+        ttl,
     ) = tokio::join!(
         queue_f,
         dlq_f,
@@ -374,10 +388,12 @@ async fn observe_inner(
         dashboard_f,
         group_f,
         subs_f,
-        notification_f
+        notification_f,
+        ttl_f
     );
 
     let mut missing = Vec::new();
+    let mut drifted: Vec<Drift> = Vec::new();
     let mut live = spec.clone();
     let mut live_infra = infra.clone();
 
@@ -409,7 +425,8 @@ async fn observe_inner(
         }
         None => missing.push(Component::Queue),
     }
-    match present(dlq)? {
+    let dlq = present(dlq)?;
+    match &dlq {
         Some(d) => {
             progress.dead_letters = queues::attr(
                 d.attributes(),
@@ -417,6 +434,24 @@ async fn observe_inner(
             )
         }
         None => missing.push(Component::DeadLetterQueue),
+    }
+    let queue_policy = (spec.source.events != EventsMode::None)
+        .then(|| {
+            super::policy::queue_policy(&infra.queue_arn, &spec.source.bucket, c.partition()).ok()
+        })
+        .flatten();
+    drifted.extend(drift::queues(
+        queue.as_ref().and_then(|q| q.attributes()),
+        dlq.as_ref().and_then(|d| d.attributes()),
+        infra,
+        queue_policy.as_deref(),
+    ));
+    if table_present {
+        drifted.extend(drift::time_to_live(
+            present(ttl)?
+                .as_ref()
+                .and_then(|t| t.time_to_live_description()),
+        ));
     }
     if !table_present {
         missing.push(Component::Table);
@@ -554,6 +589,7 @@ async fn observe_inner(
 
     // Schedule: our recurring action, else "once" (which leaves nothing behind to read).
     if let Ok(a) = &actions {
+        drifted.extend(drift::schedule(a.scheduled_update_group_actions(), &n));
         let cron = a
             .scheduled_update_group_actions()
             .iter()
@@ -573,11 +609,22 @@ async fn observe_inner(
     }
 
     let policies = present(policies)?;
+    if let Some(p) = &policies {
+        drifted.extend(drift::scaling(p.scaling_policies(), &n, spec.fleet.min));
+    }
     let policy_count = policies.as_ref().map_or(0, |p| p.scaling_policies().len());
     if policy_count < 2 && worker_group.is_some() {
         missing.push(Component::ScalingPolicies);
     }
-    let has_hook = present(hook)?.is_some_and(|h| {
+    let hook = present(hook)?;
+    if let Some(h) = &hook {
+        drifted.extend(drift::drain_hook(
+            h.lifecycle_hooks(),
+            &n,
+            super::fleet::drain_timeout_secs(spec),
+        ));
+    }
+    let has_hook = hook.is_some_and(|h| {
         h.lifecycle_hooks()
             .iter()
             .any(|h| h.lifecycle_hook_name() == Some(n.drain_hook.as_str()))
@@ -597,8 +644,13 @@ async fn observe_inner(
         }
         None => missing.push(Component::InstanceProfile),
     }
-    if present(policy)?.is_none() {
-        missing.push(Component::RolePolicy);
+    match present(policy)? {
+        Some(p) => {
+            if let Ok(want) = super::policy::access_policy(spec, infra, &n) {
+                drifted.extend(drift::role_policy(Some(p.policy_document()), &want));
+            }
+        }
+        None => missing.push(Component::RolePolicy),
     }
     if group? == Some(false) {
         missing.push(Component::SecurityGroup);
@@ -618,8 +670,15 @@ async fn observe_inner(
     {
         missing.push(Component::Alarms);
     }
-    if present(dashboard)?.is_none() {
-        missing.push(Component::Dashboard);
+    if let Some(a) = &alarms {
+        drifted.extend(drift::alarms(a.metric_alarms(), &alarm_wants(infra, &n)));
+    }
+    match present(dashboard)? {
+        Some(d) => drifted.extend(drift::dashboard(
+            d.dashboard_body(),
+            &super::alarms::dashboard_body(&infra.region, &n),
+        )),
+        None => missing.push(Component::Dashboard),
     }
 
     match subs? {
@@ -664,8 +723,29 @@ async fn observe_inner(
         }
     }
 
+    // Launch template content beyond what the live spec shows (IMDSv2, the instance profile, the user data as
+    // the provider renders it from that spec).
+    for (component, version, role) in [
+        (
+            Component::WorkerLaunchTemplate,
+            &worker_v,
+            userdata::Role::Worker,
+        ),
+        (
+            Component::FinderLaunchTemplate,
+            &finder_v,
+            userdata::Role::Finder,
+        ),
+    ] {
+        if let Some(data) = version.as_ref().and_then(|v| v.launch_template_data()) {
+            let want = super::fleet::launch_template_data(cfg, &live, &live_infra, &n, role);
+            drifted.extend(drift::launch_template(component, data, &want));
+        }
+    }
     missing.sort();
     missing.dedup();
+    // A missing piece replaces the whole transfer: its settings need no separate report.
+    drifted.retain(|d| !missing.contains(&d.component));
     progress.status = progress.status_of();
     let worker_desired = worker_group
         .and_then(|g| g.desired_capacity())
@@ -677,7 +757,36 @@ async fn observe_inner(
         missing,
         progress,
         worker_desired,
+        drift: drifted,
     }))
+}
+
+/// The alarms the provider puts, as [`drift::alarms`] checks them.
+fn alarm_wants<'a>(infra: &Infra, n: &'a Names) -> Vec<drift::AlarmWant<'a>> {
+    let base = f64::from(super::fleet::SCALE_OUT_STEPS[0].0);
+    vec![
+        drift::AlarmWant {
+            name: &n.backlog_alarm,
+            threshold: base,
+            evaluation_periods: 1,
+            comparison: "GreaterThanOrEqualToThreshold",
+            actions: vec![infra.scale_out_policy_arn.clone()],
+        },
+        drift::AlarmWant {
+            name: &n.empty_alarm,
+            threshold: 0.0,
+            evaluation_periods: super::fleet::SCALE_IN_AFTER_MINUTES / 5,
+            comparison: "LessThanOrEqualToThreshold",
+            actions: vec![infra.scale_in_policy_arn.clone()],
+        },
+        drift::AlarmWant {
+            name: &n.dead_letter_alarm,
+            threshold: 1.0,
+            evaluation_periods: 1,
+            comparison: "GreaterThanOrEqualToThreshold",
+            actions: infra.topic_arn.iter().cloned().collect(),
+        },
+    ]
 }
 
 /// A launch template version's data and its parsed user data (None when it is not ours to read).

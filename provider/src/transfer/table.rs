@@ -25,19 +25,24 @@ use crate::aws::AwsClients;
 /// summaries carry none and stay.
 pub(crate) async fn create(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<()> {
     Box::pin(create_active(c, n, infra)).await?;
+    enable_time_to_live(c, &n.table).await
+}
+
+/// Let DynamoDB expire rows on [`dth_core::ledger::EXPIRES_AT`].
+pub(crate) async fn enable_time_to_live(c: &AwsClients, table: &str) -> Result<()> {
     let what = "enabling DynamoDB time to live";
     c.dynamodb
         .update_time_to_live()
-        .table_name(&n.table)
+        .table_name(table)
         .time_to_live_specification(
             TimeToLiveSpecification::builder()
                 .enabled(true)
                 .attribute_name(dth_core::ledger::EXPIRES_AT)
                 .build()
-                .map_err(|e| ProvisionError::new(what, &n.table, e))?,
+                .map_err(|e| ProvisionError::new(what, table, e))?,
         )
         .send()
-        .map_err_async(what, &n.table)
+        .map_err_async(what, table)
         .await?;
     Ok(())
 }

@@ -12,7 +12,8 @@ use super::infra::{
 };
 use super::policy::access_policy;
 use super::queues::redrive_policy;
-use super::spec::TransferSpec;
+use super::read::Component;
+use super::spec::{Schedule, TransferSpec};
 use super::{alarms, fleet, iam, logs, queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
@@ -52,6 +53,43 @@ pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static 
     out
 }
 
+/// Whether [`update_repairing`] from `old` to `new` leaves the infra (ids, versions, tags) exactly as it is, so
+/// that a plan can promise it unchanged. False when a launch template gets a new version, the tags, subnets or
+/// AMI change, the alarm email or the schedule changes (topic, subscription, scheduled action), `fleet.min`
+/// changes (the scale-in policy is put again), or a repair puts policies, alarms or templates again.
+pub fn infra_unchanged(
+    cfg: &ProviderConfig,
+    old: (&TransferSpec, &Infra),
+    new: &TransferSpec,
+    repair: &[Component],
+) -> bool {
+    let (old_spec, infra) = old;
+    let n = Names::new(&new.name);
+    let rewritten = [
+        Component::WorkerLaunchTemplate,
+        Component::FinderLaunchTemplate,
+        Component::ScalingPolicies,
+        Component::Alarms,
+        Component::Dashboard,
+    ];
+    if repair.iter().any(|r| rewritten.contains(r)) {
+        return false;
+    }
+    if resource_tags(cfg, new, &infra.creation_id) != infra.tags
+        || old_spec.alarm_email != new.alarm_email
+        || old_spec.schedule != new.schedule
+        || old_spec.fleet.min != new.fleet.min
+        || old_spec.fleet.subnet_ids != new.fleet.subnet_ids
+        || old_spec.fleet.ami_id != new.fleet.ami_id
+    {
+        return false;
+    }
+    [Role::Finder, Role::Worker].into_iter().all(|role| {
+        launch_template_data(cfg, old_spec, infra, &n, role)
+            == launch_template_data(cfg, new, infra, &n, role)
+    })
+}
+
 /// Change the transfer from `old` to `new` in place. Returns the new infra and warnings (e.g. running
 /// instances keeping an old launch template version). On error, what was changed before the failing step
 /// stays changed; the next read shows it.
@@ -61,7 +99,19 @@ pub async fn update(
     old: (&TransferSpec, &Infra),
     new: &TransferSpec,
 ) -> Result<(Infra, Vec<String>)> {
-    Box::pin(update_inner(c, cfg, old, new)).await
+    Box::pin(update_inner(c, cfg, old, new, &[])).await
+}
+
+/// [`update`], and put back the settings of the `repair` components that a refresh found changed by hand
+/// ([`super::drift`]).
+pub async fn update_repairing(
+    c: &AwsClients,
+    cfg: &ProviderConfig,
+    old: (&TransferSpec, &Infra),
+    new: &TransferSpec,
+    repair: &[Component],
+) -> Result<(Infra, Vec<String>)> {
+    Box::pin(update_inner(c, cfg, old, new, repair)).await
 }
 
 async fn update_inner(
@@ -69,6 +119,7 @@ async fn update_inner(
     cfg: &ProviderConfig,
     old: (&TransferSpec, &Infra),
     new: &TransferSpec,
+    repair: &[Component],
 ) -> Result<(Infra, Vec<String>)> {
     let (old_spec, old_infra) = old;
     let problems = new.validate();
@@ -95,6 +146,12 @@ async fn update_inner(
     let mut infra = old_infra.clone();
     let mut warnings = Vec::new();
 
+    if repair.contains(&Component::Queue) || repair.contains(&Component::DeadLetterQueue) {
+        Box::pin(queues::put_settings(c, new, &infra)).await?;
+    }
+    if repair.contains(&Component::Table) {
+        Box::pin(table::enable_time_to_live(c, &infra.table)).await?;
+    }
     if old_spec.max_attempts != new.max_attempts {
         c.sqs
             .set_queue_attributes()
@@ -108,17 +165,14 @@ async fn update_inner(
             .await?;
     }
 
-    // The drain hook waits for the workers' grace.
-    if old_spec.worker.shutdown_grace_secs != new.worker.shutdown_grace_secs {
-        fleet::put_drain_hook(c, new, &n).await?;
-    }
-
     if old_spec.log_retention_days != new.log_retention_days && !infra.log_group.is_empty() {
         super::logs::put_retention(c, &infra.log_group, new.log_retention_days).await?;
     }
 
     let policy = access_policy(new, &infra, &n)?;
-    if access_policy(old_spec, old_infra, &n).ok().as_ref() != Some(&policy) {
+    if access_policy(old_spec, old_infra, &n).ok().as_ref() != Some(&policy)
+        || repair.contains(&Component::RolePolicy)
+    {
         c.iam
             .put_role_policy()
             .role_name(&infra.role_name)
@@ -165,7 +219,11 @@ async fn update_inner(
     for role in [Role::Finder, Role::Worker] {
         let before = launch_template_data(cfg, old_spec, old_infra, &n, role);
         let after = launch_template_data(cfg, new, &infra, &n, role);
-        if before == after {
+        let component = match role {
+            Role::Finder => Component::FinderLaunchTemplate,
+            Role::Worker => Component::WorkerLaunchTemplate,
+        };
+        if before == after && !repair.contains(&component) {
             continue;
         }
         let (id, name) = match role {
@@ -266,6 +324,26 @@ async fn update_inner(
             .await?;
     }
 
+    if repair.contains(&Component::ScalingPolicies) || repair.contains(&Component::Alarms) {
+        Box::pin(fleet::put_scaling(c, new, &n, &mut infra)).await?;
+        Box::pin(alarms::put_dead_letter_alarm(c, &n, &mut infra)).await?;
+    }
+    if repair.contains(&Component::Dashboard) {
+        Box::pin(alarms::put_dashboard(c, &n, &mut infra)).await?;
+    }
+    // The drain hook waits for the workers' grace.
+    if repair.contains(&Component::DrainHook)
+        || old_spec.worker.shutdown_grace_secs != new.worker.shutdown_grace_secs
+    {
+        Box::pin(fleet::put_drain_hook(c, new, &n)).await?;
+    }
+    if repair.contains(&Component::FinderGroup) {
+        if let Schedule::Cron(cron) = Schedule::parse(&new.schedule)
+            .map_err(|m| ProvisionError::new("updating schedule", &n.finder_asg, m))?
+        {
+            Box::pin(fleet::put_schedule(c, &n, &cron)).await?;
+        }
+    }
     if old_spec.schedule != new.schedule {
         Box::pin(fleet::update_schedule(c, new, &n, &mut infra)).await?;
     }
@@ -275,6 +353,13 @@ async fn update_inner(
             .autoscaling
             .start_instance_refresh()
             .auto_scaling_group_name(&infra.worker_asg)
+            // Only a warning when it fails (new instances get the new version anyway): the SDK's three attempts,
+            // not the provider's `max_retries`.
+            .customize()
+            .config_override(
+                aws_sdk_autoscaling::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3)),
+            )
             .send()
             .map_err_async("starting instance refresh", &infra.worker_asg)
             .await;
