@@ -526,10 +526,10 @@ async fn observe_costs_a_fixed_number_of_calls() {
         small, large,
         "observe must not depend on the objects in the buckets"
     );
-    // SQS 2, DynamoDB 2, Auto Scaling 4 (groups, scheduled actions, policies, drain hook), EC2 4 (templates,
-    // 2 versions, security group), IAM 2, CloudWatch 2, CloudWatch Logs 1, SNS 1, S3 1. (17 before the drain
-    // hook and the log group were checked.)
-    assert_eq!(small, 19, "observe made {small} AWS calls");
+    // SQS 2, DynamoDB 3 (with the time to live), Auto Scaling 4 (groups, scheduled actions, policies, drain
+    // hook), EC2 4 (templates, 2 versions, security group), IAM 2, CloudWatch 2, CloudWatch Logs 1, SNS 1, S3 1.
+    // (17 before the drain hook and the log group were checked, 19 before the time to live.)
+    assert_eq!(small, 20, "observe made {small} AWS calls");
 
     // A piece deleted by hand is reported, so that it can be replaced.
     c.sqs
