@@ -28,7 +28,7 @@ pub struct JobConfig {
     #[serde(default)]
     pub skip_compare: bool,
     /// Copy system headers, user metadata and tags.
-    #[serde(default = "yes")]
+    #[serde(default = "default_include_metadata")]
     pub include_metadata: bool,
     #[serde(default)]
     pub filters: Filters,
@@ -53,10 +53,11 @@ pub struct JobConfig {
     pub aws: AwsConfig,
 }
 
-fn yes() -> bool {
+/// The defaults of the top-level job settings, public for the provider's spec, which embeds them.
+pub fn default_include_metadata() -> bool {
     true
 }
-fn default_max_attempts() -> u32 {
+pub fn default_max_attempts() -> u32 {
     5
 }
 

@@ -272,7 +272,9 @@ async fn create_observe_update_import_delete() {
     new.fleet.min = 2;
     new.fleet.desired = 3;
     new.fleet.max = 10;
-    new.fleet.worker_concurrency = 8;
+    new.worker.concurrency = 8;
+    new.worker.requests_per_second = 50;
+    new.batch.max_objects = 100;
     new.schedule = "30 2 * * *".into();
     new.tags.insert("owner".into(), "me".into());
     new.tags.remove("project");

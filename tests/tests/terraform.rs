@@ -436,6 +436,32 @@ async fn invalid_configurations_name_the_attribute() {
             with("", "").replace("image = \"dth:test\"", "image = \"two words\""),
             "fleet.image",
         ),
+        (
+            with("worker", "heartbeat_secs = 900\n    visibility_secs = 1800"),
+            "worker.heartbeat_secs",
+        ),
+        (
+            with("worker", "shutdown_grace_secs = 7200"),
+            "worker.shutdown_grace_secs",
+        ),
+        (
+            with("worker", "part_concurrency = -1"),
+            "worker.part_concurrency",
+        ),
+        (with("finder", "depth = 1.5"), "finder.depth"),
+        (with("batch", "max_objects = 0"), "batch.max_objects"),
+        (
+            with(
+                "source",
+                "anonymous = true\n    credentials_secret_arn = \"arn:aws:secretsmanager:us-east-1:1:secret:s\"",
+            ),
+            "source.anonymous",
+        ),
+        (with("worker", "concurrency = 8"), "concurrency"),
+        (
+            with("source", "prefix_list {\n      key = \"list.txt\"\n    }"),
+            "\"bucket\" is required",
+        ),
         (with("", "colour = \"blue\""), "colour"),
         (with("timeouts", "create = \"soon\""), "timeouts.create"),
         (with("timeouts", "delete = \"-5m\""), "timeouts.delete"),
@@ -632,4 +658,295 @@ module "photos" {
     let out = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("var.name"), "{out}");
+}
+
+/// Transfer `seta`: every job setting but those that exclude them (in [`EVERY_SETTING_B`]) away from its default, as
+/// (attribute path, HCL value). Dotted paths are blocks: `source.prefix_list.key` is `key` in `prefix_list` in
+/// `source`.
+const EVERY_SETTING_A: &[(&str, &str)] = &[
+    ("source.type", r#""S3_Compatible""#),
+    ("source.bucket", r#""seta-src""#),
+    ("source.prefix", r#""in/""#),
+    ("source.prefix_list.bucket", r#""seta-lists""#),
+    ("source.prefix_list.key", r#""prefixes.txt""#),
+    ("source.region", r#""eu-west-3""#),
+    ("source.endpoint", r#""https://minio.example.com""#),
+    ("source.anonymous", "true"),
+    ("source.requester_pays", "true"),
+    ("destination.bucket", r#""seta-dst""#),
+    ("destination.prefix", r#""out/""#),
+    ("destination.region", r#""eu-west-1""#),
+    ("destination.endpoint", r#""https://s3.example.com""#),
+    (
+        "destination.credentials_secret_arn",
+        r#""arn:aws:secretsmanager:eu-west-1:123456789012:secret:dst""#,
+    ),
+    ("destination.storage_class", r#""STANDARD_IA""#),
+    ("destination.acl", r#""private""#),
+    ("destination.sse", r#""aws:kms""#),
+    ("destination.kms_key_id", r#""alias/dst""#),
+    ("compare", r#""checksum""#),
+    ("skip_compare", "true"),
+    ("include_metadata", "false"),
+    ("filters.include", r#"["**/*.jpg"]"#),
+    ("filters.exclude", r#"["**/tmp/**"]"#),
+    ("finder.depth", "3"),
+    ("finder.parallelism", "9"),
+    ("multipart.threshold", "20971520"),
+    ("multipart.chunk_size", "8388608"),
+    ("multipart.giant_threshold", "2147483648"),
+    ("batch.max_objects", "50"),
+    ("batch.max_bytes", "16777216"),
+    ("fleet.worker_concurrency", "6"),
+    ("worker.part_concurrency", "3"),
+    ("worker.bandwidth_limit", "10485760"),
+    ("worker.requests_per_second", "300"),
+    ("worker.heartbeat_secs", "30"),
+    ("worker.visibility_secs", "120"),
+    ("worker.shutdown_grace_secs", "240"),
+    ("worker.ledger_retention_days", "7"),
+    ("max_attempts", "7"),
+];
+
+/// Transfer `setb`: the settings [`EVERY_SETTING_A`] cannot have (`events` needs an Amazon_S3 source without a
+/// prefix list; `anonymous` excludes `credentials_secret_arn`).
+const EVERY_SETTING_B: &[(&str, &str)] = &[
+    ("source.bucket", r#""setb-src""#),
+    ("source.events", r#""create_and_delete""#),
+    (
+        "source.credentials_secret_arn",
+        r#""arn:aws:secretsmanager:us-east-1:123456789012:secret:src""#,
+    ),
+    ("destination.bucket", r#""setb-dst""#),
+];
+
+/// A `dth_s3_transfer` named `name` (also its address) with these (attribute path, HCL value) settings, and
+/// `image` (none: no `fleet` block, the default image).
+fn transfer_with(name: &str, image: Option<&str>, settings: &[(&str, &str)]) -> String {
+    #[derive(Default)]
+    struct Block(Vec<(String, String)>, BTreeMap<String, Block>);
+    fn render(b: &Block, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        for (k, v) in &b.0 {
+            out.push_str(&format!("{pad}{k} = {v}\n"));
+        }
+        for (k, inner) in &b.1 {
+            out.push_str(&format!("{pad}{k} {{\n"));
+            render(inner, indent + 2, out);
+            out.push_str(&format!("{pad}}}\n"));
+        }
+    }
+    let mut root = Block::default();
+    let mut all = vec![("name", format!("\"{name}\""))];
+    if let Some(image) = image {
+        all.push(("fleet.image", format!("\"{image}\"")));
+    }
+    let settings = all
+        .iter()
+        .map(|(p, v)| (*p, v.as_str()))
+        .chain(settings.iter().copied());
+    for (path, value) in settings {
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let attribute = parts.pop().unwrap();
+        let mut b = &mut root;
+        for p in parts {
+            b = b.1.entry(p.to_owned()).or_default();
+        }
+        b.0.push((attribute.to_owned(), value.to_owned()));
+    }
+    let mut out = format!("resource \"dth_s3_transfer\" \"{name}\" {{\n");
+    render(&root, 2, &mut out);
+    out.push_str("}\n");
+    out
+}
+
+/// The job config path of an attribute: its own, unless the resource offers the setting elsewhere.
+fn job_path(attribute: &str) -> String {
+    dth_provider::transfer::spec::ATTRIBUTE_OF
+        .iter()
+        .find(|(_, a)| *a == attribute)
+        .map_or_else(|| attribute.to_owned(), |(job, _)| (*job).to_owned())
+}
+
+/// The launch spec in the user data of the newest version of a launch template.
+async fn launched(w: &World, template: &str) -> dth_core::userdata::LaunchSpec {
+    let versions = w
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_name(template)
+        .send()
+        .await
+        .unwrap();
+    let newest = versions
+        .launch_template_versions()
+        .iter()
+        .max_by_key(|v| v.version_number())
+        .unwrap_or_else(|| panic!("{template} has no version"));
+    let data = newest
+        .launch_template_data()
+        .and_then(|d| d.user_data())
+        .unwrap_or_default();
+    dth_core::userdata::parse(data).unwrap_or_else(|e| panic!("{template}: {e}"))
+}
+
+/// Every (attribute, value) of `settings` in the job config of both launch templates of `name`, and the worker's
+/// `--concurrency`.
+async fn check_job_configs(w: &World, name: &str, settings: &[(&str, &str)]) {
+    for role in ["finder", "worker"] {
+        let template = format!("dth-{name}-{role}");
+        let launch = launched(w, &template).await;
+        let config = serde_json::to_value(&launch.config).unwrap();
+        for (attribute, hcl) in settings {
+            let want: serde_json::Value = serde_json::from_str(hcl).unwrap();
+            let pointer = format!("/{}", job_path(attribute).replace('.', "/"));
+            assert_eq!(
+                config.pointer(&pointer),
+                Some(&want),
+                "{template}: {attribute} in the job config\n{config:#}"
+            );
+        }
+        if role == "worker" {
+            if let Some((_, n)) = settings
+                .iter()
+                .find(|(a, _)| *a == "fleet.worker_concurrency")
+            {
+                let args = launch.args.join(" ");
+                assert!(args.contains(&format!("--concurrency {n}")), "{args}");
+            }
+        }
+    }
+}
+
+/// The drain lifecycle hook's timeout of transfer `name`'s workers.
+async fn drain_timeout(w: &World, name: &str) -> i32 {
+    let hooks = w
+        .autoscaling
+        .describe_lifecycle_hooks()
+        .auto_scaling_group_name(format!("dth-{name}-worker"))
+        .send()
+        .await
+        .unwrap();
+    hooks.lifecycle_hooks()[0].heartbeat_timeout().unwrap()
+}
+
+/// Every job setting of the binaries set through `dth_s3_transfer` (two transfers between them, as some exclude
+/// each other) reaches the job config in both launch templates' user data; the plan after apply is empty; an
+/// import of each plans no changes (the job config read back); changing worker settings in place renders a new
+/// version and moves the drain hook's timeout with `worker.shutdown_grace_secs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_job_setting_reaches_the_instances() {
+    let w = World::start("tf-settings").await;
+    w.bucket("setb-src").await;
+    let config = |a: &[(&str, &str)]| {
+        format!(
+            "{}\n{}",
+            transfer_with("seta", Some("dth:test"), a),
+            // No fleet block: every block but source and destination may be left out.
+            transfer_with("setb", None, EVERY_SETTING_B)
+        )
+    };
+
+    // Between them, the two set every job setting a user of the binaries has (core's fields, less what the
+    // provider owns or derives).
+    let set: Vec<String> = EVERY_SETTING_A
+        .iter()
+        .chain(EVERY_SETTING_B)
+        .map(|(a, _)| job_path(a))
+        .collect();
+    let unset: Vec<String> = dth_provider::transfer::spec::job_settings()
+        .into_iter()
+        .filter(|s| !set.contains(s))
+        .collect();
+    assert!(
+        unset.is_empty(),
+        "job settings this test does not set: {unset:?}"
+    );
+
+    // moto answers StartInstanceRefresh (after a new worker launch template version) with a 500, which the SDK
+    // would retry 25 times with backoff (minutes): a warning after a few.
+    const RETRIES: &str = "  max_retries = 2";
+    let tf = Terraform::new(&w, "main");
+    tf.write_with(RETRIES, &config(EVERY_SETTING_A));
+    tf.ok(&["init", "-input=false"]);
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    check_job_configs(&w, "seta", EVERY_SETTING_A).await;
+    check_job_configs(&w, "setb", EVERY_SETTING_B).await;
+    // What the provider derives: an S3_Compatible source is addressed path-style; the default endpoint of an
+    // Amazon_S3 side is the provider's.
+    let a = launched(&w, "dth-seta-worker").await.config;
+    assert!(a.source.path_style);
+    let b = launched(&w, "dth-setb-worker").await.config;
+    assert_eq!(b.source.endpoint.as_deref(), Some(w.endpoint.as_str()));
+    assert_eq!(b.destination.endpoint.as_deref(), Some(w.endpoint.as_str()));
+    let margin = 2 * dth_core::userdata::RELEASE_MARGIN_SECS as i32 + 60;
+    assert_eq!(drain_timeout(&w, "seta").await, 240 + margin);
+    assert_eq!(drain_timeout(&w, "setb").await, 90 + margin);
+
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "a plan right after apply must be empty:\n{out}");
+
+    // A state written before the resource offered these settings (no `source.anonymous`, no `worker` or
+    // `batch` block) reads as the same transfer: no changes.
+    let file = tf.dir.join("terraform.tfstate");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for r in state["resources"].as_array_mut().unwrap() {
+        if r["name"] == "setb" {
+            let attributes = r["instances"][0]["attributes"].as_object_mut().unwrap();
+            assert!(attributes["worker"].is_null() && attributes["batch"].is_null());
+            attributes.remove("worker");
+            attributes.remove("batch");
+            let source = match &mut attributes["source"] {
+                serde_json::Value::Array(blocks) => &mut blocks[0],
+                block => block,
+            };
+            source
+                .as_object_mut()
+                .unwrap()
+                .remove("anonymous")
+                .expect("source.anonymous in state");
+        }
+    }
+    std::fs::write(&file, serde_json::to_string_pretty(&state).unwrap()).unwrap();
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 0, "an older state must plan no changes:\n{out}");
+
+    // Imported into a fresh working directory: the job configs read back from the launch templates are the
+    // configuration's.
+    let imported = Terraform::new(&w, "import");
+    imported.write_with(RETRIES, &config(EVERY_SETTING_A));
+    imported.ok(&["init", "-input=false"]);
+    for name in ["seta", "setb"] {
+        imported.ok(&[
+            "import",
+            "-input=false",
+            &format!("dth_s3_transfer.{name}"),
+            name,
+        ]);
+    }
+    let (code, out) = imported.plan(&[]);
+    assert_eq!(code, 0, "imported transfers must plan no changes:\n{out}");
+
+    // In place: worker settings; a new launch template version, and the hook waits for the new grace.
+    let changed: Vec<(&str, &str)> = EVERY_SETTING_A
+        .iter()
+        .map(|&(a, v)| match a {
+            "worker.shutdown_grace_secs" => (a, "600"),
+            "worker.bandwidth_limit" => (a, "0"),
+            "batch.max_objects" => (a, "75"),
+            _ => (a, v),
+        })
+        .collect();
+    tf.write_with(RETRIES, &config(&changed));
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("0 to add, 1 to change, 0 to destroy"), "{out}");
+    tf.ok(&["apply", "-auto-approve", "-input=false"]);
+    check_job_configs(&w, "seta", &changed).await;
+    assert_eq!(drain_timeout(&w, "seta").await, 600 + margin);
+    let (code, out) = tf.plan(&[]);
+    assert_eq!(
+        code, 0,
+        "a plan right after the update must be empty:\n{out}"
+    );
 }

@@ -28,6 +28,11 @@ resource "dth_s3_transfer" "example" {
     image   = "123456789012.dkr.ecr.us-west-2.amazonaws.com/dth:0.1.0"
   }
 
+  # Each worker reads at most 50 MiB/s from OSS.
+  worker {
+    bandwidth_limit = 52428800
+  }
+
   alarm_email = "data-team@example.com"
 
   tags = {

@@ -1,14 +1,15 @@
 //! `dth_s3_transfer`: one Data Transfer Hub S3 transfer — its queue, ledger, role, fleet, schedule, alarms and
 //! dashboard — with its progress read back into state.
 //!
-//! The user's attributes map one to one onto [`TransferSpec`] (through serde, so the defaults live in one
-//! place and the schema repeats them for plans and docs); the computed ones come from [`Infra`] (what was
-//! created) and [`Progress`] (the ledger's run summary and the queues' depths).
+//! The user's attributes map one to one onto [`TransferSpec`] through serde (a spec field whose attribute sits
+//! elsewhere is moved by [`RELOCATED`]), and each optional one takes its type and default from the default spec
+//! ([`setting`]), whose job settings are core's own: no default is written twice, and plans and docs show them.
+//! The computed attributes come from [`Infra`] (what was created) and [`Progress`] (the ledger's run summary and
+//! the queues' depths).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dth_core::config::MIB;
 
 use super::{config_json, decode, problems_to_diagnostics};
 use crate::provider::Client;
@@ -24,7 +25,7 @@ pub struct S3Transfer;
 
 /// Optional blocks: absent from configuration means "all defaults", and state keeps them absent while the cloud
 /// agrees, so that a configuration without them plans no changes.
-const OPTIONAL_BLOCKS: [&str; 3] = ["filters", "finder", "multipart"];
+const OPTIONAL_BLOCKS: [&str; 6] = ["filters", "finder", "fleet", "multipart", "batch", "worker"];
 
 /// Computed attributes that report progress. They change as the transfer runs, never because of a plan.
 const PROGRESS: [(&str, &str); 9] = [
@@ -163,26 +164,124 @@ fn s(name: &str, md: &str) -> Attribute {
     Attribute::string(name).optional().description(md)
 }
 
-/// The resource's schema (what [`Resource::schema`] serves, and what the docs are generated from).
+/// Spec fields whose attribute sits elsewhere in the schema: (attribute path, spec path). The spec keeps core's
+/// shape ([`transfer::spec::ATTRIBUTE_OF`]); [`spec_of`] and [`state_of`] move the value.
+const RELOCATED: [(&str, &str); 1] = [("fleet.worker_concurrency", "worker.concurrency")];
+
+/// The value at a dotted path of a JSON object, taken out of it.
+fn take(j: &mut serde_json::Value, path: &str) -> Option<serde_json::Value> {
+    let (parent, name) = match path.rsplit_once('.') {
+        Some((parent, name)) => (
+            j.pointer_mut(&format!("/{}", parent.replace('.', "/")))?,
+            name,
+        ),
+        None => (j, path),
+    };
+    parent.as_object_mut()?.remove(name)
+}
+
+/// Put `value` at a dotted path of a JSON object, making the objects on the way.
+fn put(j: &mut serde_json::Value, path: &str, value: serde_json::Value) {
+    let mut at = j;
+    let mut names = path.split('.').peekable();
+    while let Some(name) = names.next() {
+        let serde_json::Value::Object(m) = at else {
+            return;
+        };
+        if names.peek().is_none() {
+            m.insert(name.into(), value);
+            return;
+        }
+        at = m
+            .entry(name)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    }
+}
+
+/// A spec as the schema shapes it: relocated fields moved to their attributes, and the fields the resource does not
+/// offer ([`transfer::spec::NOT_SETTABLE`], which sit at the same paths in the spec as in the job config) left out.
+fn schema_json(spec: &TransferSpec) -> Result<serde_json::Value, Diagnostics> {
+    let mut j = serde_json::to_value(spec)
+        .map_err(|e| Diagnostic::error("Internal error", format!("encoding the transfer: {e}")))?;
+    for (attribute, field) in RELOCATED {
+        if let Some(v) = take(&mut j, field) {
+            put(&mut j, attribute, v);
+        }
+    }
+    for field in transfer::spec::NOT_SETTABLE {
+        take(&mut j, field);
+    }
+    for (field, value) in OMITTED_AT_DEFAULT {
+        put(&mut j, field, value(spec));
+    }
+    Ok(j)
+}
+
+/// Job settings core's JSON leaves out at their default (so that older binaries, which refuse unknown fields,
+/// still read a job config that does not change them), with the spec's value: state and schema show them all.
+type Field = fn(&TransferSpec) -> serde_json::Value;
+const OMITTED_AT_DEFAULT: [(&str, Field); 1] = [("worker.ledger_retention_days", |s| {
+    s.worker.ledger_retention_days.into()
+})];
+
+/// The default spec as the schema shapes it: where the schema's defaults come from (core's, for every job
+/// setting), so that none is written twice.
+fn defaults() -> serde_json::Value {
+    let spec = TransferSpec::new("", "", "", transfer::spec::DEFAULT_IMAGE);
+    schema_json(&spec).unwrap_or_default()
+}
+
+/// An optional attribute whose type and default are the default spec's value at `path` (dotted): a string,
+/// number (a whole number of 0 or more) or bool with that default; a list of strings (no default: empty); or a
+/// string without a default (null: an optional value).
+fn setting(defaults: &serde_json::Value, path: &str, md: &str) -> Attribute {
+    use serde_json::Value as J;
+    let name = path.rsplit('.').next().unwrap_or(path);
+    let default = defaults
+        .pointer(&format!("/{}", path.replace('.', "/")))
+        .unwrap_or_else(|| panic!("{path} is not a field of the spec"));
+    let attribute = match default {
+        J::String(text) => Attribute::string(name).default(text.as_str()),
+        J::Bool(b) => Attribute::bool(name).default(*b),
+        J::Number(n) => Attribute::number(name)
+            .default(Value::Number(n.clone()))
+            .validator(whole_number),
+        J::Array(_) => Attribute::list(name, Type::String),
+        J::Null => Attribute::string(name),
+        J::Object(_) => panic!("{path} is a block, not an attribute"),
+    };
+    attribute.optional().description(md)
+}
+
+/// The spec's numbers are counts, sizes and seconds.
+fn whole_number(v: &Value) -> Result<(), String> {
+    match v.as_number() {
+        Some(n) if n.as_u64().is_none() => Err(format!("{n} is not a whole number of 0 or more")),
+        _ => Ok(()),
+    }
+}
+
+/// The resource's schema (what [`Resource::schema`] serves, and what the docs are generated from). Every optional
+/// attribute of the spec is a [`setting`]: its type and default are the spec's (core's, for a job setting).
 pub fn schema() -> Schema {
+    let d = &defaults();
     let source = Block::new()
         .description("Where objects come from.")
         .attribute(
-            s("type", "Kind of store: `Amazon_S3`, `Aliyun_OSS`, `Tencent_COS`, `Qiniu_Kodo` or `S3_Compatible` (needs `endpoint`).")
-                .default("Amazon_S3")
+            setting(d, "source.type", "Kind of store: `Amazon_S3`, `Aliyun_OSS`, `Tencent_COS`, `Qiniu_Kodo` or `S3_Compatible` (needs `endpoint`).")
                 .one_of(&["Amazon_S3", "Aliyun_OSS", "Tencent_COS", "Qiniu_Kodo", "S3_Compatible"])
                 .requires_replace(),
         )
         .attribute(Attribute::string("bucket").required().requires_replace().description("Source bucket."))
-        .attribute(s("prefix", "Only keys under this prefix.").default(""))
-        .attribute(s("region", "Region of the source bucket. Default: the provider's region.").requires_replace())
-        .attribute(s("endpoint", "Endpoint URL. Default: derived from `type` and `region` (Amazon S3's own for `Amazon_S3`)."))
-        .attribute(s("credentials_secret_arn", "Secrets Manager secret holding `{\"access_key_id\",\"secret_access_key\"}` for the source; re-read on 403. Default: the instance role (same account) — only the ARN is stored, never the secret."))
-        .attribute(Attribute::bool("requester_pays").optional().default(false).description("Send `x-amz-request-payer: requester`."))
-        .attribute(s("kms_key_id", "KMS key the source objects are encrypted with (SSE-KMS): key ARN, key id or alias (`alias/name`). The instance role gets `kms:Decrypt` on it; for an alias, on the keys that carry it. Only for an `Amazon_S3` source read with the instance role."))
+        .attribute(setting(d, "source.prefix", "Only keys under this prefix."))
+        .attribute(setting(d, "source.region", "Region of the source bucket. Default: the provider's region.").requires_replace())
+        .attribute(setting(d, "source.endpoint", "Endpoint URL. Default: derived from `type` and `region` (Amazon S3's own, or the provider's `endpoints.s3`, for `Amazon_S3`). Addressing is path-style for `S3_Compatible`, and for `Amazon_S3` when the provider sets `s3_use_path_style`."))
+        .attribute(setting(d, "source.credentials_secret_arn", "Secrets Manager secret holding `{\"access_key_id\",\"secret_access_key\"}` for the source; re-read on 403. Default: the instance role (same account) — only the ARN is stored, never the secret."))
+        .attribute(setting(d, "source.anonymous", "Send unsigned requests: a public bucket, read without credentials. Not with `credentials_secret_arn`."))
+        .attribute(setting(d, "source.requester_pays", "Send `x-amz-request-payer: requester`."))
+        .attribute(setting(d, "source.kms_key_id", "KMS key the source objects are encrypted with (SSE-KMS): key ARN, key id or alias (`alias/name`). The instance role gets `kms:Decrypt` on it; for an alias, on the keys that carry it. Only for an `Amazon_S3` source read with the instance role."))
         .attribute(
-            s("events", "S3 event notifications from the source bucket to the job queue: `none`, `create` (copy new objects as they arrive) or `create_and_delete` (also delete at the destination).")
-                .default("none")
+            setting(d, "source.events", "S3 event notifications from the source bucket to the job queue: `none`, `create` (copy new objects as they arrive) or `create_and_delete` (also delete at the destination).")
                 .one_of(&["none", "create", "create_and_delete"])
                 .requires_replace(),
         )
@@ -191,54 +290,71 @@ pub fn schema() -> Schema {
                 "prefix_list",
                 Block::new()
                     .description("A file listing the prefixes to transfer, one per line.")
-                    .attribute(s("bucket", "Bucket of the list. Default: the source bucket."))
+                    .attribute(Attribute::string("bucket").required().description("Bucket of the list, read with the instance role (whatever credentials the source uses)."))
                     .attribute(Attribute::string("key").required().description("Key of the list.")),
             ).description("Transfer only the prefixes listed in an object."),
         );
     let destination = Block::new()
         .description("Where objects go (Amazon S3).")
         .attribute(Attribute::string("bucket").required().requires_replace().description("Destination bucket."))
-        .attribute(s("prefix", "Prepended to every key.").default(""))
-        .attribute(s("region", "Region of the destination bucket. Default: the provider's region.").requires_replace())
-        .attribute(s("endpoint", "Endpoint URL. Default: Amazon S3's (or the provider's `endpoints.s3`)."))
-        .attribute(s("credentials_secret_arn", "Secrets Manager secret with credentials for the destination (another account). Default: the instance role."))
-        .attribute(s("storage_class", "Storage class of the copies.").default("INTELLIGENT_TIERING"))
-        .attribute(s("acl", "Canned ACL of the copies; empty for none.").default("bucket-owner-full-control"))
-        .attribute(s("sse", "Server-side encryption: `none`, `AES256` or `aws:kms`.").default("none").one_of(&["none", "AES256", "aws:kms"]))
-        .attribute(s("kms_key_id", "KMS key for `sse = \"aws:kms\"`."));
+        .attribute(setting(d, "destination.prefix", "Prepended to every key."))
+        .attribute(setting(d, "destination.region", "Region of the destination bucket. Default: the provider's region.").requires_replace())
+        .attribute(setting(d, "destination.endpoint", "Endpoint URL. Default: Amazon S3's (or the provider's `endpoints.s3`). Addressing is path-style when the provider sets `s3_use_path_style`."))
+        .attribute(setting(d, "destination.credentials_secret_arn", "Secrets Manager secret with credentials for the destination (another account). Default: the instance role."))
+        .attribute(setting(d, "destination.storage_class", "Storage class of the copies."))
+        .attribute(setting(d, "destination.acl", "Canned ACL of the copies; empty for none."))
+        .attribute(setting(d, "destination.sse", "Server-side encryption: `none`, `AES256` or `aws:kms`.").one_of(&["none", "AES256", "aws:kms"]))
+        .attribute(setting(d, "destination.kms_key_id", "KMS key for `sse = \"aws:kms\"`."));
     let filters = Block::new()
         .description("Key globs (`*` within one path segment, `**` across them).")
-        .attribute(
-            Attribute::list("include", Type::String)
-                .optional()
-                .description("Copy only keys matching one of these. Empty: every key."),
-        )
-        .attribute(
-            Attribute::list("exclude", Type::String)
-                .optional()
-                .description("Never copy keys matching one of these."),
-        );
+        .attribute(setting(
+            d,
+            "filters.include",
+            "Copy only keys matching one of these. Empty: every key.",
+        ))
+        .attribute(setting(
+            d,
+            "filters.exclude",
+            "Never copy keys matching one of these.",
+        ));
     let finder = Block::new()
         .description("The finder: lists both sides and enqueues what must move.")
-        .attribute(Attribute::number("depth").optional().default(0u64).description("Levels of common prefixes listed in parallel (objects above that depth are never lost)."))
-        .attribute(Attribute::number("parallelism").optional().default(4u64).description("Prefixes listed at once."))
-        .attribute(s("instance_type", "Instance type of the finder.").default("t4g.micro"));
+        .attribute(setting(d, "finder.depth", "Levels of common prefixes listed in parallel (objects above that depth are never lost); 0 lists each prefix flat."))
+        .attribute(setting(d, "finder.parallelism", "Prefixes listed at once."))
+        .attribute(setting(d, "finder.instance_type", "Instance type of the finder."));
     let fleet = Block::new()
         .description("The worker fleet: an Auto Scaling group scaled on queue depth (DTH's steps).")
-        .attribute(s("instance_type", "Worker instance type (Graviton by default).").default("t4g.micro"))
-        .attribute(Attribute::number("min").optional().default(1u64).description("Fewest workers (when the queue is empty)."))
-        .attribute(Attribute::number("desired").optional().default(1u64).description("Workers at creation."))
-        .attribute(Attribute::number("max").optional().default(20u64).description("Most workers."))
-        .attribute(Attribute::number("worker_concurrency").optional().default(4u64).description("Objects (or parts) each worker copies at once; its memory holds `worker_concurrency × multipart.chunk_size` bytes of data."))
-        .attribute(Attribute::list("subnet_ids", Type::String).optional().description("Subnets of the fleet. Default: the default VPC's."))
-        .attribute(Attribute::list("security_group_ids", Type::String).optional().description("Security groups of the fleet. Default: an egress-only group made for the transfer."))
-        .attribute(Attribute::string("image").optional().default(crate::transfer::spec::DEFAULT_IMAGE).description("Container image with the `finder` and `worker` binaries. Default: the project's image for this provider version (pinned by digest in a release). To run from your own registry, copy it there (`scripts/publish-image`, or `skopeo copy --all`) and set this; an image in ECR is pulled with the instances' role, which may pull from that one repository."))
-        .attribute(s("ami_id", "AMI of the instances. Default: the newest Amazon Linux 2023 for the instance type's architecture."));
+        .attribute(setting(d, "fleet.instance_type", "Worker instance type (Graviton by default)."))
+        .attribute(setting(d, "fleet.min", "Fewest workers (when the queue is empty)."))
+        .attribute(setting(d, "fleet.desired", "Workers at creation."))
+        .attribute(setting(d, "fleet.max", "Most workers."))
+        .attribute(setting(d, "fleet.worker_concurrency", "Objects (or parts) each worker copies at once; its memory holds `worker_concurrency × multipart.chunk_size` bytes of data. The job config's `worker.concurrency`."))
+        .attribute(setting(d, "fleet.subnet_ids", "Subnets of the fleet. Default: the default VPC's."))
+        .attribute(setting(d, "fleet.security_group_ids", "Security groups of the fleet. Default: an egress-only group made for the transfer."))
+        .attribute(setting(d, "fleet.image", "Container image with the `finder` and `worker` binaries. Default: the project's image for this provider version (pinned by digest in a release). To run from your own registry, copy it there (`scripts/publish-image`, or `skopeo copy --all`) and set this; an image in ECR is pulled with the instances' role, which may pull from that one repository."))
+        .attribute(setting(d, "fleet.ami_id", "AMI of the instances. Default: the newest Amazon Linux 2023 for the instance type's architecture."));
     let multipart = Block::new()
         .description("How large objects are copied.")
-        .attribute(Attribute::number("threshold").optional().default(10 * MIB).description("Objects this size or larger are copied in parts."))
-        .attribute(Attribute::number("chunk_size").optional().default(5 * MIB).description("Part size (raised when an object would need more than 10,000 parts)."))
-        .attribute(Attribute::number("giant_threshold").optional().default(1024 * MIB).description("Objects this size or larger are split into per-part jobs across the whole fleet."));
+        .attribute(setting(d, "multipart.threshold", "Objects this size or larger (bytes) are copied in parts."))
+        .attribute(setting(d, "multipart.chunk_size", "Part size in bytes (raised when an object would need more than 10,000 parts)."))
+        .attribute(setting(d, "multipart.giant_threshold", "Objects this size or larger (bytes) are split into per-part jobs across the whole fleet."));
+    let batch = Block::new()
+        .description("How the finder packs objects into jobs.")
+        .attribute(setting(
+            d,
+            "batch.max_objects",
+            "Most objects in one job (1 to 1000).",
+        ))
+        .attribute(setting(d, "batch.max_bytes", "Most bytes in one job."));
+    let worker = Block::new()
+        .description("How each worker copies (its concurrency is `fleet.worker_concurrency`).")
+        .attribute(setting(d, "worker.part_concurrency", "Parts of one multipart object copied at once."))
+        .attribute(setting(d, "worker.bandwidth_limit", "Bytes per second each worker reads from the source, over all its copies; 0: unlimited."))
+        .attribute(setting(d, "worker.requests_per_second", "S3 requests per second each worker sends, source and destination together; 0: unlimited."))
+        .attribute(setting(d, "worker.heartbeat_secs", "Seconds between extensions of a job's visibility while a worker copies it. Below the job queue's visibility timeout (900), which holds a job until its first heartbeat."))
+        .attribute(setting(d, "worker.visibility_secs", "Seconds each extension hides the job from other workers: more than `heartbeat_secs`, at most 43200."))
+        .attribute(setting(d, "worker.ledger_retention_days", &format!("Days the ledger keeps the rows of copied objects and finished jobs after their last write (DynamoDB's TTL removes them; run summaries are kept). 0: forever. At most {}.", dth_core::config::MAX_RETENTION_DAYS)))
+        .attribute(setting(d, "worker.shutdown_grace_secs", &format!("Seconds a stopping worker (scale-in, instance refresh) waits for its jobs in flight before releasing them to the queue; the workers' drain lifecycle hook waits that long plus margins. At most {}.", transfer::spec::max_shutdown_grace_secs())));
 
     let mut timeouts = Block::new();
     for (operation, default) in TIMEOUTS {
@@ -261,13 +377,13 @@ pub fn schema() -> Schema {
         .attribute(Attribute::string("id").computed().description("The transfer's name."))
         .attribute(Attribute::string("name").optional().computed().requires_replace().description("Names every AWS resource of the transfer (`dth-<name>-…`): 1–40 of `a-z 0-9 -`. Exactly one of `name` and `name_prefix`. Two transfers cannot share a name: a create that finds the name's resources made by someone else fails and leaves them alone."))
         .attribute(Attribute::string("name_prefix").optional().requires_replace().description(format!("Instead of `name`: the name is this prefix and {} random characters, chosen at create — a new name for every create, so that `lifecycle {{ create_before_destroy = true }}` works (the new transfer is made while the old one still exists). 1–{} of `a-z 0-9 -`.", transfer::spec::NAME_SUFFIX_LEN, transfer::spec::MAX_NAME_LEN - transfer::spec::NAME_SUFFIX_LEN)))
-        .attribute(s("compare", "How an object already at the destination counts as up to date: `size`, `size-etag` or `checksum`.").default("size-etag").one_of(&["size", "size-etag", "checksum"]))
-        .attribute(Attribute::bool("skip_compare").optional().default(false).description("Copy every listed object without looking at the destination."))
-        .attribute(Attribute::bool("include_metadata").optional().default(true).description("Copy system headers, user metadata and tags."))
-        .attribute(s("schedule", "When the finder runs: a 5-field cron expression (UTC) or `once` (right after creation).").default("once"))
-        .attribute(Attribute::number("max_attempts").optional().default(5u64).description("Deliveries of a job before it goes to the dead-letter queue."))
-        .attribute(s("alarm_email", "Email notified (through SNS) when jobs are dead-lettered."))
-        .attribute(Attribute::number("log_retention_days").optional().default(u64::from(transfer::logs::DEFAULT_RETENTION_DAYS)).description(format!("Days the transfer's CloudWatch Logs group (`/dth/<name>`, one stream per instance and role) keeps the finder's and workers' output: one of CloudWatch Logs' periods ({}), or 0 to keep them forever. Changes in place.", retention_periods)))
+        .attribute(setting(d, "compare", "How an object already at the destination counts as up to date: `size`, `size-etag` or `checksum`.").one_of(&["size", "size-etag", "checksum"]))
+        .attribute(setting(d, "skip_compare", "Copy every listed object without looking at the destination."))
+        .attribute(setting(d, "include_metadata", "Copy system headers, user metadata and tags."))
+        .attribute(setting(d, "schedule", "When the finder runs: a 5-field cron expression (UTC) or `once` (right after creation)."))
+        .attribute(setting(d, "max_attempts", "Deliveries of a job before it goes to the dead-letter queue."))
+        .attribute(setting(d, "alarm_email", "Email notified (through SNS) when jobs are dead-lettered."))
+        .attribute(setting(d, "log_retention_days", &format!("Days the transfer's CloudWatch Logs group (`/dth/<name>`, one stream per instance and role) keeps the finder's and workers' output: one of CloudWatch Logs' periods ({}), or 0 to keep them forever. Changes in place.", retention_periods)))
         .attribute(Attribute::map("tags", Type::String).optional().description("Tags of every taggable resource, on top of the provider's `default_tags`."))
         .attribute(Attribute::string("status").computed().description("`idle` (nothing run yet), `syncing`, `in_sync` or `failed`."))
         .attribute(Attribute::string("last_finder_run").computed().description("When the latest finder run started (RFC 3339)."))
@@ -308,6 +424,8 @@ pub fn schema() -> Schema {
             NestedBlock::single("fleet", fleet).description("The worker fleet."),
         )
         .block(NestedBlock::single("multipart", multipart).description("Multipart settings."))
+        .block(NestedBlock::single("batch", batch).description("How objects are packed into jobs."))
+        .block(NestedBlock::single("worker", worker).description("Each worker's copy settings."))
         .block(
             NestedBlock::single("timeouts", timeouts).description(
                 "How long create, update and delete may take.\n\n\
@@ -339,30 +457,20 @@ fn spec_of(v: &Value) -> Result<TransferSpec, Diagnostics> {
         let user: Vec<String> = spec_fields();
         m.retain(|k, _| user.contains(k));
     }
+    for (attribute, field) in RELOCATED {
+        if let Some(v) = take(&mut j, attribute) {
+            put(&mut j, field, v);
+        }
+    }
     decode("dth_s3_transfer", j)
 }
 
+/// The attributes and blocks that make up the spec.
 fn spec_fields() -> Vec<String> {
-    [
-        "name",
-        "name_prefix",
-        "source",
-        "destination",
-        "compare",
-        "skip_compare",
-        "include_metadata",
-        "filters",
-        "schedule",
-        "finder",
-        "fleet",
-        "multipart",
-        "max_attempts",
-        "alarm_email",
-        "log_retention_days",
-        "tags",
-    ]
-    .map(String::from)
-    .to_vec()
+    match defaults() {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The `drift` lines of a state.
@@ -394,9 +502,8 @@ fn state_of(
     missing: &[String],
     shape: Option<&Value>,
 ) -> Result<Value, Diagnostics> {
-    let mut j = serde_json::to_value(spec)
-        .map_err(|e| Diagnostic::error("Internal error", format!("encoding the transfer: {e}")))?;
-    let defaults = serde_json::to_value(TransferSpec::new("x", "x", "x", "x")).unwrap_or_default();
+    let mut j = schema_json(spec)?;
+    let defaults = defaults();
     if let serde_json::Value::Object(m) = &mut j {
         for block in OPTIONAL_BLOCKS {
             let absent = shape.is_none_or(|s| s.get(block).is_null());
@@ -812,14 +919,33 @@ mod tests {
 
     #[test]
     fn schema_defaults_equal_the_spec_defaults() {
-        // The schema repeats serde's defaults for plans and docs; a state built from a default spec must read
-        // back as the same spec, and carry exactly the schema's defaults.
+        // A state built from a default spec reads back as the same spec, its optional blocks null.
         let spec = TransferSpec::new("t", "src", "dst", "img");
         let v = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
         assert_eq!(spec_of(&v).unwrap(), spec);
         assert!(v.get("finder").is_null(), "{v:?}");
         assert_eq!(v.get("fleet").get("max").as_u64(), Some(20));
         assert_eq!(v.get("source").get("type").as_str(), Some("Amazon_S3"));
+
+        // Every default the schema plans is the default spec's, at every depth.
+        let spec = TransferSpec::new("t", "src", "dst", transfer::spec::DEFAULT_IMAGE);
+        let j = schema_json(&spec).unwrap();
+        fn check(block: &Block, at: &str, j: &serde_json::Value, seen: &mut usize) {
+            for a in &block.attributes {
+                if let Some(default) = &a.default {
+                    let path = format!("{at}/{}", a.name);
+                    let have = j.pointer(&path).cloned().unwrap_or_default();
+                    assert_eq!(&Value::from_json(&have, &a.ty).unwrap(), default, "{path}");
+                    *seen += 1;
+                }
+            }
+            for b in &block.blocks {
+                check(&b.block, &format!("{at}/{}", b.name), j, seen);
+            }
+        }
+        let mut seen = 0;
+        check(&schema().block, "", &j, &mut seen);
+        assert!(seen >= 36, "{seen} defaults");
     }
 
     /// A configuration of the default transfer with `timeouts` as given (JSON; null for no block).
@@ -1031,11 +1157,154 @@ mod tests {
         server.abort();
     }
 
+    /// Whether the schema has an attribute or a nested block at a dotted path.
+    fn in_schema(path: &str) -> bool {
+        let mut block = &schema().block;
+        let mut names = path.split('.').peekable();
+        while let Some(name) = names.next() {
+            let last = names.peek().is_none();
+            if last && block.attributes.iter().any(|a| a.name == name) {
+                return true;
+            }
+            match block.blocks.iter().find(|b| b.name == name) {
+                Some(nested) => block = &nested.block,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn every_job_setting_has_an_attribute() {
+        use crate::transfer::spec::{job_settings, spec_path, NOT_SETTABLE};
+        let settings = job_settings();
+        for path in &settings {
+            let attribute = spec_path(path);
+            assert!(
+                in_schema(&attribute),
+                "the job setting {path} has no attribute ({attribute})"
+            );
+        }
+        assert!(settings.len() >= 40, "{settings:?}");
+        for path in [
+            "worker.ledger_retention_days",
+            "source.anonymous",
+            "batch.max_bytes",
+            "events",
+        ] {
+            assert!(settings.iter().any(|s| s == path), "{path}");
+        }
+        for path in NOT_SETTABLE {
+            assert!(
+                !settings.iter().any(|s| s == path) && !in_schema(path),
+                "{path} is derived, yet offered"
+            );
+        }
+        // Where a setting is offered elsewhere, its own path is not offered too.
+        assert!(!in_schema("worker.concurrency") && !in_schema("events"));
+        assert!(!in_schema("queue") && !in_schema("ledger") && !in_schema("aws"));
+    }
+
+    #[test]
+    fn enumerations_offer_cores_values() {
+        use dth_core::config::{CompareMode, EventsMode, SourceType, Sse};
+        fn check<T: serde::de::DeserializeOwned>(path: &str) {
+            let attribute = schema()
+                .attribute(&crate::resources::path_of(path))
+                .cloned()
+                .unwrap_or_else(|| panic!("{path}"));
+            let allowed = attribute.one_of.clone().unwrap_or_default();
+            for v in &allowed {
+                serde_json::from_value::<T>(serde_json::json!(v))
+                    .unwrap_or_else(|e| panic!("{path}: {v:?}: {e}"));
+            }
+            let default = attribute.default.as_ref().and_then(|d| d.as_str()).unwrap();
+            assert!(allowed.iter().any(|a| a == default), "{path}");
+        }
+        check::<SourceType>("source.type");
+        check::<EventsMode>("source.events");
+        check::<Sse>("destination.sse");
+        check::<CompareMode>("compare");
+    }
+
+    #[test]
+    fn defaults_in_the_schema_are_cores() {
+        let core = dth_core::config::WorkerOptions::default();
+        let at = |path: &str| {
+            schema()
+                .attribute(&crate::resources::path_of(path))
+                .and_then(|a| a.default.clone())
+                .unwrap_or_else(|| panic!("{path} has no default"))
+        };
+        assert_eq!(
+            at("fleet.worker_concurrency").as_u64(),
+            Some(core.concurrency.into())
+        );
+        assert_eq!(
+            at("worker.shutdown_grace_secs").as_u64(),
+            Some(core.shutdown_grace_secs)
+        );
+        assert_eq!(at("multipart.chunk_size").as_u64(), Some(5 * 1024 * 1024));
+        assert_eq!(at("batch.max_objects").as_u64(), Some(200));
+        assert_eq!(
+            at("destination.storage_class").as_str(),
+            Some("INTELLIGENT_TIERING")
+        );
+        assert_eq!(at("include_metadata"), Value::Bool(true));
+        assert_eq!(at("max_attempts").as_u64(), Some(5));
+        assert_eq!(
+            at("fleet.image").as_str(),
+            Some(transfer::spec::DEFAULT_IMAGE)
+        );
+    }
+
+    #[test]
+    fn every_setting_survives_the_state() {
+        for j in crate::transfer::spec::tests::every_setting() {
+            let spec: TransferSpec = serde_json::from_value(j).unwrap();
+            let v = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
+            assert_eq!(spec_of(&v).unwrap(), spec);
+            // As the configuration would carry it, and through a state shaped by it.
+            let config = Value::from_json(&config_json(&v), &schema().value_type()).unwrap();
+            assert_eq!(spec_of(&config).unwrap(), spec);
+            let again = state_of(
+                &spec,
+                &Infra::default(),
+                &Progress::default(),
+                &[],
+                Some(&v),
+            )
+            .unwrap();
+            assert_eq!(again, v);
+        }
+        // The relocated concurrency, and the settings the resource does not offer, as the state shows them.
+        let mut spec = TransferSpec::new("t", "src", "dst", "img");
+        spec.worker.concurrency = 9;
+        let v = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
+        assert_eq!(v.get("fleet").get("worker_concurrency").as_u64(), Some(9));
+        assert!(
+            v.get("worker").is_null(),
+            "at its defaults otherwise: {v:?}"
+        );
+        assert_eq!(spec_of(&v).unwrap(), spec);
+    }
+
     #[test]
     fn changed_optional_blocks_show_up() {
         let mut spec = TransferSpec::new("t", "src", "dst", "img");
         spec.finder.depth = 2;
+        spec.worker.bandwidth_limit = 1 << 20;
         let v = state_of(&spec, &Infra::default(), &Progress::default(), &[], None).unwrap();
         assert_eq!(v.get("finder").get("depth").as_u64(), Some(2));
+        assert!(v.get("finder").get("dry_run_keys").is_null(), "not offered");
+        assert_eq!(
+            v.get("worker").get("bandwidth_limit").as_u64(),
+            Some(1 << 20)
+        );
+        assert!(
+            v.get("worker").get("concurrency").is_null(),
+            "offered as fleet.worker_concurrency"
+        );
+        assert!(v.get("batch").is_null());
     }
 }

@@ -60,7 +60,7 @@ pub(crate) fn launch_template_data(
             &names.worker_asg,
             vec![
                 "--concurrency".to_owned(),
-                spec.fleet.worker_concurrency.to_string(),
+                spec.worker.concurrency.to_string(),
                 "--lifecycle-hook".to_owned(),
                 names.drain_hook.clone(),
             ],
@@ -295,23 +295,28 @@ pub(crate) fn lt_spec(id: &str, version: i64) -> LaunchTemplateSpecification {
         .build()
 }
 
+/// What the drain hook waits beyond the worker's grace: Docker's and systemd's stop margins, and a minute for the
+/// metadata poll and the call.
+pub(crate) const DRAIN_MARGIN_SECS: u64 = 2 * userdata::RELEASE_MARGIN_SECS + 60;
+/// The longest lifecycle hook timeout AWS accepts (the shortest is 30 s).
+pub(crate) const MAX_DRAIN_TIMEOUT_SECS: u64 = 7200;
+
 /// How long scale-in waits for a worker to finish or release its jobs and complete the drain hook: the
-/// worker's grace (the job config's default; the resource does not change it), Docker's and systemd's stop
-/// margins, and a minute for the metadata poll and the call. AWS accepts 30 s to 7,200 s.
-pub(crate) fn drain_timeout_secs() -> i32 {
-    let grace = dth_core::config::WorkerOptions::default().shutdown_grace_secs;
-    (grace + 2 * userdata::RELEASE_MARGIN_SECS + 60).clamp(30, 7200) as i32
+/// worker's grace (`worker.shutdown_grace_secs`) and [`DRAIN_MARGIN_SECS`].
+pub(crate) fn drain_timeout_secs(spec: &TransferSpec) -> i32 {
+    let grace = spec.worker.shutdown_grace_secs;
+    (grace + DRAIN_MARGIN_SECS).clamp(30, MAX_DRAIN_TIMEOUT_SECS) as i32
 }
 
 /// The worker group's termination lifecycle hook (PutLifecycleHook creates or updates it). Instances wait in
 /// `Terminating:Wait` until their worker completes it, or until the timeout, after which they go anyway.
-pub(crate) async fn put_drain_hook(c: &AwsClients, n: &Names) -> Result<()> {
+pub(crate) async fn put_drain_hook(c: &AwsClients, spec: &TransferSpec, n: &Names) -> Result<()> {
     c.autoscaling
         .put_lifecycle_hook()
         .auto_scaling_group_name(&n.worker_asg)
         .lifecycle_hook_name(&n.drain_hook)
         .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
-        .heartbeat_timeout(drain_timeout_secs())
+        .heartbeat_timeout(drain_timeout_secs(spec))
         .default_result("CONTINUE")
         .send()
         .await
@@ -347,7 +352,7 @@ pub(crate) async fn create_workers(
     })
     .await?;
     infra.worker_asg = asg.clone();
-    put_drain_hook(c, n).await?;
+    put_drain_hook(c, spec, n).await?;
     put_scaling(c, spec, n, infra).await
 }
 

@@ -253,7 +253,8 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Resul
     let s = &spec.source;
     let d = &spec.destination;
     let source_range = source_key_prefix(spec);
-    if s.kind == SourceType::AmazonS3 && s.credentials_secret_arn.is_none() {
+    // Read with the role; an anonymous source is read with unsigned requests.
+    if s.kind == SourceType::AmazonS3 && s.credentials_secret_arn.is_none() && !s.anonymous {
         let mut read = vec!["s3:GetObject", "s3:GetObjectVersion"];
         if spec.include_metadata {
             read.extend(["s3:GetObjectTagging", "s3:GetObjectVersionTagging"]);
@@ -925,6 +926,16 @@ mod tests {
             Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:oss-AbCdEf".into());
         let rows = policy(&s, "us-east-1");
         assert!(!rows.iter().any(|r| r.1.contains("src-bucket")), "{rows:?}");
+    }
+
+    #[test]
+    fn an_anonymous_source_gets_no_s3_rights_on_it() {
+        // Read with unsigned requests: the role is never asked.
+        let mut s = spec();
+        s.source.anonymous = true;
+        let rows = policy(&s, "us-east-1");
+        assert!(!rows.iter().any(|r| r.1.contains("src-bucket")), "{rows:?}");
+        assert!(rows.iter().any(|r| r.1.contains("dst-bucket")), "{rows:?}");
     }
 
     #[test]

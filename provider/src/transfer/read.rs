@@ -621,7 +621,7 @@ async fn observe_inner(
         drifted.extend(drift::drain_hook(
             h.lifecycle_hooks(),
             &n,
-            super::fleet::drain_timeout_secs(),
+            super::fleet::drain_timeout_secs(spec),
         ));
     }
     let has_hook = hook.is_some_and(|h| {
@@ -830,11 +830,12 @@ fn apply_fleet_data(
     }
 }
 
-/// What the worker's user data carries: the job config, the image and `--concurrency`.
+/// What the worker's user data carries: the job config, the image and `--concurrency` (which wins over the job
+/// config's `worker.concurrency`).
 fn apply_launch(live: &mut TransferSpec, cfg: &ProviderConfig, ls: &LaunchSpec) {
     live.apply_job_config(&ls.config, cfg);
     live.fleet.image = ls.image.clone();
-    live.fleet.worker_concurrency = ls
+    live.worker.concurrency = ls
         .args
         .windows(2)
         .find(|w| w[0] == "--concurrency")

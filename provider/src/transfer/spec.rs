@@ -1,15 +1,28 @@
 //! [`TransferSpec`]: what a user writes in one `dth_s3_transfer`, with the Data Transfer Hub S3 plugin's defaults.
 //!
-//! Most of it is the job config the instances run ([`TransferSpec::job_config`]); the rest shapes the AWS
-//! resources around them (fleet, schedule, alarms, tags). Validation reuses [`JobConfig::validate`] so that a
-//! value the binaries would reject is rejected at plan time, under the attribute path the user wrote.
+//! **One model.** Every job setting is declared once, in core's [`JobConfig`] and its parts: the spec embeds
+//! them rather than copying their fields. [`Source`] is core's [`SourceConfig`] (flattened) beside the two source
+//! settings only the provider has (`events`, which core keeps at the top level, and `kms_key_id`, for the role's
+//! policy); the destination is core's [`DestinationConfig`]; `filters`, `multipart`, `batch` and `worker` are
+//! core's structs; [`Finder`] is core's [`FinderOptions`] (flattened) beside `instance_type`; the top-level
+//! settings take core's types and defaults. The rest of the spec shapes the AWS resources around the instances
+//! (fleet, schedule, alarms, logs, tags).
+//!
+//! [`TransferSpec::job_config`] then only fills in what the provider owns ([`PROVIDER_OWNED`]: the queue and ledger
+//! it creates, the account it runs in) and derives ([`NOT_SETTABLE`]: path-style addressing and default endpoints
+//! from the provider's configuration), and [`TransferSpec::apply_job_config`], its inverse, copies core's structs
+//! back whole. Where a job setting's attribute is not at its job-config path, [`ATTRIBUTE_OF`] says where.
+//!
+//! Validation reuses [`JobConfig::validate`] so that a value the binaries would reject is rejected at plan time,
+//! under the attribute path the user wrote.
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 
 use dth_core::config::{
-    AwsConfig, BatchOptions, CompareMode, DestinationConfig, Endpoints, EventsMode, Filters,
-    FinderOptions, LedgerConfig, MultipartOptions, PrefixList, QueueConfig, SourceConfig,
-    SourceType, Sse, WorkerOptions,
+    default_include_metadata, default_max_attempts, AwsConfig, BatchOptions, CompareMode,
+    DestinationConfig, Endpoints, EventsMode, Filters, FinderOptions, LedgerConfig,
+    MultipartOptions, QueueConfig, SourceConfig, SourceType, WorkerOptions,
 };
 use dth_core::JobConfig;
 use serde::{Deserialize, Serialize};
@@ -52,6 +65,29 @@ pub fn name_prefix_problem(prefix: &str) -> Option<String> {
     None
 }
 
+/// Job-config fields the provider fills in and the user never sets: the control plane it creates (`queue`,
+/// `ledger`) and the account and endpoints it runs in (`aws`).
+pub const PROVIDER_OWNED: [&str; 3] = ["queue", "ledger", "aws"];
+
+/// Job-config fields the spec's embedded structs carry but the resource does not offer; the spec holds core's
+/// default there, and [`TransferSpec::job_config`] decides what the instances get.
+/// - `source.path_style`, `destination.path_style`: derived, like the default endpoints, from the provider's
+///   `s3_use_path_style` (and always on for an `S3_Compatible` source, as most self-hosted servers need it).
+/// - `finder.dry_run_keys`: only shapes the output of `finder --dry-run`, a command-line check; the instances
+///   never run a dry run.
+pub const NOT_SETTABLE: [&str; 3] = [
+    "source.path_style",
+    "destination.path_style",
+    "finder.dry_run_keys",
+];
+
+/// Job settings whose attribute is not at their job-config path: (job-config path, attribute path). `events` is
+/// about the source bucket; a worker's concurrency is sized with the fleet's instance type.
+pub const ATTRIBUTE_OF: [(&str, &str); 2] = [
+    ("events", "source.events"),
+    ("worker.concurrency", "fleet.worker_concurrency"),
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferSpec {
@@ -68,7 +104,7 @@ pub struct TransferSpec {
     pub compare: CompareMode,
     #[serde(default)]
     pub skip_compare: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "default_include_metadata")]
     pub include_metadata: bool,
     #[serde(default)]
     pub filters: Filters,
@@ -81,6 +117,11 @@ pub struct TransferSpec {
     pub fleet: Fleet,
     #[serde(default)]
     pub multipart: MultipartOptions,
+    #[serde(default)]
+    pub batch: BatchOptions,
+    /// Every worker's settings; `concurrency` is offered as `fleet.worker_concurrency` ([`ATTRIBUTE_OF`]).
+    #[serde(default)]
+    pub worker: WorkerOptions,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default)]
@@ -92,24 +133,15 @@ pub struct TransferSpec {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The source: core's [`SourceConfig`] (reached through `Deref`: `spec.source.bucket`) and what only the provider
+/// does with the source bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
-    #[serde(rename = "type", default)]
-    pub kind: SourceType,
-    pub bucket: String,
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub prefix_list: Option<PrefixList>,
-    #[serde(default)]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub credentials_secret_arn: Option<String>,
-    #[serde(default)]
-    pub requester_pays: bool,
+    /// What the instances read; its `path_style` is not the user's ([`NOT_SETTABLE`]).
+    #[serde(flatten)]
+    pub config: SourceConfig,
+    /// S3 event notifications from the source bucket to the job queue (the job config's top-level `events`).
     #[serde(default)]
     pub events: EventsMode,
     /// The KMS key the source's objects are encrypted with (SSE-KMS): a key ARN, key id or alias, for the instance
@@ -118,44 +150,51 @@ pub struct Source {
     pub kms_key_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Destination {
-    pub bucket: String,
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    #[serde(default)]
-    pub credentials_secret_arn: Option<String>,
-    #[serde(default = "default_storage_class")]
-    pub storage_class: String,
-    #[serde(default = "default_acl")]
-    pub acl: String,
-    #[serde(default)]
-    pub sse: Sse,
-    #[serde(default)]
-    pub kms_key_id: Option<String>,
+impl Deref for Source {
+    type Target = SourceConfig;
+    fn deref(&self) -> &SourceConfig {
+        &self.config
+    }
 }
 
+impl DerefMut for Source {
+    fn deref_mut(&mut self) -> &mut SourceConfig {
+        &mut self.config
+    }
+}
+
+/// The destination is core's own; its `path_style` is not the user's ([`NOT_SETTABLE`]).
+pub type Destination = DestinationConfig;
+
+/// The finder: core's [`FinderOptions`] (through `Deref`: `spec.finder.depth`) and the instance it runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Finder {
-    pub depth: u32,
-    pub parallelism: u32,
+    /// Its `dry_run_keys` is not the user's ([`NOT_SETTABLE`]).
+    #[serde(flatten)]
+    pub options: FinderOptions,
     pub instance_type: String,
 }
 
 impl Default for Finder {
     fn default() -> Self {
-        let core = FinderOptions::default();
         Finder {
-            depth: core.depth,
-            parallelism: core.parallelism,
+            options: FinderOptions::default(),
             instance_type: default_instance_type(),
         }
+    }
+}
+
+impl Deref for Finder {
+    type Target = FinderOptions;
+    fn deref(&self) -> &FinderOptions {
+        &self.options
+    }
+}
+
+impl DerefMut for Finder {
+    fn deref_mut(&mut self) -> &mut FinderOptions {
+        &mut self.options
     }
 }
 
@@ -170,8 +209,6 @@ pub struct Fleet {
     pub desired: u32,
     #[serde(default = "default_max")]
     pub max: u32,
-    #[serde(default = "default_concurrency")]
-    pub worker_concurrency: u32,
     /// Empty: the default VPC's default subnets.
     #[serde(default)]
     pub subnet_ids: Vec<String>,
@@ -186,9 +223,6 @@ pub struct Fleet {
     pub ami_id: Option<String>,
 }
 
-fn yes() -> bool {
-    true
-}
 fn once() -> String {
     "once".into()
 }
@@ -198,14 +232,8 @@ fn one() -> u32 {
 fn default_max() -> u32 {
     20
 }
-fn default_max_attempts() -> u32 {
-    5
-}
 fn default_log_retention_days() -> u32 {
     super::logs::DEFAULT_RETENTION_DAYS
-}
-fn default_concurrency() -> u32 {
-    WorkerOptions::default().concurrency
 }
 /// The project's image for this provider's version: `public.ecr.aws/dth/dth:<version>`, pinned by digest
 /// (`@sha256:…`) in a release build (see build.rs), so that a provider release launches the binaries built
@@ -223,7 +251,6 @@ impl Default for Fleet {
             min: one(),
             desired: one(),
             max: default_max(),
-            worker_concurrency: default_concurrency(),
             subnet_ids: Vec::new(),
             security_group_ids: Vec::new(),
             image: default_image(),
@@ -235,69 +262,28 @@ impl Default for Fleet {
 fn default_instance_type() -> String {
     "t4g.micro".into()
 }
-fn default_storage_class() -> String {
-    "INTELLIGENT_TIERING".into()
-}
-fn default_acl() -> String {
-    "bucket-owner-full-control".into()
-}
 
 /// Stand-ins for what only exists after create, so that [`JobConfig::validate`] can check the rest at plan time.
 const PLACEHOLDER_QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/000000000000/placeholder";
 const PLACEHOLDER_TABLE: &str = "placeholder";
 
+/// Longest `worker.shutdown_grace_secs`: the drain hook waits for it plus its margins, and AWS caps a lifecycle
+/// hook's timeout.
+pub fn max_shutdown_grace_secs() -> u64 {
+    super::fleet::MAX_DRAIN_TIMEOUT_SECS - super::fleet::DRAIN_MARGIN_SECS
+}
+
 impl TransferSpec {
-    /// A spec with every default: copy `source_bucket` to `destination_bucket` with workers from `image`.
+    /// A spec with every default (serde's, which are core's for the job settings): copy `source_bucket` to
+    /// `destination_bucket` with workers from `image`.
     pub fn new(name: &str, source_bucket: &str, destination_bucket: &str, image: &str) -> Self {
-        TransferSpec {
-            name: name.into(),
-            name_prefix: None,
-            source: Source {
-                kind: SourceType::AmazonS3,
-                bucket: source_bucket.into(),
-                prefix: String::new(),
-                prefix_list: None,
-                region: None,
-                endpoint: None,
-                credentials_secret_arn: None,
-                requester_pays: false,
-                events: EventsMode::None,
-                kms_key_id: None,
-            },
-            destination: Destination {
-                bucket: destination_bucket.into(),
-                prefix: String::new(),
-                region: None,
-                endpoint: None,
-                credentials_secret_arn: None,
-                storage_class: default_storage_class(),
-                acl: default_acl(),
-                sse: Sse::None,
-                kms_key_id: None,
-            },
-            compare: CompareMode::default(),
-            skip_compare: false,
-            include_metadata: true,
-            filters: Filters::default(),
-            schedule: once(),
-            finder: Finder::default(),
-            fleet: Fleet {
-                instance_type: default_instance_type(),
-                min: 1,
-                desired: 1,
-                max: default_max(),
-                worker_concurrency: default_concurrency(),
-                subnet_ids: Vec::new(),
-                security_group_ids: Vec::new(),
-                image: image.into(),
-                ami_id: None,
-            },
-            multipart: MultipartOptions::default(),
-            max_attempts: default_max_attempts(),
-            alarm_email: None,
-            log_retention_days: default_log_retention_days(),
-            tags: BTreeMap::new(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "source": {"bucket": source_bucket},
+            "destination": {"bucket": destination_bucket},
+            "fleet": {"image": image},
+        }))
+        .expect("a spec of defaults decodes")
     }
 
     /// Every problem, as (attribute path, message); empty when the spec can be provisioned.
@@ -391,20 +377,57 @@ impl TransferSpec {
                 bad("source.kms_key_id", "must not be empty".into());
             } else if self.source.kind != SourceType::AmazonS3
                 || self.source.credentials_secret_arn.is_some()
+                || self.source.anonymous
             {
                 bad(
                     "source.kms_key_id",
-                    "is for an Amazon_S3 source read with the instance role (no credentials_secret_arn): it \
-                     grants that role kms:Decrypt"
+                    "is for an Amazon_S3 source read with the instance role (no credentials_secret_arn, not \
+                     anonymous): it grants that role kms:Decrypt"
                         .into(),
                 );
             }
+        }
+        if self
+            .source
+            .prefix_list
+            .as_ref()
+            .is_some_and(|l| l.bucket.is_none())
+        {
+            bad(
+                "source.prefix_list.bucket",
+                "is required: the finder reads the list from S3 (without a bucket, `key` would be a file on the \
+                 instance)"
+                    .into(),
+            );
         }
         if self.source.events != EventsMode::None && self.source.prefix_list.is_some() {
             bad(
                 "source.events",
                 "cannot be combined with source.prefix_list (notifications filter on one prefix)"
                     .into(),
+            );
+        }
+        // The job queue holds a received job for its visibility timeout until the worker's first heartbeat.
+        let queue_visibility: u64 = super::queues::VISIBILITY_SECS.parse().unwrap_or(900);
+        if self.worker.heartbeat_secs >= queue_visibility {
+            bad(
+                "worker.heartbeat_secs",
+                format!(
+                    "must be below {queue_visibility} (the job queue's visibility timeout, which holds a job until \
+                     its first heartbeat)"
+                ),
+            );
+        }
+        let max_grace = max_shutdown_grace_secs();
+        if self.worker.shutdown_grace_secs > max_grace {
+            bad(
+                "worker.shutdown_grace_secs",
+                format!(
+                    "must be at most {max_grace}: the workers' drain lifecycle hook waits for it (plus {} s of \
+                     margins), and Auto Scaling allows a hook {} s at most",
+                    super::fleet::DRAIN_MARGIN_SECS,
+                    super::fleet::MAX_DRAIN_TIMEOUT_SECS
+                ),
             );
         }
 
@@ -428,62 +451,35 @@ impl TransferSpec {
         out
     }
 
-    /// The job config the finder and worker instances run (it goes into the launch templates' user data).
+    /// The job config the finder and worker instances run (it goes into the launch templates' user data): the
+    /// spec's job settings as they are, and what the provider owns or derives.
     ///
     /// A side of type Amazon_S3 without its own endpoint uses the provider's `endpoints.s3` (with
     /// `s3_use_path_style`); S3_Compatible sources always use path-style addressing, as most self-hosted servers
     /// need it. The control plane (queue, ledger, secrets) is the provider's region and endpoints.
     pub fn job_config(&self, infra: &Infra, cfg: &ProviderConfig) -> JobConfig {
-        let s3 = cfg.endpoints.s3.clone();
-        let s = &self.source;
-        let source_default = s.kind == SourceType::AmazonS3 && s.endpoint.is_none();
-        let d = &self.destination;
+        let s3 = &cfg.endpoints.s3;
+        let mut source = self.source.config.clone();
+        if source.kind == SourceType::AmazonS3 && source.endpoint.is_none() {
+            source.endpoint = s3.clone();
+        }
+        source.path_style = source.kind == SourceType::S3Compatible
+            || (source.kind == SourceType::AmazonS3 && cfg.s3_use_path_style);
+        let mut destination = self.destination.clone();
+        destination.endpoint = destination.endpoint.or_else(|| s3.clone());
+        destination.path_style = cfg.s3_use_path_style;
         JobConfig {
-            source: SourceConfig {
-                kind: s.kind,
-                bucket: s.bucket.clone(),
-                prefix: s.prefix.clone(),
-                prefix_list: s.prefix_list.clone(),
-                region: s.region.clone(),
-                endpoint: if source_default {
-                    s3.clone()
-                } else {
-                    s.endpoint.clone()
-                },
-                path_style: s.kind == SourceType::S3Compatible
-                    || (s.kind == SourceType::AmazonS3 && cfg.s3_use_path_style),
-                credentials_secret_arn: s.credentials_secret_arn.clone(),
-                anonymous: false,
-                requester_pays: s.requester_pays,
-            },
-            destination: DestinationConfig {
-                bucket: d.bucket.clone(),
-                prefix: d.prefix.clone(),
-                region: d.region.clone(),
-                endpoint: d.endpoint.clone().or(s3.clone()),
-                path_style: cfg.s3_use_path_style,
-                credentials_secret_arn: d.credentials_secret_arn.clone(),
-                storage_class: d.storage_class.clone(),
-                acl: d.acl.clone(),
-                sse: d.sse,
-                kms_key_id: d.kms_key_id.clone(),
-            },
+            source,
+            destination,
             compare: self.compare,
             skip_compare: self.skip_compare,
             include_metadata: self.include_metadata,
             filters: self.filters.clone(),
-            finder: FinderOptions {
-                depth: self.finder.depth,
-                parallelism: self.finder.parallelism,
-                ..FinderOptions::default()
-            },
+            finder: self.finder.options.clone(),
             multipart: self.multipart.clone(),
-            batch: BatchOptions::default(),
-            worker: WorkerOptions {
-                concurrency: self.fleet.worker_concurrency,
-                ..WorkerOptions::default()
-            },
-            events: s.events,
+            batch: self.batch.clone(),
+            worker: self.worker.clone(),
+            events: self.source.events,
             max_attempts: self.max_attempts,
             queue: QueueConfig {
                 url: infra.queue_url.clone(),
@@ -500,10 +496,29 @@ impl TransferSpec {
         }
     }
 
-    /// Overwrite the fields a job config carries with its values: the inverse of [`TransferSpec::job_config`]
-    /// (used to read a launch template's user data back). `worker_concurrency` comes from the worker's
-    /// arguments, not from here.
+    /// Overwrite the job settings with a job config's: the inverse of [`TransferSpec::job_config`] (used to read a
+    /// launch template's user data back, for import and drift). What `job_config` derives stays as the spec has
+    /// it: path-style addressing, and an endpoint that is the provider's S3 endpoint filled in.
     pub fn apply_job_config(&mut self, jc: &JobConfig, cfg: &ProviderConfig) {
+        // Destructured so that a field core adds cannot be forgotten here.
+        let JobConfig {
+            source,
+            destination,
+            compare,
+            skip_compare,
+            include_metadata,
+            filters,
+            finder,
+            multipart,
+            batch,
+            worker,
+            events,
+            max_attempts,
+            queue: _,
+            ledger: _,
+            aws: _,
+        } = jc;
+        let before = std::mem::replace(&mut self.source.config, source.clone());
         let s3 = cfg.endpoints.s3.as_deref();
         // An endpoint equal to the provider's S3 endpoint was filled in by job_config, unless the spec we start
         // from (the user's, when reading) says it was written that way.
@@ -511,38 +526,24 @@ impl TransferSpec {
             Some(x) if Some(x) == s3 && mine.as_deref() != Some(x) => None,
             _ => e.clone(),
         };
-        let s = &jc.source;
-        self.source.kind = s.kind;
-        self.source.bucket = s.bucket.clone();
-        self.source.prefix = s.prefix.clone();
-        self.source.prefix_list = s.prefix_list.clone();
-        self.source.region = s.region.clone();
-        self.source.endpoint = if s.kind == SourceType::AmazonS3 {
-            strip(&s.endpoint, &self.source.endpoint)
-        } else {
-            s.endpoint.clone()
-        };
-        self.source.credentials_secret_arn = s.credentials_secret_arn.clone();
-        self.source.requester_pays = s.requester_pays;
-        self.source.events = jc.events;
-        let d = &jc.destination;
-        self.destination.bucket = d.bucket.clone();
-        self.destination.prefix = d.prefix.clone();
-        self.destination.region = d.region.clone();
-        self.destination.endpoint = strip(&d.endpoint, &self.destination.endpoint);
-        self.destination.credentials_secret_arn = d.credentials_secret_arn.clone();
-        self.destination.storage_class = d.storage_class.clone();
-        self.destination.acl = d.acl.clone();
-        self.destination.sse = d.sse;
-        self.destination.kms_key_id = d.kms_key_id.clone();
-        self.compare = jc.compare;
-        self.skip_compare = jc.skip_compare;
-        self.include_metadata = jc.include_metadata;
-        self.filters = jc.filters.clone();
-        self.finder.depth = jc.finder.depth;
-        self.finder.parallelism = jc.finder.parallelism;
-        self.multipart = jc.multipart.clone();
-        self.max_attempts = jc.max_attempts;
+        if source.kind == SourceType::AmazonS3 {
+            self.source.endpoint = strip(&source.endpoint, &before.endpoint);
+        }
+        self.source.path_style = before.path_style;
+        self.source.events = *events;
+        let before = std::mem::replace(&mut self.destination, destination.clone());
+        self.destination.endpoint = strip(&destination.endpoint, &before.endpoint);
+        self.destination.path_style = before.path_style;
+        self.compare = *compare;
+        self.skip_compare = *skip_compare;
+        self.include_metadata = *include_metadata;
+        self.filters = filters.clone();
+        let before = std::mem::replace(&mut self.finder.options, finder.clone());
+        self.finder.dry_run_keys = before.dry_run_keys;
+        self.multipart = multipart.clone();
+        self.batch = batch.clone();
+        self.worker = worker.clone();
+        self.max_attempts = *max_attempts;
     }
 }
 
@@ -558,13 +559,101 @@ fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
     }
 }
 
-/// The spec attribute for a job-config field named in a [`JobConfig::validate`] error.
-fn spec_path(field: &str) -> String {
-    match field {
-        "worker.concurrency" => "fleet.worker_concurrency".into(),
-        "" => "config".into(),
-        f => f.into(),
+/// Every job setting a user of the binaries has, as its job-config path (`worker.bandwidth_limit`): the fields of
+/// core's [`JobConfig`] and its parts as serde names them (whether or not their JSON shows them), less
+/// [`PROVIDER_OWNED`] and [`NOT_SETTABLE`]. The resource offers each, at [`spec_path`] of it.
+pub fn job_settings() -> Vec<String> {
+    use dth_core::config::PrefixList;
+    // The structs within the job config, by path.
+    let parts: [(&str, &[&str]); 8] = [
+        ("source", fields_of::<SourceConfig>()),
+        ("source.prefix_list", fields_of::<PrefixList>()),
+        ("destination", fields_of::<DestinationConfig>()),
+        ("filters", fields_of::<Filters>()),
+        ("finder", fields_of::<FinderOptions>()),
+        ("multipart", fields_of::<MultipartOptions>()),
+        ("batch", fields_of::<BatchOptions>()),
+        ("worker", fields_of::<WorkerOptions>()),
+    ];
+    fn expand(at: &str, fields: &[&str], parts: &[(&str, &[&str])], out: &mut Vec<String>) {
+        for f in fields {
+            let path = if at.is_empty() {
+                (*f).to_owned()
+            } else {
+                format!("{at}.{f}")
+            };
+            match parts.iter().find(|(p, _)| *p == path) {
+                Some((_, inner)) => expand(&path, inner, parts, out),
+                None => out.push(path),
+            }
+        }
     }
+    let top: Vec<&str> = fields_of::<JobConfig>()
+        .iter()
+        .copied()
+        .filter(|f| !PROVIDER_OWNED.contains(f))
+        .collect();
+    let mut out = Vec::new();
+    expand("", &top, &parts, &mut out);
+    out.retain(|path| !NOT_SETTABLE.contains(&path.as_str()));
+    out
+}
+
+/// The fields of a struct as serde's derive declares them, read from what it asks a deserializer for.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("only the field names were wanted")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
+/// The attribute for a job-config field named in a [`JobConfig::validate`] error: its own path unless
+/// [`ATTRIBUTE_OF`] places it elsewhere.
+pub fn spec_path(field: &str) -> String {
+    if field.is_empty() {
+        return "config".into();
+    }
+    ATTRIBUTE_OF
+        .iter()
+        .find(|(job, _)| *job == field)
+        .map_or_else(
+            || field.to_owned(),
+            |(_, attribute)| (*attribute).to_owned(),
+        )
 }
 
 fn name_problem(name: &str) -> Option<String> {
@@ -728,7 +817,7 @@ fn cron_field(field: &str, lo: u32, hi: u32, names: &[&str], base: u32) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -771,7 +860,11 @@ mod tests {
         assert_eq!(s.compare, CompareMode::SizeEtag);
         assert_eq!(s.schedule, "once");
         assert_eq!((s.fleet.min, s.fleet.desired, s.fleet.max), (1, 1, 20));
-        assert_eq!(s.fleet.worker_concurrency, 4);
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker, WorkerOptions::default());
+        assert_eq!(s.batch, BatchOptions::default());
+        assert_eq!(*s.finder, FinderOptions::default());
+        assert!(!s.source.anonymous);
         assert_eq!(s.fleet.instance_type, "t4g.micro");
         assert_eq!(s.finder.instance_type, "t4g.micro");
         assert_eq!(s.max_attempts, 5);
@@ -832,8 +925,43 @@ mod tests {
                 "fleet.security_group_ids[1]",
             ),
             (
-                json!({"fleet": {"worker_concurrency": 0}}),
+                json!({"worker": {"concurrency": 0}}),
                 "fleet.worker_concurrency",
+            ),
+            (
+                json!({"worker": {"part_concurrency": 0}}),
+                "worker.part_concurrency",
+            ),
+            (
+                json!({"worker": {"heartbeat_secs": 900, "visibility_secs": 1800}}),
+                "worker.heartbeat_secs",
+            ),
+            (
+                json!({"worker": {"heartbeat_secs": 30, "visibility_secs": 10}}),
+                "worker.visibility_secs",
+            ),
+            (
+                json!({"worker": {"shutdown_grace_secs": 7200}}),
+                "worker.shutdown_grace_secs",
+            ),
+            (json!({"batch": {"max_objects": 1001}}), "batch.max_objects"),
+            (json!({"batch": {"max_bytes": 0}}), "batch.max_bytes"),
+            (json!({"finder": {"depth": 17}}), "finder.depth"),
+            (
+                json!({"multipart": {"giant_threshold": 6291456}}),
+                "multipart.giant_threshold",
+            ),
+            (
+                json!({"source": {"anonymous": true, "credentials_secret_arn": "arn:aws:secretsmanager:us-east-1:1:secret:k"}}),
+                "source.anonymous",
+            ),
+            (
+                json!({"source": {"anonymous": true, "kms_key_id": "alias/k"}}),
+                "source.kms_key_id",
+            ),
+            (
+                json!({"source": {"prefix_list": {"key": "list.txt"}}}),
+                "source.prefix_list.bucket",
             ),
             (json!({"schedule": "daily"}), "schedule"),
             (json!({"schedule": "0 25 * * *"}), "schedule"),
@@ -911,14 +1039,51 @@ mod tests {
         assert_eq!(Schedule::parse("0  2 * * *").unwrap().as_str(), "0 2 * * *");
     }
 
+    /// Two transfers that, between them, set every job setting away from its default (some exclude each other:
+    /// `anonymous` and `credentials_secret_arn`, `events` and `prefix_list` or another `type`), in the spec's JSON.
+    pub(crate) fn every_setting() -> [serde_json::Value; 2] {
+        const MIB: u64 = 1024 * 1024;
+        [
+            json!({
+                "name": "every-a",
+                "source": {
+                    "type": "S3_Compatible", "bucket": "src-bucket", "prefix": "in/",
+                    "prefix_list": {"bucket": "lists", "key": "prefixes.txt"}, "region": "eu-west-3",
+                    "endpoint": "https://minio.example.com", "anonymous": true, "requester_pays": true
+                },
+                "destination": {
+                    "bucket": "dst-bucket", "prefix": "out/", "region": "eu-west-1",
+                    "endpoint": "https://s3.example.com",
+                    "credentials_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dst",
+                    "storage_class": "STANDARD_IA", "acl": "private", "sse": "aws:kms", "kms_key_id": "alias/dst"
+                },
+                "compare": "checksum", "skip_compare": true, "include_metadata": false,
+                "filters": {"include": ["**/*.jpg"], "exclude": ["**/tmp/**"]},
+                "finder": {"depth": 3, "parallelism": 9},
+                "multipart": {"threshold": 20 * MIB, "chunk_size": 8 * MIB, "giant_threshold": 2048 * MIB},
+                "batch": {"max_objects": 50, "max_bytes": 16 * MIB},
+                "worker": {
+                    "concurrency": 6, "part_concurrency": 3, "bandwidth_limit": 10 * MIB,
+                    "requests_per_second": 300, "heartbeat_secs": 30, "visibility_secs": 120,
+                    "shutdown_grace_secs": 240, "ledger_retention_days": 7
+                },
+                "max_attempts": 7,
+                "fleet": {"image": "img:1"}
+            }),
+            json!({
+                "name": "every-b",
+                "source": {
+                    "bucket": "src-bucket", "events": "create_and_delete",
+                    "credentials_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:src"
+                },
+                "destination": {"bucket": "dst-bucket"},
+                "fleet": {"image": "img:1"}
+            }),
+        ]
+    }
+
     #[test]
-    fn job_config_round_trips_through_the_spec() {
-        let mut s = patched(json!({
-            "source": {"prefix": "in/", "region": "us-west-2", "events": "create"},
-            "destination": {"prefix": "out", "endpoint": "https://s3.example.com"},
-            "compare": "checksum", "filters": {"exclude": ["**/*.tmp"]},
-            "finder": {"depth": 2}, "max_attempts": 7
-        }));
+    fn every_job_setting_maps_onto_the_job_config_and_back() {
         let cfg = ProviderConfig {
             endpoints: crate::aws::ServiceEndpoints {
                 s3: Some("http://127.0.0.1:5000".into()),
@@ -934,26 +1099,107 @@ mod tests {
             table: "dth-photos-ledger".into(),
             ..Infra::default()
         };
-        let jc = s.job_config(&infra, &cfg);
-        jc.validate().unwrap();
-        assert_eq!(jc.source.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
-        assert!(jc.source.path_style);
+        let specs: Vec<TransferSpec> = every_setting()
+            .into_iter()
+            .map(|j| serde_json::from_value(j).unwrap())
+            .collect();
+        let configs: Vec<JobConfig> = specs
+            .iter()
+            .map(|s| {
+                assert!(s.validate().is_empty(), "{}: {:?}", s.name, s.validate());
+                let jc = s.job_config(&infra, &cfg);
+                jc.validate().unwrap();
+                jc
+            })
+            .collect();
+
+        // Every job setting is away from its default in one of them: none is left out of the spec, or dropped
+        // on its way to the job config.
+        let default = TransferSpec::new("d", "", "", "img:1").job_config(&infra, &cfg);
+        let default = serde_json::to_value(&default).unwrap();
+        let set: Vec<serde_json::Value> = configs
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        let settings = job_settings();
+        for path in &settings {
+            let pointer = format!("/{}", path.replace('.', "/"));
+            let was = default.pointer(&pointer);
+            assert!(
+                set.iter().any(|c| c.pointer(&pointer) != was),
+                "{path} stays at its default {was:?} in every test transfer: is it settable?"
+            );
+        }
+        assert!(settings.len() >= 40, "{settings:?}");
+
+        // What the provider derives.
+        let (a, b) = (&configs[0], &configs[1]);
+        assert!(a.source.anonymous && a.source.path_style);
         assert_eq!(
-            jc.destination.endpoint.as_deref(),
+            a.source.endpoint.as_deref(),
+            Some("https://minio.example.com")
+        );
+        assert_eq!(
+            a.destination.endpoint.as_deref(),
             Some("https://s3.example.com")
         );
-        assert_eq!(jc.aws.region.as_deref(), Some("eu-west-1"));
+        assert!(a.destination.path_style);
+        assert_eq!(a.worker.concurrency, 6);
+        assert_eq!(b.events, EventsMode::CreateAndDelete);
+        assert_eq!(b.source.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(b.source.path_style);
+        assert_eq!(a.aws.region.as_deref(), Some("eu-west-1"));
         assert_eq!(
-            jc.aws.endpoints.sqs.as_deref(),
+            a.aws.endpoints.sqs.as_deref(),
             Some("http://127.0.0.1:5000")
         );
+        assert_eq!(a.queue.url, infra.queue_url);
+        assert_eq!(a.ledger.table, infra.table);
+
+        // Read back (import, drift): a spec of defaults takes on every setting, and what was derived is not
+        // mistaken for the user's.
+        for (spec, jc) in specs.iter().zip(&configs) {
+            let mut back = TransferSpec::new(&spec.name, "x", "y", &spec.fleet.image);
+            back.apply_job_config(jc, &cfg);
+            assert_eq!(&back, spec);
+            // The user's spec read back changes nothing, whatever it held.
+            let mut again = spec.clone();
+            again.apply_job_config(jc, &cfg);
+            assert_eq!(&again, spec);
+        }
+    }
+
+    #[test]
+    fn embedded_blocks_still_reject_unknown_fields() {
+        for (block, patch) in [
+            ("source", json!({"source": {"colour": "red"}})),
+            ("finder", json!({"finder": {"colour": "red"}})),
+            ("worker", json!({"worker": {"colour": "red"}})),
+            ("destination", json!({"destination": {"colour": "red"}})),
+        ] {
+            let mut v = serde_json::to_value(spec()).unwrap();
+            merge(&mut v, patch);
+            let err = serde_json::from_value::<TransferSpec>(v).expect_err(block);
+            assert!(err.to_string().contains("colour"), "{block}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_written_as_the_providers_is_kept() {
+        let cfg = ProviderConfig {
+            endpoints: crate::aws::ServiceEndpoints {
+                s3: Some("http://127.0.0.1:5000".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = patched(json!({"destination": {"endpoint": "http://127.0.0.1:5000"}}));
+        let jc = s.job_config(&Infra::default(), &cfg);
         let want = s.clone();
-        // Scramble what the job config carries, then read it back.
-        s.source.prefix = "zzz".into();
-        s.destination.endpoint = None;
-        s.source.endpoint = Some("http://elsewhere".into());
-        s.max_attempts = 1;
         s.apply_job_config(&jc, &cfg);
         assert_eq!(s, want);
+        let mut fresh = spec();
+        fresh.apply_job_config(&jc, &cfg);
+        assert_eq!(fresh.destination.endpoint, None, "filled in by job_config");
     }
 }

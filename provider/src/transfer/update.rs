@@ -331,8 +331,11 @@ async fn update_inner(
     if repair.contains(&Component::Dashboard) {
         Box::pin(alarms::put_dashboard(c, &n, &mut infra)).await?;
     }
-    if repair.contains(&Component::DrainHook) {
-        Box::pin(fleet::put_drain_hook(c, &n)).await?;
+    // The drain hook waits for the workers' grace.
+    if repair.contains(&Component::DrainHook)
+        || old_spec.worker.shutdown_grace_secs != new.worker.shutdown_grace_secs
+    {
+        Box::pin(fleet::put_drain_hook(c, new, &n)).await?;
     }
     if repair.contains(&Component::FinderGroup) {
         if let Schedule::Cron(cron) = Schedule::parse(&new.schedule)
