@@ -398,15 +398,8 @@ async fn a_whole_transfer_runs_under_the_role_policy_with_iam_enforced() {
             .await,
     );
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    denied(
-        "deleting a ledger row",
-        ddb.delete_item()
-            .table_name(&names.table)
-            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("x".into()))
-            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("x".into()))
-            .send()
-            .await,
-    );
+    // Deleting a ledger row other than an upload's is refused on AWS by the dynamodb:LeadingKeys condition, which
+    // moto does not evaluate: checked on paper (policy.rs's table), not here.
     denied(
         "scanning the ledger",
         ddb.scan().table_name(&names.table).send().await,

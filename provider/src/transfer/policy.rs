@@ -25,6 +25,7 @@
 //! | finder, worker | SendMessageBatch (finder's jobs; a worker's per-part jobs of a giant object) | `sqs:SendMessage` | job queue |
 //! | worker | ReceiveMessage, DeleteMessage, ChangeMessageVisibility (heartbeats, releases), GetQueueAttributes (`depth`) | the same names | job queue |
 //! | finder, worker | DescribeTable (`check`), PutItem, UpdateItem, GetItem, BatchWriteItem (`ledger`) | the same names | ledger table |
+//! | worker | DeleteItem of a completed or aborted upload's row (`ledger::close_upload`) | `dynamodb:DeleteItem`, only where `dynamodb:LeadingKeys` is `uploads` | ledger table |
 //! | finder, worker | GetSecretValue (`aws::SecretCredentials`) | `secretsmanager:GetSecretValue` | the secrets named |
 //! | finder | SetDesiredCapacity (`--scale-in-asg`; `dth-finder-failed.service` with the AWS CLI) | `autoscaling:SetDesiredCapacity` | finder group |
 //! | worker | CompleteLifecycleAction (`fleet::complete_termination`); SetInstanceHealth (`dth-unhealthy.service`) | the same names | worker group |
@@ -32,7 +33,7 @@
 //! | host | Docker's awslogs driver | `logs:CreateLogStream`, `logs:PutLogEvents` | the transfer's log group's streams |
 //!
 //! Nothing calls the dead-letter queue (the queue's redrive moves messages there), GetQueueUrl (the config
-//! carries the URL), DeleteItem, BatchGetItem, Query (the provider's `read` and the tests read the ledger with
+//! carries the URL), DeleteItem of any other row, BatchGetItem, Query (the provider's `read` and destroy read the ledger with
 //! their own credentials), RecordLifecycleActionHeartbeat or CloudWatch PutMetricData: the role is not
 //! granted them. S3 permissions per API are as the S3 API reference states them (GetObject: "If you include a
 //! versionId in your request header, you must have the s3:GetObjectVersion permission"; PutObject: "s3:PutObjectAcl
@@ -348,6 +349,17 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Resul
         ],
         format!("arn:{p}:dynamodb:{region}:{account}:table/{}", names.table),
     ));
+    // A worker forgets an upload it completed or aborted (DeleteItem of its row under `uploads`); no other row of
+    // the ledger is ever deleted by the instances.
+    let mut close = allow(
+        "CloseUploads",
+        &["dynamodb:DeleteItem"],
+        format!("arn:{p}:dynamodb:{region}:{account}:table/{}", names.table),
+    );
+    close["Condition"] = json!({
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [dth_core::ledger::UPLOADS_PK]}
+    });
+    statements.push(close);
     let secrets: Vec<&String> = [&s.credentials_secret_arn, &d.credentials_secret_arn]
         .into_iter()
         .flatten()
@@ -509,6 +521,11 @@ mod tests {
                     "dynamodb:BatchWriteItem",
                 ],
                 &format!("arn:{p}:dynamodb:{region}:{ACCOUNT}:table/dth-x-ledger"),
+            ),
+            each_if(
+                &["dynamodb:DeleteItem"],
+                &format!("arn:{p}:dynamodb:{region}:{ACCOUNT}:table/dth-x-ledger"),
+                json!({"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["uploads"]}}),
             ),
             each(&["autoscaling:SetDesiredCapacity"], &group("dth-x-finder")),
             each(
