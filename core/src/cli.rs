@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::config::TransferConfig;
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::LogFormat;
-use crate::JobConfig;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
@@ -19,7 +19,7 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    pub fn load(&self) -> crate::Result<JobConfig> {
+    pub fn load(&self) -> crate::Result<TransferConfig> {
         crate::telemetry::init(self.log_format);
         tracing::info!(
             version = crate::build_info::VERSION,
@@ -27,7 +27,7 @@ impl CommonArgs {
             target = crate::build_info::TARGET,
             "dth starting"
         );
-        JobConfig::load(self.config.as_deref(), self.config_json.as_deref())
+        TransferConfig::load(self.config.as_deref(), self.config_json.as_deref())
     }
 }
 

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::image_config::ImageJobConfig;
 
 pub const MIB: u64 = 1024 * 1024;
 pub const GIB: u64 = 1024 * MIB;
@@ -346,40 +347,27 @@ pub struct Endpoints {
     /// Auto Scaling: the finder sets its own group back to 0 when a scheduled run is done.
     #[serde(default)]
     pub autoscaling: Option<String>,
+    /// ECR's API (image transfers: authorization tokens, repositories, image lists). Left out of the JSON when
+    /// unset, so that binaries older than image transfers still read an object transfer's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecr: Option<String>,
 }
 
 impl JobConfig {
     /// Parse JSON and validate. Unknown or mistyped fields are reported with their path.
     pub fn from_json(text: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let cfg: JobConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            Error::config(
-                if path.is_empty() || path == "." {
-                    "config"
-                } else {
-                    &path
-                },
-                e.into_inner(),
-            )
-        })?;
+        let cfg: JobConfig = decode(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Load from a file or an inline JSON string (the `DTH_CONFIG` environment variable on instances).
+    /// Load an object transfer's config from a file or an inline JSON string.
     pub fn load(path: Option<&std::path::Path>, inline: Option<&str>) -> Result<Self> {
-        match (path, inline) {
-            (Some(p), _) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::config("--config", format!("reading {}: {e}", p.display()))
-                })?;
-                Self::from_json(&text)
-            }
-            (None, Some(text)) => Self::from_json(text),
-            (None, None) => Err(Error::config(
-                "--config",
-                "give a config file (--config FILE) or DTH_CONFIG",
+        match TransferConfig::load(path, inline)? {
+            TransferConfig::Objects(c) => Ok(c),
+            TransferConfig::Images(_) => Err(Error::config(
+                "transfer",
+                "this is an image transfer's config, not an object transfer's",
             )),
         }
     }
@@ -546,79 +534,13 @@ impl JobConfig {
             return Err(Error::config("batch.max_bytes", "must be greater than 0"));
         }
 
-        let w = &self.worker;
-        if w.concurrency == 0 || w.concurrency > 1024 {
-            return Err(Error::config(
-                "worker.concurrency",
-                "must be between 1 and 1024",
-            ));
-        }
-        if w.part_concurrency == 0 || w.part_concurrency > 256 {
-            return Err(Error::config(
-                "worker.part_concurrency",
-                "must be between 1 and 256",
-            ));
-        }
-        if w.heartbeat_secs == 0 {
-            return Err(Error::config(
-                "worker.heartbeat_secs",
-                "must be greater than 0",
-            ));
-        }
-        if w.visibility_secs <= w.heartbeat_secs || w.visibility_secs > 43_200 {
-            return Err(Error::config(
-                "worker.visibility_secs",
-                "must be greater than worker.heartbeat_secs and at most 43200 (12 hours, SQS's limit)",
-            ));
-        }
-        if w.ledger_retention_days > MAX_RETENTION_DAYS {
-            return Err(Error::config(
-                "worker.ledger_retention_days",
-                format!(
-                    "{} is more than {MAX_RETENTION_DAYS} days (ten years); give days, or 0 to keep ledger rows forever",
-                    w.ledger_retention_days
-                ),
-            ));
-        }
-        if self.max_attempts == 0 || self.max_attempts > 1000 {
-            return Err(Error::config("max_attempts", "must be between 1 and 1000"));
-        }
-
-        check_nonempty("queue.url", &self.queue.url)?;
-        if !self.queue.url.starts_with("http://") && !self.queue.url.starts_with("https://") {
-            return Err(Error::config(
-                "queue.url",
-                "must be an SQS queue URL (http:// or https://)",
-            ));
-        }
-        let t = &self.ledger.table;
-        if t.len() < 3
-            || t.len() > 255
-            || !t
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
-            return Err(Error::config(
-                "ledger.table",
-                "must be 3-255 characters of [A-Za-z0-9_.-]",
-            ));
-        }
-        if let Some(r) = &self.aws.region {
-            check_region("aws.region", r)?;
-        }
-        let e = &self.aws.endpoints;
-        for (name, v) in [
-            ("aws.endpoints.s3", &e.s3),
-            ("aws.endpoints.sqs", &e.sqs),
-            ("aws.endpoints.dynamodb", &e.dynamodb),
-            ("aws.endpoints.secretsmanager", &e.secretsmanager),
-            ("aws.endpoints.autoscaling", &e.autoscaling),
-        ] {
-            if let Some(v) = v {
-                check_endpoint(name, v)?;
-            }
-        }
-        Ok(())
+        check_shared(
+            &self.worker,
+            self.max_attempts,
+            &self.queue,
+            &self.ledger,
+            &self.aws,
+        )
     }
 
     /// The destination key for a source key: DTH's rule, `<destination prefix>/<source key>`.
@@ -630,6 +552,208 @@ impl JobConfig {
     pub fn part_size_for(&self, size: u64) -> u64 {
         part_size(self.multipart.chunk_size, size)
     }
+}
+
+/// A job config of either kind: objects ([`JobConfig`]) or images ([`ImageJobConfig`], which says
+/// `"transfer": "images"`). What the binaries load, and what the provider writes into user data.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum TransferConfig {
+    Objects(JobConfig),
+    Images(ImageJobConfig),
+}
+
+impl From<JobConfig> for TransferConfig {
+    fn from(c: JobConfig) -> Self {
+        TransferConfig::Objects(c)
+    }
+}
+
+impl From<ImageJobConfig> for TransferConfig {
+    fn from(c: ImageJobConfig) -> Self {
+        TransferConfig::Images(c)
+    }
+}
+
+impl TransferConfig {
+    /// Parse JSON of either kind and validate it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let marker: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::config("config", format!("not JSON: {e}")))?;
+        if marker.get("transfer").is_some() {
+            let cfg: ImageJobConfig = decode(text)?;
+            cfg.validate()?;
+            Ok(TransferConfig::Images(cfg))
+        } else {
+            JobConfig::from_json(text).map(TransferConfig::Objects)
+        }
+    }
+
+    /// Load from a file or an inline JSON string (the `DTH_CONFIG` environment variable on instances).
+    pub fn load(path: Option<&std::path::Path>, inline: Option<&str>) -> Result<Self> {
+        match (path, inline) {
+            (Some(p), _) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::config("--config", format!("reading {}: {e}", p.display()))
+                })?;
+                Self::from_json(&text)
+            }
+            (None, Some(text)) => Self::from_json(text),
+            (None, None) => Err(Error::config(
+                "--config",
+                "give a config file (--config FILE) or DTH_CONFIG",
+            )),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            TransferConfig::Objects(c) => c.validate(),
+            TransferConfig::Images(c) => c.validate(),
+        }
+    }
+
+    pub fn worker(&self) -> &WorkerOptions {
+        match self {
+            TransferConfig::Objects(c) => &c.worker,
+            TransferConfig::Images(c) => &c.worker,
+        }
+    }
+
+    pub fn worker_mut(&mut self) -> &mut WorkerOptions {
+        match self {
+            TransferConfig::Objects(c) => &mut c.worker,
+            TransferConfig::Images(c) => &mut c.worker,
+        }
+    }
+
+    pub fn queue(&self) -> &QueueConfig {
+        match self {
+            TransferConfig::Objects(c) => &c.queue,
+            TransferConfig::Images(c) => &c.queue,
+        }
+    }
+
+    pub fn ledger(&self) -> &LedgerConfig {
+        match self {
+            TransferConfig::Objects(c) => &c.ledger,
+            TransferConfig::Images(c) => &c.ledger,
+        }
+    }
+
+    pub fn aws(&self) -> &AwsConfig {
+        match self {
+            TransferConfig::Objects(c) => &c.aws,
+            TransferConfig::Images(c) => &c.aws,
+        }
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        match self {
+            TransferConfig::Objects(c) => c.max_attempts,
+            TransferConfig::Images(c) => c.max_attempts,
+        }
+    }
+}
+
+/// JSON into a config struct; an unknown or mistyped field is reported with its path.
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        Error::config(
+            if path.is_empty() || path == "." {
+                "config"
+            } else {
+                &path
+            },
+            e.into_inner(),
+        )
+    })
+}
+
+/// The checks of what every transfer's config shares (object or image): the workers' settings, the queue, the
+/// ledger and the control plane.
+pub(crate) fn check_shared(
+    w: &WorkerOptions,
+    max_attempts: u32,
+    queue: &QueueConfig,
+    ledger: &LedgerConfig,
+    aws: &AwsConfig,
+) -> Result<()> {
+    if w.concurrency == 0 || w.concurrency > 1024 {
+        return Err(Error::config(
+            "worker.concurrency",
+            "must be between 1 and 1024",
+        ));
+    }
+    if w.part_concurrency == 0 || w.part_concurrency > 256 {
+        return Err(Error::config(
+            "worker.part_concurrency",
+            "must be between 1 and 256",
+        ));
+    }
+    if w.heartbeat_secs == 0 {
+        return Err(Error::config(
+            "worker.heartbeat_secs",
+            "must be greater than 0",
+        ));
+    }
+    if w.visibility_secs <= w.heartbeat_secs || w.visibility_secs > 43_200 {
+        return Err(Error::config(
+            "worker.visibility_secs",
+            "must be greater than worker.heartbeat_secs and at most 43200 (12 hours, SQS's limit)",
+        ));
+    }
+    if w.ledger_retention_days > MAX_RETENTION_DAYS {
+        return Err(Error::config(
+            "worker.ledger_retention_days",
+            format!(
+                "{} is more than {MAX_RETENTION_DAYS} days (ten years); give days, or 0 to keep ledger rows forever",
+                w.ledger_retention_days
+            ),
+        ));
+    }
+    if max_attempts == 0 || max_attempts > 1000 {
+        return Err(Error::config("max_attempts", "must be between 1 and 1000"));
+    }
+
+    check_nonempty("queue.url", &queue.url)?;
+    if !queue.url.starts_with("http://") && !queue.url.starts_with("https://") {
+        return Err(Error::config(
+            "queue.url",
+            "must be an SQS queue URL (http:// or https://)",
+        ));
+    }
+    let t = &ledger.table;
+    if t.len() < 3
+        || t.len() > 255
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(Error::config(
+            "ledger.table",
+            "must be 3-255 characters of [A-Za-z0-9_.-]",
+        ));
+    }
+    if let Some(r) = &aws.region {
+        check_region("aws.region", r)?;
+    }
+    let e = &aws.endpoints;
+    for (name, v) in [
+        ("aws.endpoints.s3", &e.s3),
+        ("aws.endpoints.sqs", &e.sqs),
+        ("aws.endpoints.dynamodb", &e.dynamodb),
+        ("aws.endpoints.secretsmanager", &e.secretsmanager),
+        ("aws.endpoints.autoscaling", &e.autoscaling),
+        ("aws.endpoints.ecr", &e.ecr),
+    ] {
+        if let Some(v) = v {
+            check_endpoint(name, v)?;
+        }
+    }
+    Ok(())
 }
 
 /// max(chunk, ceil(size / 10,000)): never more than S3's 10,000 parts.
@@ -655,7 +779,7 @@ fn key_ranges_overlap(src_prefix: &str, dst_prefix: &str) -> bool {
     dst_keys.starts_with(src_prefix)
 }
 
-fn check_nonempty(field: &str, v: &str) -> Result<()> {
+pub(crate) fn check_nonempty(field: &str, v: &str) -> Result<()> {
     if v.trim().is_empty() {
         return Err(Error::config(field, "must not be empty"));
     }
@@ -694,7 +818,7 @@ fn check_bucket(field: &str, b: &str, aws_rules: bool) -> Result<()> {
     Ok(())
 }
 
-fn check_prefix(field: &str, p: &str) -> Result<()> {
+pub(crate) fn check_prefix(field: &str, p: &str) -> Result<()> {
     if p.len() > 1024 {
         return Err(Error::config(field, "must be at most 1024 bytes"));
     }
@@ -707,7 +831,7 @@ fn check_prefix(field: &str, p: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_endpoint(field: &str, e: &str) -> Result<()> {
+pub(crate) fn check_endpoint(field: &str, e: &str) -> Result<()> {
     let rest = e
         .strip_prefix("https://")
         .or_else(|| e.strip_prefix("http://"));
@@ -720,7 +844,7 @@ fn check_endpoint(field: &str, e: &str) -> Result<()> {
     }
 }
 
-fn check_region(field: &str, r: &str) -> Result<()> {
+pub(crate) fn check_region(field: &str, r: &str) -> Result<()> {
     if r.is_empty()
         || !r
             .chars()

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod finder;
 pub mod fleet;
+pub mod image_config;
 pub mod job;
 pub mod ledger;
 pub mod limit;

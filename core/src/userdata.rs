@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::JobConfig;
+use crate::config::TransferConfig;
 use crate::error::{Error, Result};
 
 /// Where the job config lives on the instance (and, mounted read-only, in the container).
@@ -65,7 +65,7 @@ impl Role {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchSpec {
     pub role: Role,
-    pub config: JobConfig,
+    pub config: TransferConfig,
     /// Arguments after `--config /etc/dth/job.json`, e.g. `["--concurrency", "4"]`.
     pub args: Vec<String>,
     /// The container image holding the `finder` and `worker` binaries.
@@ -141,7 +141,7 @@ fn unit_word(s: &str) -> String {
 /// systemd in its fixed search path (`/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin`, systemd ≥ 239).
 fn docker_run(spec: &LaunchSpec) -> String {
     let role = spec.role.binary();
-    let grace = spec.config.worker.shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let grace = spec.config.worker().shutdown_grace_secs + RELEASE_MARGIN_SECS;
     let mut words: Vec<String> = [
         "docker",
         "run",
@@ -197,7 +197,7 @@ fn docker_run(spec: &LaunchSpec) -> String {
 
 fn unit(spec: &LaunchSpec) -> String {
     let role = spec.role.binary();
-    let grace = spec.config.worker.shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let grace = spec.config.worker().shutdown_grace_secs + RELEASE_MARGIN_SECS;
     let common_unit = "Wants=network-online.target\n\
                        After=network-online.target docker.service\n\
                        Requires=docker.service";
@@ -311,7 +311,7 @@ fn pull_script(spec: &LaunchSpec) -> String {
 
 /// The user data script for `spec` (plain text; EC2 wants it base64-encoded).
 pub fn render(spec: &LaunchSpec) -> String {
-    let config = serde_json::to_string_pretty(&spec.config).expect("JobConfig serialises");
+    let config = serde_json::to_string_pretty(&spec.config).expect("job configs serialise");
     let args_json = serde_json::to_string(&spec.args).expect("strings serialise");
     let role = spec.role.binary();
     let (failure_name, failure_unit) = on_failure_unit(spec);
@@ -430,7 +430,7 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
         .find(&close)
         .map(|i| start + i)
         .ok_or_else(|| Error::config("user_data", "job config heredoc is not closed"))?;
-    let config = JobConfig::from_json(&text[start..end])?;
+    let config = TransferConfig::from_json(&text[start..end])?;
     Ok(LaunchSpec {
         role,
         config,
@@ -445,6 +445,7 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::JobConfig;
 
     fn config() -> JobConfig {
         JobConfig::from_json(
@@ -458,7 +459,7 @@ mod tests {
     fn render_then_parse_round_trips() {
         let spec = LaunchSpec {
             role: Role::Worker,
-            config: config(),
+            config: config().into(),
             args: vec!["--concurrency".into(), "4".into(), "it's odd".into()],
             image: "public.ecr.aws/dth/dth:0.1.0".into(),
             group: "dth-x-workers".into(),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use dth_core::cli::CommonArgs;
+use dth_core::config::TransferConfig;
 use dth_core::finder::{self, Sink};
 use dth_core::limit::Limits;
 use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
@@ -49,7 +50,15 @@ where
 }
 
 async fn run(args: Args) -> dth_core::Result<()> {
-    let mut cfg = args.common.load()?;
+    let mut cfg = match args.common.load()? {
+        TransferConfig::Objects(cfg) => cfg,
+        TransferConfig::Images(_) => {
+            return Err(dth_core::Error::config(
+                "transfer",
+                "image transfers are not supported by this build",
+            ))
+        }
+    };
     if let Some(d) = args.depth {
         cfg.finder.depth = d;
     }

@@ -96,10 +96,12 @@ pub struct ServiceEndpoints {
     pub sts: Option<String>,
     /// CloudWatch Logs (the transfer's log group), named as the AWS provider names it.
     pub logs: Option<String>,
+    /// ECR's API, for the instances of an image transfer (authorization tokens, repositories, image lists).
+    pub ecr: Option<String>,
 }
 
 impl ServiceEndpoints {
-    fn all(&self) -> [(&'static str, &Option<String>); 11] {
+    fn all(&self) -> [(&'static str, &Option<String>); 12] {
         [
             ("s3", &self.s3),
             ("sqs", &self.sqs),
@@ -112,6 +114,7 @@ impl ServiceEndpoints {
             ("sns", &self.sns),
             ("sts", &self.sts),
             ("logs", &self.logs),
+            ("ecr", &self.ecr),
         ]
     }
 }

@@ -18,11 +18,12 @@ pub struct Client {
 pub struct DthProvider;
 
 /// The services an `endpoints {}` block can point elsewhere.
-pub const ENDPOINT_SERVICES: [&str; 11] = [
+pub const ENDPOINT_SERVICES: [&str; 12] = [
     "autoscaling",
     "cloudwatch",
     "dynamodb",
     "ec2",
+    "ecr",
     "iam",
     "logs",
     "s3",

@@ -24,7 +24,8 @@ pub fn provider_config(endpoint: &str) -> ProviderConfig {
             cloudwatch: e.clone(),
             sns: e.clone(),
             sts: e.clone(),
-            logs: e,
+            logs: e.clone(),
+            ecr: e,
         },
         s3_use_path_style: true,
         ..Default::default()

@@ -24,7 +24,7 @@ const TAG: &str = "dth:transfer";
 fn user_data(role: Role, config: &JobConfig, args: &[&str], image: &str, group: &str) -> String {
     let text = userdata::render(&LaunchSpec {
         role,
-        config: config.clone(),
+        config: config.clone().into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         image: image.into(),
         group: group.into(),

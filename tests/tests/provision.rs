@@ -176,7 +176,7 @@ async fn create_observe_update_import_delete() {
         .cloned()
         .expect("data");
     let launch = dth_core::userdata::parse(data.user_data().unwrap_or("")).expect("user data");
-    assert_eq!(launch.config, spec.job_config(&infra, &cfg));
+    assert_eq!(launch.config, spec.job_config(&infra, &cfg).into());
     assert_eq!(
         launch.args,
         ["--concurrency", "4", "--lifecycle-hook", "dth-life-drain"]

@@ -9,6 +9,7 @@
 //! - invalid configurations rejected with the attribute named;
 //! - secrets absent from plan output, state, TF_LOG=TRACE logs and the instances' user data.
 
+use dth_core::config::TransferConfig;
 use dth_tests::cloud::{clients, leftovers, provider_config};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -873,9 +874,15 @@ async fn every_job_setting_reaches_the_instances() {
     check_job_configs(&w, "setb", EVERY_SETTING_B).await;
     // What the provider derives: an S3_Compatible source is addressed path-style; the default endpoint of an
     // Amazon_S3 side is the provider's.
-    let a = launched(&w, "dth-seta-worker").await.config;
+    let objects = |c: TransferConfig| match c {
+        TransferConfig::Objects(c) => c,
+        TransferConfig::Images(_) => {
+            panic!("an object transfer launched an image transfer's config")
+        }
+    };
+    let a = objects(launched(&w, "dth-seta-worker").await.config);
     assert!(a.source.path_style);
-    let b = launched(&w, "dth-setb-worker").await.config;
+    let b = objects(launched(&w, "dth-setb-worker").await.config);
     assert_eq!(b.source.endpoint.as_deref(), Some(w.endpoint.as_str()));
     assert_eq!(b.destination.endpoint.as_deref(), Some(w.endpoint.as_str()));
     let margin = 2 * dth_core::userdata::RELEASE_MARGIN_SECS as i32 + 60;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use dth_core::config::TransferConfig;
 use dth_core::userdata::{self, LaunchSpec, Role, CONFIG_PATH, UNIT_DIR};
 use dth_core::JobConfig;
 use dth_tests::instance::{Instance, ECR_PASSWORD, INSTANCE_ID};
@@ -32,7 +33,7 @@ fn spec(role: Role) -> LaunchSpec {
     };
     LaunchSpec {
         role,
-        config,
+        config: config.into(),
         args,
         image: IMAGE.into(),
         group: group.into(),
@@ -104,7 +105,8 @@ fn worker_user_data_installs_a_unit_that_restarts_stops_gracefully_and_pulls_by_
     let meta = std::fs::metadata(&config_path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o400);
     assert_eq!((meta.uid(), meta.gid()), (65532, 65532));
-    let written = JobConfig::from_json(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let written =
+        TransferConfig::from_json(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     assert_eq!(written, spec.config);
 
     // BBR with fair queueing, applied now and on every boot.
@@ -145,7 +147,7 @@ fn worker_user_data_installs_a_unit_that_restarts_stops_gracefully_and_pulls_by_
     assert_eq!(unit.get("Unit", "OnFailure"), Some("dth-unhealthy.service"));
     assert!(unit.get("Unit", "StartLimitBurst").is_some());
     assert_eq!(unit.get("Unit", "Requires"), Some("docker.service"));
-    let grace = spec.config.worker.shutdown_grace_secs;
+    let grace = spec.config.worker().shutdown_grace_secs;
     let stop = systemd::exec(unit.get("Service", "ExecStop").unwrap(), &BTreeMap::new()).unwrap();
     assert_eq!(stop.argv[..3], ["docker", "stop", "--time"]);
     let docker_stop: u64 = stop.argv[3].parse().unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dth_core::cli::CommonArgs;
+use dth_core::config::TransferConfig;
 use dth_core::limit::Limits;
 use dth_core::worker::{RunOptions, Worker};
 use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
@@ -79,7 +80,15 @@ where
 }
 
 async fn run(args: Args) -> dth_core::Result<()> {
-    let mut cfg = args.common.load()?;
+    let mut cfg = match args.common.load()? {
+        TransferConfig::Objects(cfg) => cfg,
+        TransferConfig::Images(_) => {
+            return Err(dth_core::Error::config(
+                "transfer",
+                "image transfers are not supported by this build",
+            ))
+        }
+    };
     if let Some(c) = args.concurrency {
         cfg.worker.concurrency = c;
     }

@@ -1106,6 +1106,7 @@ mod tests {
                 sns: e(),
                 sts: e(),
                 logs: e(),
+                ecr: e(),
             },
             ..Default::default()
         };

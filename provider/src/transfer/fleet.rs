@@ -70,7 +70,7 @@ pub(crate) fn launch_template_data(
     let script = userdata::render(&LaunchSpec {
         role,
         region: config.aws.region.clone().unwrap_or_default(),
-        config,
+        config: config.into(),
         args,
         image: spec.fleet.image.clone(),
         group: group.clone(),

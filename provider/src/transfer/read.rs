@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use dth_core::config::EventsMode;
+use dth_core::config::{EventsMode, TransferConfig};
 use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
@@ -537,7 +537,9 @@ async fn observe_inner(
         // The finder's copy of the job config should match the worker's; a hand edit of either shows.
         if let Some(ls) = parsed {
             let mut from_finder = live.clone();
-            from_finder.apply_job_config(&ls.config, cfg);
+            if let TransferConfig::Objects(jc) = &ls.config {
+                from_finder.apply_job_config(jc, cfg);
+            }
             if from_finder != live {
                 live = from_finder;
             }
@@ -833,14 +835,16 @@ fn apply_fleet_data(
 /// What the worker's user data carries: the job config, the image and `--concurrency` (which wins over the job
 /// config's `worker.concurrency`).
 fn apply_launch(live: &mut TransferSpec, cfg: &ProviderConfig, ls: &LaunchSpec) {
-    live.apply_job_config(&ls.config, cfg);
+    if let TransferConfig::Objects(jc) = &ls.config {
+        live.apply_job_config(jc, cfg);
+    }
     live.fleet.image = ls.image.clone();
     live.worker.concurrency = ls
         .args
         .windows(2)
         .find(|w| w[0] == "--concurrency")
         .and_then(|w| w[1].parse().ok())
-        .unwrap_or(ls.config.worker.concurrency);
+        .unwrap_or(ls.config.worker().concurrency);
 }
 
 /// Rebuild a transfer's spec and infra from the cloud, by name (`terraform import`).
@@ -948,10 +952,17 @@ async fn import_inner(
         ProvisionError::new("reading worker user data", &n.worker_launch_template, e)
     })?;
 
+    let TransferConfig::Objects(jc) = &launch.config else {
+        return Err(ProvisionError::new(
+            "reading worker user data",
+            &n.worker_launch_template,
+            "it runs an image transfer, not an object transfer",
+        ));
+    };
     let mut spec = TransferSpec::new(
         name,
-        &launch.config.source.bucket,
-        &launch.config.destination.bucket,
+        &jc.source.bucket,
+        &jc.destination.bucket,
         &launch.image,
     );
     apply_launch(&mut spec, cfg, &launch);
@@ -961,8 +972,8 @@ async fn import_inner(
     if let Some(t) = finder_data.instance_type() {
         spec.finder.instance_type = t.as_str().to_owned();
     }
-    infra.queue_url = launch.config.queue.url.clone();
-    infra.table = launch.config.ledger.table.clone();
+    infra.queue_url = launch.config.queue().url.clone();
+    infra.table = launch.config.ledger().table.clone();
     // The log group the containers log to (none for a transfer made before the provider created one). A group
     // gone since stays recorded, so that the next read reports it missing.
     if let Some(group) = &launch.log_group {

@@ -556,6 +556,7 @@ fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
         dynamodb: e.dynamodb.clone(),
         secretsmanager: e.secretsmanager.clone(),
         autoscaling: e.autoscaling.clone(),
+        ecr: e.ecr.clone(),
     }
 }
 
