@@ -164,9 +164,10 @@ async fn disappears() {
     // Everything deleted outside Terraform: the refresh drops the transfer from state.
     let c = clients(&w.endpoint).await;
     let cfg = provider_config(&w.endpoint);
-    let (spec, infra) = dth_provider::transfer::import(&c, &cfg, name)
-        .await
-        .unwrap();
+    let (spec, infra) =
+        dth_provider::transfer::import::<dth_provider::transfer::spec::Objects>(&c, &cfg, name)
+            .await
+            .unwrap();
     dth_provider::transfer::delete(&c, &infra, &spec)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::delete::Failures;
 use super::infra::{present, spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::AwsClients;
 
 pub(crate) fn cw_tags(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_cloudwatch::types::Tag> {
@@ -199,10 +199,10 @@ pub(crate) async fn put_dead_letter_alarm(
     Ok(())
 }
 
-pub(crate) async fn update_alarm_email(
+pub(crate) async fn update_alarm_email<P: Payload>(
     c: &AwsClients,
-    old: &TransferSpec,
-    new: &TransferSpec,
+    old: &TransferSpec<P>,
+    new: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {

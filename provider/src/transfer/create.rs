@@ -3,22 +3,21 @@
 
 use std::time::Duration;
 
-use dth_core::config::EventsMode;
 use tokio_util::sync::CancellationToken;
 
 use super::delete::teardown;
 use super::infra::{resource_tags, Infra, Names, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use super::{alarms, fleet, iam, logs, network, notifications, queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
 /// Create every resource of `spec`. On failure, everything already made is deleted again (newest first) and the
 /// error names the step that failed; leftovers that could not be deleted are listed in
 /// [`ProvisionError::cleanup`].
-pub async fn create(
+pub async fn create<P: Payload>(
     clients: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
 ) -> Result<Infra> {
     // Without a limit or a stop there is nothing to abandon; the fallback only satisfies the type.
     create_bounded(clients, cfg, spec, None, &CancellationToken::new())
@@ -63,20 +62,20 @@ pub struct Abandoned {
 /// is neither bounded nor stoppable, since stopping it halfway would leave part of a transfer behind that no
 /// state records. (An AWS call in flight at that moment may still complete on AWS's side without being recorded;
 /// its resource carries this create's id, so that a later create of the name can tell it is not theirs.)
-pub async fn create_within(
+pub async fn create_within<P: Payload>(
     clients: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     limit: Duration,
     stop: &CancellationToken,
 ) -> std::result::Result<Result<Infra>, Abandoned> {
     create_bounded(clients, cfg, spec, Some(limit), stop).await
 }
 
-async fn create_bounded(
+async fn create_bounded<P: Payload>(
     clients: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     limit: Option<Duration>,
     stop: &CancellationToken,
 ) -> std::result::Result<Result<Infra>, Abandoned> {
@@ -126,19 +125,19 @@ async fn create_bounded(
     }
 }
 
-async fn build(
+async fn build<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &mut Infra,
 ) -> Result<()> {
     let n = Names::new(&spec.name);
-    if spec.source.events != EventsMode::None {
+    if let Some(source) = spec.notifications() {
         // S3 delivers notifications only to a queue in the bucket's own region.
-        if let Some(r) = spec.source.region.as_deref().filter(|r| *r != c.region()) {
+        if let Some(r) = source.region.as_deref().filter(|r| *r != c.region()) {
             return Err(ProvisionError::new(
                 "configuring S3 event notifications",
-                &spec.source.bucket,
+                &source.bucket,
                 format!(
                     "source.region {r} differs from the provider's region {}: S3 can only notify a queue in the \
                      bucket's region",
@@ -165,8 +164,8 @@ async fn build(
         Box::pin(alarms::create_topic(c, &n, email, infra)).await?;
     }
     Box::pin(alarms::put_dead_letter_alarm(c, &n, infra)).await?;
-    if spec.source.events != EventsMode::None {
-        Box::pin(notifications::add(c, spec, &n, infra)).await?;
+    if let Some(source) = spec.notifications() {
+        Box::pin(notifications::add(c, source, &n, infra)).await?;
     }
     Ok(())
 }

@@ -3,16 +3,16 @@
 //! aborted (other applications' uploads in the bucket are not the transfer's to touch).
 
 use super::infra::{Infra, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use super::{alarms, fleet, iam, logs, network, notifications, queues, table};
 use crate::aws::AwsClients;
 
 /// Delete everything in `infra`. Returns notes for the user (aborted uploads, steps skipped); fails with every
 /// piece that could not be deleted (the others are gone).
-pub async fn delete(
+pub async fn delete<P: Payload>(
     clients: &AwsClients,
     infra: &Infra,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let failures = Box::pin(teardown(clients, infra, spec, &mut notes)).await;
@@ -26,15 +26,15 @@ pub async fn delete(
 
 /// Best effort, newest first: deletes every piece `infra` names (empty names are skipped, so a half-made
 /// transfer is rolled back by the same code) and returns what could not be deleted.
-pub(crate) async fn teardown(
+pub(crate) async fn teardown<P: Payload>(
     c: &AwsClients,
     infra: &Infra,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     notes: &mut Vec<String>,
 ) -> Vec<String> {
     let mut failed = Failures::default();
-    if let Some(id) = &infra.notification_id {
-        failed.step(notifications::remove(c, &spec.source.bucket, id).await);
+    if let (Some(id), Some(source)) = (&infra.notification_id, spec.notifications()) {
+        failed.step(notifications::remove(c, &source.bucket, id).await);
     }
     Box::pin(alarms::delete(c, infra, &mut failed)).await;
     // Groups (with their instances) before the launch templates, instance profile and security group they use.
@@ -74,16 +74,16 @@ impl Failures {
 /// Aborts the multipart uploads the transfer's workers started and left open, as its ledger records them
 /// (never "every incomplete upload under the prefix": other applications' uploads stay, even of the same keys).
 /// Returns a note for the user when there was something to say.
-async fn abort_uploads(
+async fn abort_uploads<P: Payload>(
     c: &AwsClients,
     infra: &Infra,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     failed: &mut Failures,
 ) -> Option<String> {
     if infra.table.is_empty() {
         return None;
     }
-    let d = &spec.destination;
+    let d = spec.uploads_destination()?;
     if d.endpoint.is_some() || d.credentials_secret_arn.is_some() {
         // Written with other credentials or to another store: the provider's S3 client cannot reach it.
         return Some(format!(

@@ -29,7 +29,7 @@ use super::network::ec2_tags;
 use super::spec::Schedule;
 
 use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::{AwsClients, ProviderConfig};
 
 /// DTH's step scaling on the visible queue depth: (messages at least, instances added).
@@ -42,9 +42,9 @@ const ROOT_VOLUME_GIB: i32 = 20;
 
 /// The launch template data of one role: IMDSv2 only, encrypted gp3 root volume, the transfer's instance
 /// profile and security groups, and user data that runs `role` from the image with the job config.
-pub(crate) fn launch_template_data(
+pub(crate) fn launch_template_data<P: Payload>(
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &Infra,
     names: &Names,
     role: Role,
@@ -66,11 +66,11 @@ pub(crate) fn launch_template_data(
             ],
         ),
     };
-    let config = spec.job_config(infra, cfg);
+    let config = spec.transfer_config(infra, cfg);
     let script = userdata::render(&LaunchSpec {
         role,
-        region: config.aws.region.clone().unwrap_or_default(),
-        config: config.into(),
+        region: config.aws().region.clone().unwrap_or_default(),
+        config,
         args,
         image: spec.fleet.image.clone(),
         group: group.clone(),
@@ -127,10 +127,10 @@ pub(crate) fn launch_template_data(
         .build()
 }
 
-pub(crate) async fn create_launch_templates(
+pub(crate) async fn create_launch_templates<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -229,7 +229,7 @@ pub(crate) fn asg_tag(
 }
 
 /// The `dth:defaults` tag value: the fleet settings left empty (resolved by the provider).
-pub(crate) fn defaults_tag(spec: &TransferSpec) -> String {
+pub(crate) fn defaults_tag<P: Payload>(spec: &TransferSpec<P>) -> String {
     let f = &spec.fleet;
     let mut d = Vec::new();
     if f.subnet_ids.is_empty() {
@@ -303,14 +303,18 @@ pub(crate) const MAX_DRAIN_TIMEOUT_SECS: u64 = 7200;
 
 /// How long scale-in waits for a worker to finish or release its jobs and complete the drain hook: the
 /// worker's grace (`worker.shutdown_grace_secs`) and [`DRAIN_MARGIN_SECS`].
-pub(crate) fn drain_timeout_secs(spec: &TransferSpec) -> i32 {
+pub(crate) fn drain_timeout_secs<P: Payload>(spec: &TransferSpec<P>) -> i32 {
     let grace = spec.worker.shutdown_grace_secs;
     (grace + DRAIN_MARGIN_SECS).clamp(30, MAX_DRAIN_TIMEOUT_SECS) as i32
 }
 
 /// The worker group's termination lifecycle hook (PutLifecycleHook creates or updates it). Instances wait in
 /// `Terminating:Wait` until their worker completes it, or until the timeout, after which they go anyway.
-pub(crate) async fn put_drain_hook(c: &AwsClients, spec: &TransferSpec, n: &Names) -> Result<()> {
+pub(crate) async fn put_drain_hook<P: Payload>(
+    c: &AwsClients,
+    spec: &TransferSpec<P>,
+    n: &Names,
+) -> Result<()> {
     c.autoscaling
         .put_lifecycle_hook()
         .auto_scaling_group_name(&n.worker_asg)
@@ -324,9 +328,9 @@ pub(crate) async fn put_drain_hook(c: &AwsClients, spec: &TransferSpec, n: &Name
     Ok(())
 }
 
-pub(crate) async fn create_workers(
+pub(crate) async fn create_workers<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -358,9 +362,9 @@ pub(crate) async fn create_workers(
 
 /// The workers' step scaling: the scale-out and scale-in policies and the two queue alarms that drive them. Puts
 /// are idempotent, so this also repairs them after a hand edit.
-pub(crate) async fn put_scaling(
+pub(crate) async fn put_scaling<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -486,9 +490,9 @@ pub(crate) async fn put_scaling(
 }
 
 /// The scale-in policy sets the fleet to exactly `fleet.min`, so it is rewritten whenever `min` changes.
-pub(crate) async fn put_scale_in_policy(
+pub(crate) async fn put_scale_in_policy<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -529,9 +533,9 @@ async fn policy_arn(c: &AwsClients, asg: &str, policy: &str) -> Result<String> {
         .ok_or_else(|| ProvisionError::new(what, policy, "the policy has no ARN"))
 }
 
-pub(crate) async fn create_finder(
+pub(crate) async fn create_finder<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -620,9 +624,9 @@ pub(crate) async fn wait_group_gone(c: &AwsClients, asg: &str) -> Result<()> {
 /// How long to wait for an Auto Scaling group's instances to terminate (the security group cannot go before).
 const GROUP_GONE_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub(crate) async fn update_schedule(
+pub(crate) async fn update_schedule<P: Payload>(
     c: &AwsClients,
-    new: &TransferSpec,
+    new: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {

@@ -10,7 +10,7 @@ use super::delete::Failures;
 use super::infra::{
     retry_while, spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result,
 };
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::AwsClients;
 
 fn iam_tags(
@@ -33,9 +33,9 @@ fn iam_tags(
 /// that exists already is adopted only when its tags say it is ours (a create whose answer was lost); IAM's
 /// eventual consistency (a role not yet visible to PutRolePolicy or AddRoleToInstanceProfile: NoSuchEntity) is
 /// retried for up to [`SETTLE_TIMEOUT`], as terraform-provider-aws retries within its IAM `propagationTimeout`.
-pub(crate) async fn create(
+pub(crate) async fn create<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {

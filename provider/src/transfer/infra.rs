@@ -9,7 +9,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::ProviderConfig;
 
 /// The tag every resource of a transfer carries: `dth:transfer = <name>`.
@@ -161,9 +161,9 @@ impl Names {
 
 /// The tags of every resource of a transfer: provider default tags, overridden by the spec's, plus
 /// `dth:transfer` and (unless empty: a transfer from before creation ids) `dth:creation-id`.
-pub fn resource_tags(
+pub fn resource_tags<P: Payload>(
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     creation_id: &str,
 ) -> BTreeMap<String, String> {
     let mut t = cfg.default_tags.clone();

@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{Filter, ResourceType, TagSpecification};
 use super::fleet::architecture_of;
 
 use super::infra::{spec_name, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::AwsClients;
 
 fn ec2_filter(name: &str, values: &[&str]) -> Filter {
@@ -48,9 +48,9 @@ async fn default_vpc(c: &AwsClients) -> Result<String> {
 }
 
 /// Subnets (the default VPC's default subnets unless given) and the egress-only security group (unless given).
-pub(crate) async fn resolve(
+pub(crate) async fn resolve<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -157,9 +157,9 @@ pub(crate) async fn resolve(
     Ok(())
 }
 
-pub(crate) async fn resolve_ami(
+pub(crate) async fn resolve_ami<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &mut Infra,
 ) -> Result<()> {
     if let Some(a) = &spec.fleet.ami_id {

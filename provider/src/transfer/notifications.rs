@@ -8,27 +8,27 @@ use aws_sdk_s3::types::{
 use dth_core::config::EventsMode;
 
 use super::infra::{Infra, MapErrAsync, Names, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::Source;
 use crate::aws::AwsClients;
 
 /// Adds our queue configuration to the source bucket's notifications, keeping every other entry.
 pub(crate) async fn add(
     c: &AwsClients,
-    spec: &TransferSpec,
+    source: &Source,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
-    let bucket = &spec.source.bucket;
+    let bucket = &source.bucket;
     let what = "adding S3 event notification";
     let mut events = vec![Event::from("s3:ObjectCreated:*")];
-    if spec.source.events == EventsMode::CreateAndDelete {
+    if source.events == EventsMode::CreateAndDelete {
         events.push(Event::from("s3:ObjectRemoved:*"));
     }
     let mut ours = QueueConfiguration::builder()
         .id(&n.notification_id)
         .queue_arn(&infra.queue_arn)
         .set_events(Some(events));
-    if !spec.source.prefix.is_empty() {
+    if !source.prefix.is_empty() {
         ours = ours.filter(
             NotificationConfigurationFilter::builder()
                 .key(
@@ -36,7 +36,7 @@ pub(crate) async fn add(
                         .filter_rules(
                             FilterRule::builder()
                                 .name(FilterRuleName::Prefix)
-                                .value(&spec.source.prefix)
+                                .value(&source.prefix)
                                 .build(),
                         )
                         .build(),

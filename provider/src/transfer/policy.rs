@@ -61,7 +61,7 @@ use dth_core::userdata;
 use serde_json::{json, Value};
 
 use super::infra::{Infra, Names, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 
 /// The IAM service principal of an AWS service in a partition.
 ///
@@ -148,6 +148,14 @@ fn literal(text: &str) -> String {
     out
 }
 
+/// Where the role's statements point: the partition, region and account of the transfer's control plane.
+#[derive(Debug, Clone, Copy)]
+pub struct Account<'a> {
+    pub partition: &'a str,
+    pub region: &'a str,
+    pub account: &'a str,
+}
+
 /// The source keys the binaries can read: everything starting with this string (see the module's "Key ranges").
 pub fn source_key_prefix(spec: &TransferSpec) -> String {
     let s = &spec.source;
@@ -163,7 +171,7 @@ pub fn destination_key_prefix(spec: &TransferSpec) -> String {
     join_prefix(&spec.destination.prefix, &source_key_prefix(spec))
 }
 
-fn allow(sid: &str, actions: &[&str], resource: impl Into<Value>) -> Value {
+pub(crate) fn allow(sid: &str, actions: &[&str], resource: impl Into<Value>) -> Value {
     json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource.into()})
 }
 
@@ -231,25 +239,10 @@ fn kms_statement(sid: &str, actions: &[&str], key: (String, Option<Value>)) -> V
     st
 }
 
-/// The instances' permissions: exactly the actions the binaries and their host call (see the module's table), on
-/// exactly the transfer's buckets and key ranges, queue, table, secrets, groups, repository and log group.
-/// A side read or written with keys from a secret gets no S3 (or KMS) statement: the role never touches it.
-///
-/// The account is the one the job queue was created in; an `infra` without it (no queue ARN) is an error rather
-/// than a policy on every account's resources.
-pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Result<String> {
-    let p = crate::aws::partition_of(&infra.region);
-    let region = &infra.region;
-    let account = [&infra.queue_arn, &infra.dlq_arn]
-        .into_iter()
-        .find_map(|arn| account_of(arn))
-        .ok_or_else(|| {
-            ProvisionError::new(
-                "writing the instance role's policy",
-                &names.policy,
-                "the account is unknown: the job queue has no ARN yet",
-            )
-        })?;
+/// An object transfer's statements: its buckets and key ranges, keys and secrets (see the module's table). A side
+/// read or written with keys from a secret gets no S3 (or KMS) statement: the role never touches it.
+pub(crate) fn object_statements(spec: &TransferSpec, at: &Account) -> Vec<Value> {
+    let (p, region, account) = (at.partition, at.region, at.account);
     let mut statements: Vec<Value> = Vec::new();
     let s = &spec.source;
     let d = &spec.destination;
@@ -327,6 +320,55 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Resul
             ));
         }
     }
+    statements.extend(credentials_statement([
+        &s.credentials_secret_arn,
+        &d.credentials_secret_arn,
+    ]));
+    statements
+}
+
+/// `secretsmanager:GetSecretValue` on the secrets a transfer names, if any.
+pub(crate) fn credentials_statement<'a>(
+    secrets: impl IntoIterator<Item = &'a Option<String>>,
+) -> Option<Value> {
+    let secrets: Vec<&String> = secrets.into_iter().flatten().collect();
+    (!secrets.is_empty()).then(|| {
+        allow(
+            "Credentials",
+            &["secretsmanager:GetSecretValue"],
+            json!(secrets),
+        )
+    })
+}
+
+/// The instances' permissions: exactly the actions the binaries and their host call (see the module's table), on
+/// exactly the transfer's data ([`Payload::data_statements`]: buckets and key ranges, or repositories), queue, table, secrets, groups, repository and log group.
+///
+/// The account is the one the job queue was created in; an `infra` without it (no queue ARN) is an error rather
+/// than a policy on every account's resources.
+pub fn access_policy<P: Payload>(
+    spec: &TransferSpec<P>,
+    infra: &Infra,
+    names: &Names,
+) -> Result<String> {
+    let p = crate::aws::partition_of(&infra.region);
+    let region = &infra.region;
+    let account = [&infra.queue_arn, &infra.dlq_arn]
+        .into_iter()
+        .find_map(|arn| account_of(arn))
+        .ok_or_else(|| {
+            ProvisionError::new(
+                "writing the instance role's policy",
+                &names.policy,
+                "the account is unknown: the job queue has no ARN yet",
+            )
+        })?;
+    let at = Account {
+        partition: p,
+        region,
+        account,
+    };
+    let mut statements = P::data_statements(spec, &at);
     statements.push(allow(
         "Queue",
         &[
@@ -360,17 +402,6 @@ pub fn access_policy(spec: &TransferSpec, infra: &Infra, names: &Names) -> Resul
         "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [dth_core::ledger::UPLOADS_PK]}
     });
     statements.push(close);
-    let secrets: Vec<&String> = [&s.credentials_secret_arn, &d.credentials_secret_arn]
-        .into_iter()
-        .flatten()
-        .collect();
-    if !secrets.is_empty() {
-        statements.push(allow(
-            "Credentials",
-            &["secretsmanager:GetSecretValue"],
-            json!(secrets),
-        ));
-    }
     let group = |name: &str| {
         format!(
             "arn:{p}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{name}"

@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use dth_core::config::EventsMode;
 use serde_json::json;
 
 use super::policy::queue_policy;
 
 use super::delete::Failures;
 use super::infra::{retry_while, Infra, MapErrAsync, Names, Owner, ProvisionError, Result};
-use super::spec::TransferSpec;
+use super::spec::{Payload, TransferSpec};
 use crate::aws::AwsClients;
 
 /// SQS's longest retention: a job waits up to 14 days for a worker.
@@ -24,9 +23,9 @@ pub(crate) fn redrive_policy(dlq_arn: &str, max_attempts: u32) -> String {
     json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_attempts}).to_string()
 }
 
-pub(crate) async fn create(
+pub(crate) async fn create<P: Payload>(
     c: &AwsClients,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     n: &Names,
     infra: &mut Infra,
 ) -> Result<()> {
@@ -65,10 +64,10 @@ pub(crate) async fn create(
             QueueAttributeName::RedrivePolicy,
             redrive_policy(&infra.dlq_arn, spec.max_attempts),
         );
-    if spec.source.events != EventsMode::None {
+    if let Some(source) = spec.notifications() {
         req = req.attributes(
             QueueAttributeName::Policy,
-            queue_policy(&arn, &spec.source.bucket, c.partition())?,
+            queue_policy(&arn, &source.bucket, c.partition())?,
         );
     }
     for (k, v) in &infra.tags {
@@ -166,7 +165,11 @@ fn is_queue_deleted_recently(e: &ProvisionError) -> bool {
 
 /// Put back the settings the provider gives both queues (after a hand edit): visibility timeout, retention,
 /// redrive and, with S3 events, the policy letting the source bucket send.
-pub(crate) async fn put_settings(c: &AwsClients, spec: &TransferSpec, infra: &Infra) -> Result<()> {
+pub(crate) async fn put_settings<P: Payload>(
+    c: &AwsClients,
+    spec: &TransferSpec<P>,
+    infra: &Infra,
+) -> Result<()> {
     let what = "putting back SQS queue settings";
     let mut req = c
         .sqs
@@ -178,10 +181,10 @@ pub(crate) async fn put_settings(c: &AwsClients, spec: &TransferSpec, infra: &In
             QueueAttributeName::RedrivePolicy,
             redrive_policy(&infra.dlq_arn, spec.max_attempts),
         );
-    if spec.source.events != EventsMode::None {
+    if let Some(source) = spec.notifications() {
         req = req.attributes(
             QueueAttributeName::Policy,
-            queue_policy(&infra.queue_arn, &spec.source.bucket, c.partition())?,
+            queue_policy(&infra.queue_arn, &source.bucket, c.partition())?,
         );
     }
     req.send().map_err_async(what, &infra.queue_url).await?;

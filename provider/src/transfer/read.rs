@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use dth_core::config::{EventsMode, TransferConfig};
+use dth_core::config::EventsMode;
 use dth_core::userdata::{self, LaunchSpec};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,7 @@ use super::infra::{
     TRANSFER_TAG,
 };
 use super::notifications::bucket_notifications;
-use super::spec::{validate_name, Schedule, TransferSpec};
+use super::spec::{validate_name, Payload, Schedule, TransferSpec};
 use super::{queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
@@ -123,11 +123,11 @@ impl Progress {
 
 /// What [`observe`] found.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
+pub struct Observed<P: Payload = super::spec::Objects> {
     /// The spec as the cloud has it: every attribute AWS holds a live value for (capacity, schedule, launch
     /// template contents, alarm email, redrive, tags) is the live value, the rest is the spec given. Compare it
     /// with the desired spec to show hand-made changes as a diff.
-    pub spec: TransferSpec,
+    pub spec: TransferSpec<P>,
     /// The infra with live ids (the launch template versions the groups use, the subscription found).
     pub infra: Infra,
     /// Components that are gone (see [`Component`]): the transfer needs replacing.
@@ -178,22 +178,22 @@ async fn unless_empty<T>(name: &str, f: impl std::future::Future<Output = Result
 
 /// What the cloud holds of the transfer `infra` describes, with a fixed number of AWS calls (see the module
 /// docs). `None` when the transfer vanished entirely (queue, table and both groups gone).
-pub async fn observe(
+pub async fn observe<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &Infra,
-) -> Result<Option<Observed>> {
+) -> Result<Option<Observed<P>>> {
     // Boxed: sixteen SDK futures joined are too large for a thread's stack in debug builds.
     Box::pin(observe_inner(c, cfg, spec, infra)).await
 }
 
-async fn observe_inner(
+async fn observe_inner<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &Infra,
-) -> Result<Option<Observed>> {
+) -> Result<Option<Observed<P>>> {
     let n = Names::new(&spec.name);
     // Without these the calls below would describe the whole account (empty name lists mean "all").
     for (what, v) in [
@@ -349,9 +349,9 @@ async fn observe_inner(
         }
     };
     let notification_f = async {
-        match &infra.notification_id {
-            Some(_) => bucket_notifications(c, &spec.source.bucket).await.map(Some),
-            None => Ok(None),
+        match (&infra.notification_id, spec.notifications()) {
+            (Some(_), Some(source)) => bucket_notifications(c, &source.bucket).await.map(Some),
+            _ => Ok(None),
         }
     };
     let (
@@ -435,11 +435,9 @@ async fn observe_inner(
         }
         None => missing.push(Component::DeadLetterQueue),
     }
-    let queue_policy = (spec.source.events != EventsMode::None)
-        .then(|| {
-            super::policy::queue_policy(&infra.queue_arn, &spec.source.bucket, c.partition()).ok()
-        })
-        .flatten();
+    let queue_policy = spec.notifications().and_then(|source| {
+        super::policy::queue_policy(&infra.queue_arn, &source.bucket, c.partition()).ok()
+    });
     drifted.extend(drift::queues(
         queue.as_ref().and_then(|q| q.attributes()),
         dlq.as_ref().and_then(|d| d.attributes()),
@@ -537,9 +535,7 @@ async fn observe_inner(
         // The finder's copy of the job config should match the worker's; a hand edit of either shows.
         if let Some(ls) = parsed {
             let mut from_finder = live.clone();
-            if let TransferConfig::Objects(jc) = &ls.config {
-                from_finder.apply_job_config(jc, cfg);
-            }
+            from_finder.apply_transfer_config(&ls.config, cfg);
             if from_finder != live {
                 live = from_finder;
             }
@@ -715,11 +711,13 @@ async fn observe_inner(
                     .events()
                     .iter()
                     .any(|e| e.as_str().starts_with("s3:ObjectRemoved"));
-                live.source.events = if deletes {
-                    EventsMode::CreateAndDelete
-                } else {
-                    EventsMode::Create
-                };
+                if let Some(source) = live.notifications_mut() {
+                    source.events = if deletes {
+                        EventsMode::CreateAndDelete
+                    } else {
+                        EventsMode::Create
+                    };
+                }
             }
             None => missing.push(Component::BucketNotification),
         }
@@ -811,8 +809,8 @@ fn sorted(v: &[String]) -> Vec<String> {
 
 /// Fleet settings a worker launch template holds: security groups and AMI (reported as the spec's defaults
 /// when they are the ones the provider chose).
-fn apply_fleet_data(
-    live: &mut TransferSpec,
+fn apply_fleet_data<P: Payload>(
+    live: &mut TransferSpec<P>,
     infra: &Infra,
     data: &aws_sdk_ec2::types::ResponseLaunchTemplateData,
 ) {
@@ -834,10 +832,8 @@ fn apply_fleet_data(
 
 /// What the worker's user data carries: the job config, the image and `--concurrency` (which wins over the job
 /// config's `worker.concurrency`).
-fn apply_launch(live: &mut TransferSpec, cfg: &ProviderConfig, ls: &LaunchSpec) {
-    if let TransferConfig::Objects(jc) = &ls.config {
-        live.apply_job_config(jc, cfg);
-    }
+fn apply_launch<P: Payload>(live: &mut TransferSpec<P>, cfg: &ProviderConfig, ls: &LaunchSpec) {
+    live.apply_transfer_config(&ls.config, cfg);
     live.fleet.image = ls.image.clone();
     live.worker.concurrency = ls
         .args
@@ -848,19 +844,19 @@ fn apply_launch(live: &mut TransferSpec, cfg: &ProviderConfig, ls: &LaunchSpec) 
 }
 
 /// Rebuild a transfer's spec and infra from the cloud, by name (`terraform import`).
-pub async fn import(
+pub async fn import<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
     name: &str,
-) -> Result<(TransferSpec, Infra)> {
+) -> Result<(TransferSpec<P>, Infra)> {
     Box::pin(import_inner(c, cfg, name)).await
 }
 
-async fn import_inner(
+async fn import_inner<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
     name: &str,
-) -> Result<(TransferSpec, Infra)> {
+) -> Result<(TransferSpec<P>, Infra)> {
     validate_name(name).map_err(|m| ProvisionError::new("importing transfer", name, m))?;
     let n = Names::new(name);
     let mut infra = Infra {
@@ -952,19 +948,17 @@ async fn import_inner(
         ProvisionError::new("reading worker user data", &n.worker_launch_template, e)
     })?;
 
-    let TransferConfig::Objects(jc) = &launch.config else {
+    let mut spec = P::default_spec(name, &launch.image);
+    if !spec.apply_transfer_config(&launch.config, cfg) {
         return Err(ProvisionError::new(
-            "reading worker user data",
-            &n.worker_launch_template,
-            "it runs an image transfer, not an object transfer",
+            "importing transfer",
+            name,
+            format!(
+                "its instances run another kind of transfer than a {} (import it as that resource)",
+                P::RESOURCE
+            ),
         ));
-    };
-    let mut spec = TransferSpec::new(
-        name,
-        &jc.source.bucket,
-        &jc.destination.bucket,
-        &launch.image,
-    );
+    }
     apply_launch(&mut spec, cfg, &launch);
     if let Some(t) = worker_data.instance_type() {
         spec.fleet.instance_type = t.as_str().to_owned();
@@ -1179,8 +1173,8 @@ async fn import_inner(
             infra.subscription_arn = s.subscription_arn().map(str::to_owned);
         }
     }
-    if spec.source.events != EventsMode::None {
-        let config = bucket_notifications(c, &spec.source.bucket).await?;
+    if let Some(source) = spec.notifications() {
+        let config = bucket_notifications(c, &source.bucket).await?;
         if config
             .queue_configurations()
             .iter()

@@ -17,14 +17,17 @@
 //! under the attribute path the user wrote.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::{Deref, DerefMut};
 
+use dth_core::config::TransferConfig;
 use dth_core::config::{
     default_include_metadata, default_max_attempts, AwsConfig, BatchOptions, CompareMode,
     DestinationConfig, Endpoints, EventsMode, Filters, FinderOptions, LedgerConfig,
     MultipartOptions, QueueConfig, SourceConfig, SourceType, WorkerOptions,
 };
 use dth_core::JobConfig;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::infra::Infra;
@@ -88,9 +91,67 @@ pub const ATTRIBUTE_OF: [(&str, &str); 2] = [
     ("worker.concurrency", "fleet.worker_concurrency"),
 ];
 
+/// What one kind of transfer moves, and what the provisioning of the two kinds does differently: objects
+/// ([`Objects`], `dth_s3_transfer`) or container images ([`super::images::Images`], `dth_ecr_transfer`). Everything
+/// else — queues, ledger, role, launch templates, groups, schedule, alarms, dashboard, logs — is provisioned the
+/// same way for both from the rest of [`TransferSpec`].
+pub trait Payload:
+    Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// The finder's job settings (core's options struct), beside its instance type in [`Finder`].
+    type FinderOptions: Clone
+        + PartialEq
+        + fmt::Debug
+        + Default
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    /// The resource type, for messages: `dth_s3_transfer`.
+    const RESOURCE: &'static str;
+    /// What a job moves, plural: `objects` or `images` (progress attributes, messages).
+    const UNIT: &'static str;
+
+    /// The job config the instances run.
+    fn job_config(spec: &TransferSpec<Self>, infra: &Infra, cfg: &ProviderConfig)
+        -> TransferConfig;
+    /// Overwrite the spec's job settings with a job config's (launch templates read back, import, drift): the
+    /// inverse of [`Payload::job_config`]. False when the config is another kind of transfer's.
+    fn apply_job_config(
+        spec: &mut TransferSpec<Self>,
+        jc: &TransferConfig,
+        cfg: &ProviderConfig,
+    ) -> bool;
+    /// A spec of defaults for a transfer named `name` (what an import starts from).
+    fn default_spec(name: &str, image: &str) -> TransferSpec<Self>;
+    /// The checks only this kind has, as (attribute path, message).
+    fn validate(spec: &TransferSpec<Self>, bad: &mut dyn FnMut(&str, String));
+    /// Attributes whose change replaces the transfer.
+    fn requires_replace(old: &Self, new: &Self) -> Vec<&'static str>;
+    /// The instance role's statements for the data the instances read and write (the rest of the policy is
+    /// the same for every kind; see [`super::policy::access_policy`]).
+    fn data_statements(
+        spec: &TransferSpec<Self>,
+        at: &super::policy::Account,
+    ) -> Vec<serde_json::Value>;
+    /// The source bucket whose S3 event notifications feed the job queue, if any.
+    fn notifications(&self) -> Option<&Source> {
+        None
+    }
+    /// The same, to write what a refresh finds.
+    fn notifications_mut(&mut self) -> Option<&mut Source> {
+        None
+    }
+    /// The destination whose multipart uploads the transfer records (and destroy aborts), if any.
+    fn uploads_destination(&self) -> Option<&Destination> {
+        None
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransferSpec {
+#[serde(deny_unknown_fields, bound(serialize = "", deserialize = ""))]
+pub struct TransferSpec<P: Payload = Objects> {
     /// Names every AWS resource of the transfer: `dth-<name>-<part>`.
     pub name: String,
     /// When set, `name` is this prefix and [`NAME_SUFFIX_LEN`] random characters, chosen at create (like the
@@ -98,27 +159,16 @@ pub struct TransferSpec {
     /// make the new transfer while the old one still exists.
     #[serde(default)]
     pub name_prefix: Option<String>,
-    pub source: Source,
-    pub destination: Destination,
-    #[serde(default)]
-    pub compare: CompareMode,
-    #[serde(default)]
-    pub skip_compare: bool,
-    #[serde(default = "default_include_metadata")]
-    pub include_metadata: bool,
-    #[serde(default)]
-    pub filters: Filters,
+    /// What moves: reached through `Deref` (`spec.source.bucket` for objects).
+    #[serde(flatten)]
+    pub payload: P,
     /// A cron expression (5 fields, UTC) for the finder's Auto Scaling scheduled action, or "once".
     #[serde(default = "once")]
     pub schedule: String,
     #[serde(default)]
-    pub finder: Finder,
+    pub finder: Finder<P::FinderOptions>,
     #[serde(default)]
     pub fleet: Fleet,
-    #[serde(default)]
-    pub multipart: MultipartOptions,
-    #[serde(default)]
-    pub batch: BatchOptions,
     /// Every worker's settings; `concurrency` is offered as `fleet.worker_concurrency` ([`ATTRIBUTE_OF`]).
     #[serde(default)]
     pub worker: WorkerOptions,
@@ -131,6 +181,39 @@ pub struct TransferSpec {
     pub log_retention_days: u32,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+impl<P: Payload> Deref for TransferSpec<P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        &self.payload
+    }
+}
+
+impl<P: Payload> DerefMut for TransferSpec<P> {
+    fn deref_mut(&mut self) -> &mut P {
+        &mut self.payload
+    }
+}
+
+/// An object transfer's payload (`dth_s3_transfer`): the S3 side of the job settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objects {
+    pub source: Source,
+    pub destination: Destination,
+    #[serde(default)]
+    pub compare: CompareMode,
+    #[serde(default)]
+    pub skip_compare: bool,
+    #[serde(default = "default_include_metadata")]
+    pub include_metadata: bool,
+    #[serde(default)]
+    pub filters: Filters,
+    #[serde(default)]
+    pub multipart: MultipartOptions,
+    #[serde(default)]
+    pub batch: BatchOptions,
 }
 
 /// The source: core's [`SourceConfig`] (reached through `Deref`: `spec.source.bucket`) and what only the provider
@@ -166,34 +249,35 @@ impl DerefMut for Source {
 /// The destination is core's own; its `path_style` is not the user's ([`NOT_SETTABLE`]).
 pub type Destination = DestinationConfig;
 
-/// The finder: core's [`FinderOptions`] (through `Deref`: `spec.finder.depth`) and the instance it runs on.
+/// The finder: its job settings (core's [`FinderOptions`] for objects, reached through `Deref`:
+/// `spec.finder.depth`) and the instance it runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Finder {
+pub struct Finder<O = FinderOptions> {
     /// Its `dry_run_keys` is not the user's ([`NOT_SETTABLE`]).
     #[serde(flatten)]
-    pub options: FinderOptions,
+    pub options: O,
     pub instance_type: String,
 }
 
-impl Default for Finder {
+impl<O: Default> Default for Finder<O> {
     fn default() -> Self {
         Finder {
-            options: FinderOptions::default(),
+            options: O::default(),
             instance_type: default_instance_type(),
         }
     }
 }
 
-impl Deref for Finder {
-    type Target = FinderOptions;
-    fn deref(&self) -> &FinderOptions {
+impl<O> Deref for Finder<O> {
+    type Target = O;
+    fn deref(&self) -> &O {
         &self.options
     }
 }
 
-impl DerefMut for Finder {
-    fn deref_mut(&mut self) -> &mut FinderOptions {
+impl<O> DerefMut for Finder<O> {
+    fn deref_mut(&mut self) -> &mut O {
         &mut self.options
     }
 }
@@ -273,24 +357,50 @@ pub fn max_shutdown_grace_secs() -> u64 {
     super::fleet::MAX_DRAIN_TIMEOUT_SECS - super::fleet::DRAIN_MARGIN_SECS
 }
 
-impl TransferSpec {
-    /// A spec with every default (serde's, which are core's for the job settings): copy `source_bucket` to
-    /// `destination_bucket` with workers from `image`.
-    pub fn new(name: &str, source_bucket: &str, destination_bucket: &str, image: &str) -> Self {
-        serde_json::from_value(serde_json::json!({
-            "name": name,
-            "source": {"bucket": source_bucket},
-            "destination": {"bucket": destination_bucket},
-            "fleet": {"image": image},
-        }))
-        .expect("a spec of defaults decodes")
-    }
-
+impl<P: Payload> TransferSpec<P> {
     /// Every problem, as (attribute path, message); empty when the spec can be provisioned.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut bad = |path: &str, msg: String| out.push((path.to_owned(), msg));
+        self.validate_shared(&mut bad);
+        P::validate(self, &mut bad);
 
+        // The engine's own rules; it stops at its first complaint, reported under the spec's attribute path.
+        let placeholder = Infra {
+            queue_url: PLACEHOLDER_QUEUE.into(),
+            table: PLACEHOLDER_TABLE.into(),
+            ..Infra::default()
+        };
+        if let Err(e) = P::job_config(self, &placeholder, &ProviderConfig::default()).validate() {
+            let text = e.to_string();
+            let (field, msg) = text.split_once(": ").unwrap_or(("", text.as_str()));
+            let path = spec_path(field);
+            if !out.iter().any(|(p, _)| p == &path) {
+                out.push((path, msg.to_owned()));
+            }
+        }
+        out
+    }
+
+    /// The job config the finder and worker instances run (it goes into the launch templates' user data).
+    pub fn transfer_config(&self, infra: &Infra, cfg: &ProviderConfig) -> TransferConfig {
+        P::job_config(self, infra, cfg)
+    }
+
+    /// What the instances' job config says, read back into the spec (see [`Payload::apply_job_config`]).
+    pub fn apply_transfer_config(&mut self, jc: &TransferConfig, cfg: &ProviderConfig) -> bool {
+        P::apply_job_config(self, jc, cfg)
+    }
+
+    /// The worker's settings the job config carries, shared by every kind (the inverse of what
+    /// [`Payload::job_config`] puts there from the spec's shared fields).
+    pub fn apply_shared(&mut self, worker: &WorkerOptions, max_attempts: u32) {
+        self.worker = worker.clone();
+        self.max_attempts = max_attempts;
+    }
+
+    /// The checks of what every kind of transfer has: names, fleet, schedule, alarms, logs, tags, workers.
+    fn validate_shared(&self, bad: &mut dyn FnMut(&str, String)) {
         if let Some(m) = name_problem(&self.name) {
             bad("name", m);
         }
@@ -343,9 +453,9 @@ impl TransferSpec {
                 bad("fleet.ami_id", format!("{a:?} is not an AMI id (ami-...)"));
             }
         }
-        check_ids(&mut bad, "fleet.subnet_ids", &f.subnet_ids, "subnet-");
+        check_ids(bad, "fleet.subnet_ids", &f.subnet_ids, "subnet-");
         check_ids(
-            &mut bad,
+            bad,
             "fleet.security_group_ids",
             &f.security_group_ids,
             "sg-",
@@ -365,47 +475,6 @@ impl TransferSpec {
             if let Some(m) = tag_problem(k, v) {
                 bad(&format!("tags[{k:?}]"), m);
             }
-        }
-        if self.source.events != EventsMode::None && self.source.kind != SourceType::AmazonS3 {
-            bad(
-                "source.events",
-                "S3 event notifications need source.type = \"Amazon_S3\"".into(),
-            );
-        }
-        if let Some(key) = &self.source.kms_key_id {
-            if key.trim().is_empty() {
-                bad("source.kms_key_id", "must not be empty".into());
-            } else if self.source.kind != SourceType::AmazonS3
-                || self.source.credentials_secret_arn.is_some()
-                || self.source.anonymous
-            {
-                bad(
-                    "source.kms_key_id",
-                    "is for an Amazon_S3 source read with the instance role (no credentials_secret_arn, not \
-                     anonymous): it grants that role kms:Decrypt"
-                        .into(),
-                );
-            }
-        }
-        if self
-            .source
-            .prefix_list
-            .as_ref()
-            .is_some_and(|l| l.bucket.is_none())
-        {
-            bad(
-                "source.prefix_list.bucket",
-                "is required: the finder reads the list from S3 (without a bucket, `key` would be a file on the \
-                 instance)"
-                    .into(),
-            );
-        }
-        if self.source.events != EventsMode::None && self.source.prefix_list.is_some() {
-            bad(
-                "source.events",
-                "cannot be combined with source.prefix_list (notifications filter on one prefix)"
-                    .into(),
-            );
         }
         // The job queue holds a received job for its visibility timeout until the worker's first heartbeat.
         let queue_visibility: u64 = super::queues::VISIBILITY_SECS.parse().unwrap_or(900);
@@ -430,25 +499,20 @@ impl TransferSpec {
                 ),
             );
         }
+    }
+}
 
-        // The engine's own rules; it stops at its first complaint, reported under the spec's attribute path.
-        let placeholder = Infra {
-            queue_url: PLACEHOLDER_QUEUE.into(),
-            table: PLACEHOLDER_TABLE.into(),
-            ..Infra::default()
-        };
-        if let Err(e) = self
-            .job_config(&placeholder, &ProviderConfig::default())
-            .validate()
-        {
-            let text = e.to_string();
-            let (field, msg) = text.split_once(": ").unwrap_or(("", text.as_str()));
-            let path = spec_path(field);
-            if !out.iter().any(|(p, _)| p == &path) {
-                out.push((path, msg.to_owned()));
-            }
-        }
-        out
+impl TransferSpec<Objects> {
+    /// A spec with every default (serde's, which are core's for the job settings): copy `source_bucket` to
+    /// `destination_bucket` with workers from `image`.
+    pub fn new(name: &str, source_bucket: &str, destination_bucket: &str, image: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "source": {"bucket": source_bucket},
+            "destination": {"bucket": destination_bucket},
+            "fleet": {"image": image},
+        }))
+        .expect("a spec of defaults decodes")
     }
 
     /// The job config the finder and worker instances run (it goes into the launch templates' user data): the
@@ -544,6 +608,127 @@ impl TransferSpec {
         self.batch = batch.clone();
         self.worker = worker.clone();
         self.max_attempts = *max_attempts;
+    }
+}
+
+impl Payload for Objects {
+    type FinderOptions = FinderOptions;
+    const RESOURCE: &'static str = "dth_s3_transfer";
+    const UNIT: &'static str = "objects";
+
+    fn job_config(
+        spec: &TransferSpec<Self>,
+        infra: &Infra,
+        cfg: &ProviderConfig,
+    ) -> TransferConfig {
+        spec.job_config(infra, cfg).into()
+    }
+
+    fn apply_job_config(
+        spec: &mut TransferSpec<Self>,
+        jc: &TransferConfig,
+        cfg: &ProviderConfig,
+    ) -> bool {
+        match jc {
+            TransferConfig::Objects(jc) => {
+                spec.apply_job_config(jc, cfg);
+                true
+            }
+            TransferConfig::Images(_) => false,
+        }
+    }
+
+    fn default_spec(name: &str, image: &str) -> TransferSpec<Self> {
+        TransferSpec::new(name, "", "", image)
+    }
+
+    fn validate(spec: &TransferSpec<Self>, bad: &mut dyn FnMut(&str, String)) {
+        if spec.source.events != EventsMode::None && spec.source.kind != SourceType::AmazonS3 {
+            bad(
+                "source.events",
+                "S3 event notifications need source.type = \"Amazon_S3\"".into(),
+            );
+        }
+        if let Some(key) = &spec.source.kms_key_id {
+            if key.trim().is_empty() {
+                bad("source.kms_key_id", "must not be empty".into());
+            } else if spec.source.kind != SourceType::AmazonS3
+                || spec.source.credentials_secret_arn.is_some()
+                || spec.source.anonymous
+            {
+                bad(
+                    "source.kms_key_id",
+                    "is for an Amazon_S3 source read with the instance role (no credentials_secret_arn, not \
+                     anonymous): it grants that role kms:Decrypt"
+                        .into(),
+                );
+            }
+        }
+        if spec
+            .source
+            .prefix_list
+            .as_ref()
+            .is_some_and(|l| l.bucket.is_none())
+        {
+            bad(
+                "source.prefix_list.bucket",
+                "is required: the finder reads the list from S3 (without a bucket, `key` would be a file on the \
+                 instance)"
+                    .into(),
+            );
+        }
+        if spec.source.events != EventsMode::None && spec.source.prefix_list.is_some() {
+            bad(
+                "source.events",
+                "cannot be combined with source.prefix_list (notifications filter on one prefix)"
+                    .into(),
+            );
+        }
+    }
+
+    /// Its identity (buckets, source type), the regions (a transfer between other regions is another transfer: its
+    /// ledger, queue policy and notifications no longer apply) and the events mode (queue policy and bucket
+    /// notification are made at create).
+    fn requires_replace(old: &Self, new: &Self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if old.source.kind != new.source.kind {
+            out.push("source.type");
+        }
+        if old.source.bucket != new.source.bucket {
+            out.push("source.bucket");
+        }
+        if old.source.region != new.source.region {
+            out.push("source.region");
+        }
+        if old.source.events != new.source.events {
+            out.push("source.events");
+        }
+        if old.destination.bucket != new.destination.bucket {
+            out.push("destination.bucket");
+        }
+        if old.destination.region != new.destination.region {
+            out.push("destination.region");
+        }
+        out
+    }
+
+    fn data_statements(
+        spec: &TransferSpec<Self>,
+        at: &super::policy::Account,
+    ) -> Vec<serde_json::Value> {
+        super::policy::object_statements(spec, at)
+    }
+
+    fn notifications(&self) -> Option<&Source> {
+        (self.source.events != EventsMode::None).then_some(&self.source)
+    }
+
+    fn notifications_mut(&mut self) -> Option<&mut Source> {
+        Some(&mut self.source)
+    }
+
+    fn uploads_destination(&self) -> Option<&Destination> {
+        Some(&self.destination)
     }
 }
 
@@ -704,7 +889,7 @@ fn is_aws_id(id: &str, prefix: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn check_ids(bad: &mut impl FnMut(&str, String), path: &str, ids: &[String], prefix: &str) {
+fn check_ids(bad: &mut dyn FnMut(&str, String), path: &str, ids: &[String], prefix: &str) {
     for (i, id) in ids.iter().enumerate() {
         if !is_aws_id(id, prefix) {
             bad(

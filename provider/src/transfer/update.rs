@@ -13,15 +13,16 @@ use super::infra::{
 use super::policy::access_policy;
 use super::queues::redrive_policy;
 use super::read::Component;
-use super::spec::{Schedule, TransferSpec};
+use super::spec::{Payload, Schedule, TransferSpec};
 use super::{alarms, fleet, iam, logs, queues, table};
 use crate::aws::{AwsClients, ProviderConfig};
 
-/// Attribute paths whose change needs a new transfer: its identity (name, buckets, source type), the regions
-/// (a transfer between other regions is another transfer: its ledger, queue policy and notifications no longer
-/// apply), the events mode (queue policy and bucket notification are made at create), and switching between a
-/// provider-made security group and the user's own.
-pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static str> {
+/// Attribute paths whose change needs a new transfer: its name, what the kind of transfer says ([`Payload::requires_replace`]:
+/// its identity and regions), and switching between a provider-made security group and the user's own.
+pub fn requires_replace<P: Payload>(
+    old: &TransferSpec<P>,
+    new: &TransferSpec<P>,
+) -> Vec<&'static str> {
     let mut out = Vec::new();
     if old.name != new.name {
         out.push("name");
@@ -29,24 +30,7 @@ pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static 
     if old.name_prefix != new.name_prefix {
         out.push("name_prefix");
     }
-    if old.source.kind != new.source.kind {
-        out.push("source.type");
-    }
-    if old.source.bucket != new.source.bucket {
-        out.push("source.bucket");
-    }
-    if old.source.region != new.source.region {
-        out.push("source.region");
-    }
-    if old.source.events != new.source.events {
-        out.push("source.events");
-    }
-    if old.destination.bucket != new.destination.bucket {
-        out.push("destination.bucket");
-    }
-    if old.destination.region != new.destination.region {
-        out.push("destination.region");
-    }
+    out.extend(P::requires_replace(&old.payload, &new.payload));
     if old.fleet.security_group_ids.is_empty() != new.fleet.security_group_ids.is_empty() {
         out.push("fleet.security_group_ids");
     }
@@ -57,10 +41,10 @@ pub fn requires_replace(old: &TransferSpec, new: &TransferSpec) -> Vec<&'static 
 /// that a plan can promise it unchanged. False when a launch template gets a new version, the tags, subnets or
 /// AMI change, the alarm email or the schedule changes (topic, subscription, scheduled action), `fleet.min`
 /// changes (the scale-in policy is put again), or a repair puts policies, alarms or templates again.
-pub fn infra_unchanged(
+pub fn infra_unchanged<P: Payload>(
     cfg: &ProviderConfig,
-    old: (&TransferSpec, &Infra),
-    new: &TransferSpec,
+    old: (&TransferSpec<P>, &Infra),
+    new: &TransferSpec<P>,
     repair: &[Component],
 ) -> bool {
     let (old_spec, infra) = old;
@@ -93,32 +77,32 @@ pub fn infra_unchanged(
 /// Change the transfer from `old` to `new` in place. Returns the new infra and warnings (e.g. running
 /// instances keeping an old launch template version). On error, what was changed before the failing step
 /// stays changed; the next read shows it.
-pub async fn update(
+pub async fn update<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    old: (&TransferSpec, &Infra),
-    new: &TransferSpec,
+    old: (&TransferSpec<P>, &Infra),
+    new: &TransferSpec<P>,
 ) -> Result<(Infra, Vec<String>)> {
     Box::pin(update_inner(c, cfg, old, new, &[])).await
 }
 
 /// [`update`], and put back the settings of the `repair` components that a refresh found changed by hand
 /// ([`super::drift`]).
-pub async fn update_repairing(
+pub async fn update_repairing<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    old: (&TransferSpec, &Infra),
-    new: &TransferSpec,
+    old: (&TransferSpec<P>, &Infra),
+    new: &TransferSpec<P>,
     repair: &[Component],
 ) -> Result<(Infra, Vec<String>)> {
     Box::pin(update_inner(c, cfg, old, new, repair)).await
 }
 
-async fn update_inner(
+async fn update_inner<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    old: (&TransferSpec, &Infra),
-    new: &TransferSpec,
+    old: (&TransferSpec<P>, &Infra),
+    new: &TransferSpec<P>,
     repair: &[Component],
 ) -> Result<(Infra, Vec<String>)> {
     let (old_spec, old_infra) = old;
