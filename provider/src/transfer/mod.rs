@@ -17,6 +17,7 @@ mod delete;
 pub mod drift;
 mod fleet;
 mod iam;
+pub mod images;
 pub mod infra;
 pub mod logs;
 mod network;
@@ -31,11 +32,12 @@ mod update;
 pub use create::{create, create_within, Abandon, Abandoned};
 pub use delete::delete;
 pub use fleet::{architecture_of, SCALE_IN_AFTER_MINUTES, SCALE_OUT_STEPS};
+pub use images::Images;
 pub use infra::{
     new_creation_id, resource_tags, Infra, Names, Owner, ProvisionError, CREATION_TAG,
     DEFAULTS_TAG, TRANSFER_TAG,
 };
 pub use policy::access_policy;
 pub use read::{import, observe, Component, Observed, Progress, Status};
-pub use spec::{Destination, Finder, Fleet, Schedule, Source, TransferSpec};
+pub use spec::{Destination, Finder, Fleet, Objects, Payload, Schedule, Source, TransferSpec};
 pub use update::{infra_unchanged, requires_replace, update, update_repairing};

@@ -733,7 +733,7 @@ impl Payload for Objects {
 }
 
 /// The control-plane endpoints of the job config, from the provider's.
-fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
+pub(crate) fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
     let e = &cfg.endpoints;
     Endpoints {
         s3: e.s3.clone(),
