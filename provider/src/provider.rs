@@ -127,7 +127,7 @@ impl Provider for DthProvider {
     }
 
     fn resources(&self) -> Vec<Box<dyn Resource<Client>>> {
-        vec![Box::new(s3_transfer::S3Transfer)]
+        vec![Box::new(s3_transfer::resource())]
     }
 
     /// The SDK's orchestrator and signer print resolved credentials (the access key id) and canonical

@@ -2,6 +2,7 @@
 //! [`crate::transfer`]; neither protobuf nor AWS SDK types appear here.
 
 pub mod s3_transfer;
+pub mod transfer;
 
 use crate::tfplugin::{AttrPath, Diagnostic, Diagnostics, Value};
 
