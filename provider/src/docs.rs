@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::resources::s3_transfer;
+use crate::resources::{ecr_transfer, s3_transfer};
 use crate::tfplugin::docs::{provider_markdown, resource_markdown};
 use crate::transfer::cost;
 
@@ -32,14 +32,30 @@ pub fn examples() -> Vec<(PathBuf, &'static str)> {
             "examples/resources/dth_s3_transfer/import.sh".into(),
             S3_TRANSFER_IMPORT,
         ),
+        (
+            "examples/resources/dth_ecr_transfer/resource.tf".into(),
+            ECR_TRANSFER_EXAMPLE,
+        ),
+        (
+            "examples/resources/dth_ecr_transfer/import.sh".into(),
+            ECR_TRANSFER_IMPORT,
+        ),
     ]
 }
+
+/// The `dth_ecr_transfer` example (`docs/resources/ecr_transfer.md`).
+pub const ECR_TRANSFER_EXAMPLE: &str =
+    include_str!("../../examples/resources/dth_ecr_transfer/resource.tf");
+/// How a `dth_ecr_transfer` is imported.
+pub const ECR_TRANSFER_IMPORT: &str =
+    include_str!("../../examples/resources/dth_ecr_transfer/import.sh");
 
 /// Every docs file: (path relative to the repository root, contents).
 pub fn render() -> Vec<(PathBuf, String)> {
     vec![
         ("docs/index.md".into(), index_page()),
         ("docs/resources/s3_transfer.md".into(), s3_transfer_page()),
+        ("docs/resources/ecr_transfer.md".into(), ecr_transfer_page()),
     ]
 }
 
@@ -48,11 +64,51 @@ fn index_page() -> String {
 }
 
 fn s3_transfer_page() -> String {
-    let mut page = resource_markdown(
+    let mut page = transfer_page(
         s3_transfer::TYPE_NAME,
         &s3_transfer::schema(),
         S3_TRANSFER_EXAMPLE,
+        S3_TRANSFER_IMPORT,
+        "photos",
     );
+    page.push_str(
+        "\n## Cost estimate\n\n\
+         While a transfer is not in sync, `terraform plan` warns with the objects and bytes of the latest run \
+         still to move, the dead-lettered jobs, and roughly what moving the rest will cost: data transfer out of \
+         the source, requests at both ends, SQS and DynamoDB. The estimate is meant to tell dollars from \
+         thousands of dollars, not to replace the bill.\n\n",
+    );
+    page.push_str(&cost::markdown_table());
+    page
+}
+
+fn ecr_transfer_page() -> String {
+    let mut page = transfer_page(
+        ecr_transfer::TYPE_NAME,
+        &ecr_transfer::schema(),
+        ECR_TRANSFER_EXAMPLE,
+        ECR_TRANSFER_IMPORT,
+        "mirror",
+    );
+    page.push_str(
+        "\n## Progress\n\n\
+         While a transfer is not in sync, `terraform plan` warns with the images and bytes of the latest run \
+         still to move, the failed images and the dead-lettered jobs, read with the same fixed number of AWS calls \
+         as a `dth_s3_transfer`.\n",
+    );
+    page
+}
+
+/// A transfer resource's page: the schema, its example, and the sections every transfer shares (timeouts,
+/// import).
+fn transfer_page(
+    type_name: &str,
+    schema: &crate::tfplugin::Schema,
+    example: &str,
+    import: &str,
+    id: &str,
+) -> String {
+    let mut page = resource_markdown(type_name, schema, example);
     page.push_str(
         "\n## Timeouts\n\n\
          The `timeouts` block sets how long each operation may take, as in other providers' \
@@ -65,29 +121,22 @@ fn s3_transfer_page() -> String {
         "\nA create that times out deletes what it made before it reports the error; an update or delete that \
          times out keeps the prior state, and the next plan or destroy picks up where it stopped.\n",
     );
-    page.push_str(
+    let _ = write!(
+        page,
         "\n## Import\n\n\
          In Terraform v1.5.0 and later, use an `import` block to import a transfer by its `name`:\n\n\
          ```terraform\n\
-         import {\n  to = dth_s3_transfer.example\n  id = \"photos\"\n}\n\
+         import {{\n  to = {type_name}.example\n  id = \"{id}\"\n}}\n\
          ```\n\n\
-         With `terraform import`:\n\n```shell\n",
+         With `terraform import`:\n\n```shell\n"
     );
-    page.push_str(S3_TRANSFER_IMPORT.trim_end());
+    page.push_str(import.trim_end());
     page.push_str(
         "\n```\n\n\
          Import rebuilds every argument from the transfer's AWS resources (the launch templates' user data, the \
          Auto Scaling groups, the schedule, the alarms and tags), so a configuration matching the transfer plans \
          no changes afterwards.\n",
     );
-    page.push_str(
-        "\n## Cost estimate\n\n\
-         While a transfer is not in sync, `terraform plan` warns with the objects and bytes of the latest run \
-         still to move, the dead-lettered jobs, and roughly what moving the rest will cost: data transfer out of \
-         the source, requests at both ends, SQS and DynamoDB. The estimate is meant to tell dollars from \
-         thousands of dollars, not to replace the bill.\n\n",
-    );
-    page.push_str(&cost::markdown_table());
     page
 }
 
@@ -114,5 +163,10 @@ mod tests {
         assert!(transfer.contains("## Timeouts\n"));
         assert!(transfer.contains("- `create` - (Default `30m`)\n"));
         assert!(transfer.contains(&cost::markdown_table()));
+        let images = page("docs/resources/ecr_transfer.md");
+        assert!(images.contains("resource \"dth_ecr_transfer\" \"example\" {"));
+        assert!(images.contains("terraform import dth_ecr_transfer.example mirror"));
+        assert!(images.contains("to = dth_ecr_transfer.example"));
+        assert!(images.contains("`images_found`"));
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use crate::aws::{AwsClients, ProviderConfig};
-use crate::resources::{config_json, decode, problems_to_diagnostics, s3_transfer};
+use crate::resources::{config_json, decode, ecr_transfer, problems_to_diagnostics, s3_transfer};
 use crate::tfplugin::{
     Attribute, Block, Diagnostic, Diagnostics, NestedBlock, Provider, Resource, Schema, Type, Value,
 };
@@ -127,7 +127,10 @@ impl Provider for DthProvider {
     }
 
     fn resources(&self) -> Vec<Box<dyn Resource<Client>>> {
-        vec![Box::new(s3_transfer::resource())]
+        vec![
+            Box::new(s3_transfer::resource()),
+            Box::new(ecr_transfer::resource()),
+        ]
     }
 
     /// The SDK's orchestrator and signer print resolved credentials (the access key id) and canonical

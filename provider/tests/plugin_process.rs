@@ -108,7 +108,9 @@ async fn resource_types(addr: &str) -> CallResult<Vec<String>> {
         pb::get_provider_schema::Request {},
     )
     .await?;
-    Ok(schema.resource_schemas.into_keys().collect())
+    let mut types: Vec<String> = schema.resource_schemas.into_keys().collect();
+    types.sort();
+    Ok(types)
 }
 
 async fn shutdown(addr: &str) -> CallResult<plugin::Empty> {
@@ -150,7 +152,7 @@ async fn handshake_first_then_sigint_is_ignored_and_shutdown_exits() {
     p.interrupt();
     assert!(p.exited_within(Duration::from_millis(500)).is_none());
     let types = resource_types(&addr).await.expect("GetProviderSchema");
-    assert_eq!(types, ["dth_s3_transfer"]);
+    assert_eq!(types, ["dth_ecr_transfer", "dth_s3_transfer"]);
 
     shutdown(&addr).await.expect("Shutdown");
     let status = p
@@ -203,7 +205,7 @@ async fn debug_mode_prints_reattach_and_stops_on_ctrl_c() {
         .to_owned();
     assert_eq!(
         resource_types(&addr).await.expect("GetProviderSchema"),
-        ["dth_s3_transfer"]
+        ["dth_ecr_transfer", "dth_s3_transfer"]
     );
 
     // A debug-mode provider outlives each terraform command's Shutdown …

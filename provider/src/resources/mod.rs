@@ -1,6 +1,7 @@
 //! The dth resources, one file each. They translate between terraform values and the plain-Rust specs of
 //! [`crate::transfer`]; neither protobuf nor AWS SDK types appear here.
 
+pub mod ecr_transfer;
 pub mod s3_transfer;
 pub mod transfer;
 

@@ -291,7 +291,8 @@ mod tests {
 
     #[test]
     fn invalid_settings_name_their_attribute() {
-        let cases: Vec<(fn(&mut TransferSpec<Images>), &str)> = vec![
+        type Change = fn(&mut TransferSpec<Images>);
+        let cases: Vec<(Change, &str)> = vec![
             (
                 |s| s.source.images = vec!["Bad:1".into()],
                 "source.images[0]",
