@@ -614,6 +614,12 @@ async fn examples_and_modules_are_valid() {
     let docs = Terraform::new(&w, "docs");
     copy_files(&root.join("examples/provider"), &docs.dir);
     copy_files(&root.join("examples/resources/dth_s3_transfer"), &docs.dir);
+    let docs_images = Terraform::new(&w, "docs-images");
+    copy_files(&root.join("examples/provider"), &docs_images.dir);
+    copy_files(
+        &root.join("examples/resources/dth_ecr_transfer"),
+        &docs_images.dir,
+    );
     // The local example, as scripts/demo runs it.
     let local = Terraform::new(&w, "local");
     copy_files(&root.join("examples/local"), &local.dir);
@@ -623,8 +629,25 @@ async fn examples_and_modules_are_valid() {
         &root.join("modules/s3-transfer"),
         &module.dir.join("modules/s3-transfer"),
     );
+    copy_files(
+        &root.join("modules/ecr-transfer"),
+        &module.dir.join("modules/ecr-transfer"),
+    );
     module.write(
         r#"
+module "mirror" {
+  source             = "./modules/ecr-transfer"
+  name               = "mirror"
+  source_registry    = "registry-1.docker.io"
+  images             = ["library/nginx:1.27", "library/alpine:ALL_TAGS"]
+  destination_prefix = "dockerhub"
+  image              = "dth:test"
+}
+
+output "pending" {
+  value = module.mirror.images_pending
+}
+
 module "photos" {
   source             = "./modules/s3-transfer"
   name               = "photos"
@@ -639,7 +662,7 @@ output "status" {
 }
 "#,
     );
-    for tf in [&docs, &local, &module] {
+    for tf in [&docs, &docs_images, &local, &module] {
         tf.ok(&["init", "-input=false", "-backend=false"]);
         tf.ok(&["validate"]);
     }
