@@ -8,19 +8,20 @@ use std::collections::BTreeMap;
 
 use dth_provider::aws::{AwsClients, ProviderConfig};
 use dth_provider::transfer::{
-    create, delete, import, observe, update, Component, Infra, Observed, Status, TransferSpec,
+    create, delete, import, observe, update, Component, Images, Infra, Observed, Payload, Status,
+    TransferSpec,
 };
 
 use dth_tests::cloud::{leftovers, notification_ids, provider_config};
 use dth_tests::World;
 
 /// What a refresh sees of a transfer that is there.
-async fn observed(
+async fn observed<P: Payload>(
     c: &AwsClients,
     cfg: &ProviderConfig,
-    spec: &TransferSpec,
+    spec: &TransferSpec<P>,
     infra: &Infra,
-) -> Observed {
+) -> Observed<P> {
     observe(c, cfg, spec, infra)
         .await
         .expect("observe")
@@ -545,6 +546,70 @@ async fn observe_costs_a_fixed_number_of_calls() {
     assert!(leftovers(&c, "count", "count-src").await.is_empty());
     assert_eq!(w.keys("count-src").await.len(), 310);
     assert_eq!(w.keys("count-dst").await.len(), 3);
+}
+
+/// An image transfer is read like an object transfer: the same calls for the same shared settings (an object
+/// transfer without S3 events: the image one has no bucket notification to read), its progress from the ledger,
+/// and nothing left after delete.
+#[tokio::test]
+async fn an_image_transfer_is_observed_with_the_calls_of_an_object_transfer() {
+    let (w, cfg, c) = world("provision-images").await;
+    w.bucket("objs-src").await;
+    w.bucket("objs-dst").await;
+    let mut objects = TransferSpec::new("objs", "objs-src", "objs-dst", "img:1");
+    objects.alarm_email = Some("ops@example.com".into());
+    let mut images = TransferSpec::images(
+        "imgs",
+        "http://127.0.0.1:5999",
+        &["app:1.0", "team/base:ALL_TAGS"],
+        "img:1",
+    );
+    images.alarm_email = Some("ops@example.com".into());
+    let objects_infra = create(&c, &cfg, &objects).await.expect("create objects");
+    let images_infra = create(&c, &cfg, &images).await.expect("create images");
+
+    for infra in [&objects_infra, &images_infra] {
+        let ledger = dth_core::ledger::DynamoLedger::new(c.dynamodb.clone(), &infra.table);
+        ledger.start_run("run-1").await.expect("start run");
+        ledger
+            .finish_run("run-1", 3, 300)
+            .await
+            .expect("finish run");
+    }
+    let before = c.calls();
+    let seen = observed(&c, &cfg, &objects, &objects_infra).await;
+    let objects_calls = c.calls() - before;
+    assert_eq!(seen.progress.objects_found, 3);
+    let before = c.calls();
+    let seen: Observed<Images> = observed(&c, &cfg, &images, &images_infra).await;
+    let images_calls = c.calls() - before;
+    assert_eq!(
+        seen.progress.objects_found, 3,
+        "images found, from the ledger"
+    );
+    assert_eq!(seen.progress.status, Status::Syncing);
+    assert!(seen.missing.is_empty(), "{:?}", seen.missing);
+    assert!(seen.drift.is_empty(), "{:?}", seen.drift);
+    assert_eq!(seen.spec, images, "the spec reads back from the cloud");
+    assert_eq!(images_calls, objects_calls);
+    assert_eq!(images_calls, 19, "observe made {images_calls} AWS calls");
+
+    // Import rebuilds the image transfer, and refuses to rebuild it as an object transfer.
+    let (spec, infra) = import::<Images>(&c, &cfg, "imgs").await.expect("import");
+    assert_eq!(spec, images);
+    assert_eq!(infra.queue_url, images_infra.queue_url);
+    let wrong = import::<dth_provider::transfer::Objects>(&c, &cfg, "imgs")
+        .await
+        .expect_err("an image transfer is not an object transfer");
+    assert!(
+        wrong.to_string().contains("another kind of transfer"),
+        "{wrong}"
+    );
+
+    delete(&c, &images_infra, &images).await.expect("delete");
+    delete(&c, &objects_infra, &objects).await.expect("delete");
+    assert!(leftovers(&c, "imgs", "objs-src").await.is_empty());
+    assert!(leftovers(&c, "objs", "objs-src").await.is_empty());
 }
 
 #[tokio::test]
