@@ -26,6 +26,7 @@ pub mod job;
 pub mod ledger;
 pub mod limit;
 pub mod queue;
+pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
