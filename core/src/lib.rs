@@ -22,6 +22,7 @@ pub mod events;
 pub mod finder;
 pub mod fleet;
 pub mod image_config;
+pub mod images;
 pub mod job;
 pub mod ledger;
 pub mod limit;

@@ -213,10 +213,13 @@ impl ImageCopier {
             bytes: blobs.iter().map(|b| b.size).sum(),
             ..Default::default()
         };
-        let outcomes: Vec<BlobOutcome> = stream::iter(blobs.iter().map(|b| {
-            self.blob(source_repository, destination_repository, b)
-        }))
-        .buffer_unordered(self.options.blob_concurrency)
+        // Futures built first, then driven: keeps a spawned caller's future free of higher-ranked lifetimes.
+        let futures: Vec<_> = blobs
+            .iter()
+            .map(|b| self.blob(source_repository, destination_repository, b))
+            .collect();
+        let outcomes: Vec<BlobOutcome> = stream::iter(futures)
+            .buffer_unordered(self.options.blob_concurrency)
         .try_collect()
         .await?;
         for o in outcomes {
