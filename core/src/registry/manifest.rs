@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn media_types_come_from_the_header_the_document_or_its_shape() {
         let image = serde_json::json!({"schemaVersion": 2, "config": {"digest": d('c'), "size": 2}, "layers": [
-            {"digest": d('l'), "size": 3}, {"digest": d('f'), "size": 4, "urls": ["https://x"]}]})
+            {"digest": d('e'), "size": 3}, {"digest": d('f'), "size": 4, "urls": ["https://x"]}]})
         .to_string();
         let m = Manifest::from_bytes(Bytes::from(image.clone()), Some("application/json")).unwrap();
         assert_eq!(m.media_type, OCI_MANIFEST);
