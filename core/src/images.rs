@@ -314,11 +314,11 @@ impl Examiner<'_> {
             (Some(d), Some(_)) => d.clone(),
             (Some(d), None) => match src.head_manifest(&c.repository, d).await? {
                 Some(_) => d.clone(),
-                None => return Err(not_found(src, &c.repository, d)),
+                None => return Err(missing(src, &c.repository, d).await),
             },
             (None, Some(t)) => match src.head_manifest(&c.repository, t).await? {
                 Some(h) => h.digest,
-                None => return Err(not_found(src, &c.repository, t)),
+                None => return Err(missing(src, &c.repository, t).await),
             },
             (None, None) => unreachable_candidate(c)?,
         };
@@ -379,6 +379,15 @@ fn unreachable_candidate(c: &Candidate) -> Result<String> {
         ErrorKind::Other,
         format!("{}: neither a tag nor a digest", c.repository),
     ))
+}
+
+/// Why `repository:reference` is missing, in the registry's words: a HEAD answers 404 without a body, a GET
+/// says whether the repository (`NAME_UNKNOWN`) or the tag (`MANIFEST_UNKNOWN`) is unknown.
+async fn missing(r: &Registry, repository: &str, reference: &str) -> Error {
+    match r.get_manifest(repository, reference).await {
+        Err(e) => e,
+        Ok(_) => not_found(r, repository, reference),
+    }
 }
 
 fn not_found(r: &Registry, repository: &str, reference: &str) -> Error {

@@ -63,6 +63,8 @@ struct Inner {
     http: Http,
     credentials: Arc<dyn CredentialSource>,
     state: Mutex<AuthState>,
+    /// Held while the registry is asked for its scheme, so that requests starting together ask once.
+    ping: tokio::sync::Mutex<()>,
     requests: AtomicU64,
     limits: Option<Arc<Limits>>,
     retries: u32,
@@ -77,9 +79,11 @@ struct AuthState {
 
 #[derive(Debug, Clone, Default)]
 enum Scheme {
-    /// No challenge seen yet: requests go out anonymously.
+    /// Not asked yet: the first request asks (`GET /v2/`) before any other goes out.
     #[default]
     Unknown,
+    /// `/v2/` answered without a challenge: requests go out anonymously until one is refused.
+    Open,
     Basic,
     Bearer {
         realm: String,
@@ -321,6 +325,8 @@ pub(crate) fn status_error(what: &str, status: StatusCode, body: &[u8]) -> Error
     if let Some(m) = &message {
         text.push_str(": ");
         text.push_str(m);
+    } else if kind == ErrorKind::AccessDenied {
+        text.push_str(": the registry refused the credentials (or they do not allow this)");
     }
     let e = Error::new(kind, text);
     match code {
@@ -420,6 +426,7 @@ impl Registry {
                 http: https_client(),
                 credentials,
                 state: Mutex::default(),
+                ping: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
                 limits,
                 retries: RETRIES,
@@ -495,9 +502,16 @@ impl Registry {
 
     /// The `Authorization` header for a request needing `scopes`, as far as the registry's scheme is known.
     async fn authorization(&self, scopes: &[String]) -> Result<Option<String>> {
+        if matches!(self.state().scheme, Scheme::Unknown) {
+            let _asking = self.inner.ping.lock().await;
+            if matches!(self.state().scheme, Scheme::Unknown) {
+                let learned = self.ping().await;
+                self.state().scheme = learned;
+            }
+        }
         let scheme = self.state().scheme.clone();
         match scheme {
-            Scheme::Unknown => Ok(None),
+            Scheme::Unknown | Scheme::Open => Ok(None),
             Scheme::Basic => Ok(self
                 .inner
                 .credentials
@@ -525,6 +539,24 @@ impl Registry {
                 };
                 Ok(Some(format!("Bearer {token}")))
             }
+        }
+    }
+
+    /// Ask the registry how it authenticates (`GET /v2/`, as Docker's clients do): one request, rather than a
+    /// refused one per request in flight. Anything but a challenge leaves requests anonymous until refused.
+    async fn ping(&self) -> Scheme {
+        let url = self.url("/v2/");
+        let Ok(resp) = self.once(&Method::GET, &url, &[], Bytes::new(), None).await else {
+            return Scheme::Open;
+        };
+        let challenge = (resp.status() == StatusCode::UNAUTHORIZED)
+            .then(|| header_str(&resp, "www-authenticate").and_then(Challenge::parse))
+            .flatten();
+        let _ = error_body(resp).await;
+        match challenge {
+            Some(Challenge::Basic) => Scheme::Basic,
+            Some(Challenge::Bearer { realm, service, .. }) => Scheme::Bearer { realm, service },
+            _ => Scheme::Open,
         }
     }
 
@@ -1147,7 +1179,10 @@ mod tests {
         assert_eq!(e.code(), Some("MANIFEST_UNKNOWN"));
         let e = status_error("x", StatusCode::UNAUTHORIZED, b"");
         assert_eq!(e.kind(), ErrorKind::AccessDenied);
-        assert_eq!(e.to_string(), "x: HTTP 401");
+        assert_eq!(
+            e.to_string(),
+            "x: HTTP 401: the registry refused the credentials (or they do not allow this)"
+        );
         let e = status_error("x", StatusCode::BAD_REQUEST, br#"{"errors":[{"code":"BLOB_UPLOAD_INVALID"}]}"#);
         assert!(e.is_retryable());
         assert!(status_error("x", StatusCode::SERVICE_UNAVAILABLE, b"busy").is_retryable());

@@ -163,7 +163,8 @@ impl Manifest {
         let raw: Raw = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(&format!("not a JSON manifest ({e})")))?;
         if raw.schema_version == Some(1)
-            || content_type.is_some_and(|c| c.contains("manifest.v1+"))
+            || content_type
+                .is_some_and(|c| c.contains("application/vnd.docker.distribution.manifest.v1+"))
         {
             return Err(Error::new(
                 ErrorKind::Other,
@@ -372,8 +373,16 @@ mod tests {
         };
         assert_eq!(layers.len(), 2);
         assert_eq!(m.parse().unwrap().blobs().len(), 2, "the foreign layer is not pushed");
-        let m = Manifest::from_bytes(Bytes::from(image), Some(DOCKER_MANIFEST)).unwrap();
+        let m = Manifest::from_bytes(Bytes::from(image.clone()), Some(DOCKER_MANIFEST)).unwrap();
         assert_eq!(m.media_type, DOCKER_MANIFEST);
+        for t in [OCI_MANIFEST, OCI_INDEX] {
+            assert_eq!(Manifest::from_bytes(Bytes::from(image.clone()), Some(t)).unwrap().media_type, t);
+        }
+        assert!(Manifest::from_bytes(
+            Bytes::from(image),
+            Some("application/vnd.docker.distribution.manifest.v1+prettyjws")
+        )
+        .is_err());
         assert!(index(&[]).is_index());
         for bad in [
             "nope",
