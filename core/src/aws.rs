@@ -315,7 +315,12 @@ impl EcrLogin {
 
     /// The registry's URL as GetAuthorizationToken's `proxyEndpoint` gives it (fetching a token if none was).
     pub async fn proxy_endpoint(&self) -> Result<String> {
-        if let Some(e) = self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(e) = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Ok(e);
         }
         self.fetch().await?;
@@ -383,7 +388,10 @@ impl EcrLogin {
 
 #[async_trait::async_trait]
 impl crate::registry::CredentialSource for EcrLogin {
-    async fn credentials(&self, refresh: bool) -> Result<Option<crate::registry::BasicCredentials>> {
+    async fn credentials(
+        &self,
+        refresh: bool,
+    ) -> Result<Option<crate::registry::BasicCredentials>> {
         let mut cached = self.cached.lock().await;
         if let Some((c, until)) = cached.as_ref() {
             if !refresh && *until > std::time::Instant::now() {
@@ -417,7 +425,10 @@ impl SecretLogin {
 
 #[async_trait::async_trait]
 impl crate::registry::CredentialSource for SecretLogin {
-    async fn credentials(&self, refresh: bool) -> Result<Option<crate::registry::BasicCredentials>> {
+    async fn credentials(
+        &self,
+        refresh: bool,
+    ) -> Result<Option<crate::registry::BasicCredentials>> {
         #[derive(serde::Deserialize)]
         struct Login {
             username: String,
@@ -434,12 +445,18 @@ impl crate::registry::CredentialSource for SecretLogin {
             .send()
             .await
             .map_err(|e| {
-                Error::from_sdk(format!("reading registry login secret {}", self.secret_id), e)
+                Error::from_sdk(
+                    format!("reading registry login secret {}", self.secret_id),
+                    e,
+                )
             })?;
         let text = out.secret_string().ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
-                format!("registry login secret {} has no string value", self.secret_id),
+                format!(
+                    "registry login secret {} has no string value",
+                    self.secret_id
+                ),
             )
         })?;
         // Never put the secret's text in an error.
@@ -506,11 +523,20 @@ pub async fn ecr_images(
             .list_images()
             .set_registry_id(registry_id.map(str::to_owned))
             .repository_name(repository)
-            .filter(ListImagesFilter::builder().tag_status(status.clone()).build())
+            .filter(
+                ListImagesFilter::builder()
+                    .tag_status(status.clone())
+                    .build(),
+            )
             .set_next_token(token)
             .send()
             .await
-            .map_err(|e| Error::from_sdk(format!("listing the images of ECR repository {repository}"), e))?;
+            .map_err(|e| {
+                Error::from_sdk(
+                    format!("listing the images of ECR repository {repository}"),
+                    e,
+                )
+            })?;
         for id in page.image_ids() {
             if let Some(d) = id.image_digest() {
                 let tag = id.image_tag().map(str::to_owned);

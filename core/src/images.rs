@@ -253,14 +253,11 @@ async fn candidates(
     let listed: Vec<(String, Result<Vec<(Option<String>, Option<String>)>>)> =
         stream::iter(all_tags.into_iter().map(|repo| async move {
             let r = match &sides.source_ecr {
-                Some(ecr) => aws::ecr_images(
-                    &ecr.client,
-                    ecr.registry_id.as_deref(),
-                    &repo,
-                    untagged,
-                )
-                .await
-                .map(|v| v.into_iter().map(|(t, d)| (t, Some(d))).collect()),
+                Some(ecr) => {
+                    aws::ecr_images(&ecr.client, ecr.registry_id.as_deref(), &repo, untagged)
+                        .await
+                        .map(|v| v.into_iter().map(|(t, d)| (t, Some(d))).collect())
+                }
                 None => sides
                     .source
                     .tags(&repo)
@@ -456,17 +453,16 @@ pub async fn find(
         ensured: Mutex::default(),
         created: Mutex::default(),
     };
-    let examined: Vec<(Candidate, Result<Examined>)> =
-        stream::iter(found.into_iter().map(|c| {
-            let examiner = &examiner;
-            async move {
-                let r = examiner.examine(&c).await;
-                (c, r)
-            }
-        }))
-        .buffer_unordered(cfg.finder.parallelism as usize)
-        .collect()
-        .await;
+    let examined: Vec<(Candidate, Result<Examined>)> = stream::iter(found.into_iter().map(|c| {
+        let examiner = &examiner;
+        async move {
+            let r = examiner.examine(&c).await;
+            (c, r)
+        }
+    }))
+    .buffer_unordered(cfg.finder.parallelism as usize)
+    .collect()
+    .await;
     let mut report = ImageFinderReport {
         run: run.clone(),
         dry_run,
@@ -521,11 +517,7 @@ pub async fn find(
             .send_all(jobs.values().map(Job::to_body).collect())
             .await?;
         ledger
-            .finish_run(
-                &run,
-                report.to_move + report.failed,
-                report.bytes_to_move,
-            )
+            .finish_run(&run, report.to_move + report.failed, report.bytes_to_move)
             .await?;
     }
     report.failures = failures;
@@ -595,7 +587,11 @@ impl ImageEngine {
     /// Copy the image of `job`, pinned to the digest the finder saw, tagged last.
     pub async fn copy(&self, job: &JobImage) -> Result<ImageOutcome> {
         let src = &self.copier.source;
-        if src.head_manifest(&job.repository, &job.digest).await?.is_none() {
+        if src
+            .head_manifest(&job.repository, &job.digest)
+            .await?
+            .is_none()
+        {
             return Ok(ImageOutcome::Gone);
         }
         let destination = self.cfg.destination_repository(&job.repository);

@@ -163,7 +163,10 @@ fn validate(job: &Job) -> Result<()> {
             bad("part number out of range")
         }
         Job::Image { image, .. } => {
-            let tag = image.tag.as_deref().map_or(Ok(()), crate::image_config::check_tag);
+            let tag = image
+                .tag
+                .as_deref()
+                .map_or(Ok(()), crate::image_config::check_tag);
             crate::image_config::check_repository(&image.repository)
                 .and(tag)
                 .and(crate::image_config::check_digest(&image.digest))
@@ -315,7 +318,10 @@ mod tests {
                 size: 7,
             },
         };
-        assert_eq!(parse_message(&image.to_body()).unwrap(), Incoming::Job(image));
+        assert_eq!(
+            parse_message(&image.to_body()).unwrap(),
+            Incoming::Job(image)
+        );
         for bad in [
             r#"{"kind":"image","id":"1","run":"r","image":{"repository":"App","digest":"sha256:00"}}"#,
             r#"{"kind":"image","id":"1","run":"r","image":{"repository":"app","tag":"-x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"}}"#,

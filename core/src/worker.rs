@@ -415,15 +415,18 @@ impl Worker {
                 tracing::error!(job = %job.id(), "a job of another kind of transfer on this worker's queue");
                 return Disposition::Retry(0);
             }
-            (Engine::Objects(o), Job::Part {
-                run,
-                object,
-                upload_id,
-                part,
-                parts,
-                part_size,
-                ..
-            }) => {
+            (
+                Engine::Objects(o),
+                Job::Part {
+                    run,
+                    object,
+                    upload_id,
+                    part,
+                    parts,
+                    part_size,
+                    ..
+                },
+            ) => {
                 self.part(
                     o,
                     run,
@@ -825,7 +828,12 @@ impl Worker {
 
     /// S3 event notifications: created → copy, removed → delete at the destination (when enabled); an event
     /// older than one already applied to the key is skipped.
-    async fn events(&self, e: &ObjectEngine, records: Vec<EventRecord>, m: &Received) -> Disposition {
+    async fn events(
+        &self,
+        e: &ObjectEngine,
+        records: Vec<EventRecord>,
+        m: &Received,
+    ) -> Disposition {
         if e.cfg.events == EventsMode::None {
             tracing::warn!(message_id = %m.message_id, "S3 event received but events are disabled: ignoring it");
             return Disposition::Delete;

@@ -112,7 +112,8 @@ fn image_manifest(
         diff_ids.push(sha256(tar));
         let d = put_blob(dir, &blob);
         bytes += blob.len() as u64;
-        descriptors.push(serde_json::json!({"mediaType": layer_type, "digest": d, "size": blob.len()}));
+        descriptors
+            .push(serde_json::json!({"mediaType": layer_type, "digest": d, "size": blob.len()}));
     };
     if let Some((tar, _)) = shared {
         add(tar, tar.clone());
@@ -128,7 +129,10 @@ fn image_manifest(
     let config_digest = put_blob(dir, config.as_bytes());
     bytes += config.len() as u64;
     let (media_type, config_type) = if docker {
-        (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json")
+        (
+            DOCKER_MANIFEST,
+            "application/vnd.docker.container.image.v1+json",
+        )
     } else {
         (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json")
     };
@@ -166,7 +170,11 @@ pub fn oci_index(dir: &Path, platforms: &[&str], base: usize, layers: &[usize]) 
     for (i, p) in platforms.iter().enumerate() {
         let (m, bytes) = image_manifest(dir, p, layers, Some(&shared), false);
         // The shared base counts once.
-        blob_bytes += if i == 0 { bytes } else { bytes - base_len(&shared) };
+        blob_bytes += if i == 0 {
+            bytes
+        } else {
+            bytes - base_len(&shared)
+        };
         let d = put_blob(dir, &m);
         let (os, arch) = p.split_once('/').unwrap();
         let mut platform = serde_json::json!({"os": os, "architecture": arch});
@@ -257,12 +265,7 @@ fn unauthorized(r: &Request, scope: Option<&str>) -> Response {
 
 /// A Bearer-token registry in front of `upstream` (an open docker-registry): see the module's documentation.
 /// The token service takes the Basic login `user`/`password`; scopes on a repository in `deny` are refused.
-pub async fn token_auth(
-    upstream: &str,
-    user: &str,
-    password: &str,
-    deny: &[&str],
-) -> FaultProxy {
+pub async fn token_auth(upstream: &str, user: &str, password: &str, deny: &[&str]) -> FaultProxy {
     let proxy = FaultProxy::start(&format!("http://{upstream}")).await;
     let secret = format!("{:016x}", fastrand::u64(..));
     let login = format!(
@@ -280,12 +283,17 @@ pub async fn token_auth(
                     body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad login"}]}"#.to_vec(),
                 };
             }
-            let granted: Vec<String> = crate::http::form(r.target.split_once('?').map_or("", |(_, q)| q).as_bytes())
-                .into_iter()
-                .filter(|(k, _)| k == "scope")
-                .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
-                .filter(|s| !deny.iter().any(|d| s.starts_with(&format!("repository:{d}:"))))
-                .collect();
+            let granted: Vec<String> =
+                crate::http::form(r.target.split_once('?').map_or("", |(_, q)| q).as_bytes())
+                    .into_iter()
+                    .filter(|(k, _)| k == "scope")
+                    .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
+                    .filter(|s| {
+                        !deny
+                            .iter()
+                            .any(|d| s.starts_with(&format!("repository:{d}:")))
+                    })
+                    .collect();
             let token = format!(
                 "{secret}.{}",
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(granted.join(" "))
@@ -307,7 +315,11 @@ pub async fn token_auth(
             .and_then(|a| a.strip_prefix("Bearer "))
             .and_then(|t| t.split_once('.'))
             .filter(|(s, _)| *s == secret)
-            .and_then(|(_, g)| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(g).ok())
+            .and_then(|(_, g)| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(g)
+                    .ok()
+            })
             .map(|g| {
                 String::from_utf8_lossy(&g)
                     .split(' ')
@@ -338,11 +350,17 @@ mod tests {
 
     #[test]
     fn scopes_cover_actions() {
-        let g = vec!["repository:a/b:pull,push".to_owned(), "registry:catalog:*".to_owned()];
+        let g = vec![
+            "repository:a/b:pull,push".to_owned(),
+            "registry:catalog:*".to_owned(),
+        ];
         assert!(covers(&g, "repository:a/b:pull"));
         assert!(covers(&g, "repository:a/b:pull,push"));
         assert!(covers(&g, "registry:catalog:*"));
         assert!(!covers(&g, "repository:a:pull"));
-        assert!(!covers(&["repository:x:pull".to_owned()], "repository:x:pull,push"));
+        assert!(!covers(
+            &["repository:x:pull".to_owned()],
+            "repository:x:pull,push"
+        ));
     }
 }

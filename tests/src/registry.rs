@@ -63,7 +63,11 @@ impl Registry {
                 .args(["-Bbn", user, password])
                 .output()
                 .expect("running htpasswd");
-            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let file = dir.join("htpasswd");
             fs::write(&file, &out.stdout).unwrap();
             yaml.push_str(&format!(
@@ -113,9 +117,10 @@ impl Registry {
         let mut response = String::new();
         let _ = s.read_to_string(&mut response);
         // 401: a registry behind a login answers, refusing the anonymous request.
-        ["200", "401"]
-            .iter()
-            .any(|s| response.starts_with(&format!("HTTP/1.1 {s}")) || response.starts_with(&format!("HTTP/1.0 {s}")))
+        ["200", "401"].iter().any(|s| {
+            response.starts_with(&format!("HTTP/1.1 {s}"))
+                || response.starts_with(&format!("HTTP/1.0 {s}"))
+        })
     }
 
     /// The login it requires (`user`, `password`), if any.

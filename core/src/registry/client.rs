@@ -42,7 +42,11 @@ const MAX_REDIRECTS: u32 = 5;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Query values: everything but unreserved characters is escaped (`sha256%3A…`, `team%2Fapp`).
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// A registry's API. Cheap to clone: clones share the connection pool, credentials and tokens.
 #[derive(Clone)]
@@ -183,7 +187,9 @@ fn https_client() -> Http {
         Ok(b) => b,
         Err(e) => {
             // Plain-HTTP registries still work; HTTPS ones fail with an unknown-issuer error that says why.
-            tracing::warn!("no trust roots found for registry TLS ({e}): HTTPS registries will be refused");
+            tracing::warn!(
+                "no trust roots found for registry TLS ({e}): HTTPS registries will be refused"
+            );
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .expect("the default provider supports the default protocol versions")
@@ -449,7 +455,11 @@ impl Registry {
 
     /// `repo:tag` or `repo@digest` at this registry, for messages.
     pub fn describe(&self, repository: &str, reference: &str) -> String {
-        let sep = if super::is_digest(reference) { '@' } else { ':' };
+        let sep = if super::is_digest(reference) {
+            '@'
+        } else {
+            ':'
+        };
         format!("{}/{repository}{sep}{reference}", self.inner.address)
     }
 
@@ -470,13 +480,10 @@ impl Registry {
             l.request().await;
         }
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        let mut b = Request::builder()
-            .method(method.clone())
-            .uri(url)
-            .header(
-                header::USER_AGENT,
-                format!("dth/{}", crate::build_info::VERSION),
-            );
+        let mut b = Request::builder().method(method.clone()).uri(url).header(
+            header::USER_AGENT,
+            format!("dth/{}", crate::build_info::VERSION),
+        );
         for (k, v) in headers {
             b = b.header(k, v.as_str());
         }
@@ -802,10 +809,7 @@ impl Registry {
             let next = header_str(&resp, "link").and_then(next_link);
             let body = read_limited(resp, 64 * 1024 * 1024, &what).await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("{what}: not a catalog ({e})"),
-                )
+                Error::new(ErrorKind::Other, format!("{what}: not a catalog ({e})"))
             })?;
             let empty = page.repositories.is_empty();
             out.extend(page.repositories);
@@ -823,10 +827,7 @@ impl Registry {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let what = format!(
-            "listing the tags of {}/{repository}",
-            self.inner.address
-        );
+        let what = format!("listing the tags of {}/{repository}", self.inner.address);
         let scopes = pull(repository);
         let mut out = Vec::new();
         let mut url = self.url(&format!("/v2/{repository}/tags/list?n=1000"));
@@ -842,10 +843,7 @@ impl Registry {
             let next = header_str(&resp, "link").and_then(next_link);
             let body = read_limited(resp, 64 * 1024 * 1024, &what).await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::new(
-                    ErrorKind::Other,
-                    format!("{what}: not a tag list ({e})"),
-                )
+                Error::new(ErrorKind::Other, format!("{what}: not a tag list ({e})"))
             })?;
             let tags = page.tags.unwrap_or_default();
             let empty = tags.is_empty();
@@ -920,8 +918,8 @@ impl Registry {
         }
         let content_type = header_str(&resp, "content-type").map(str::to_owned);
         let bytes = read_limited(resp, MAX_MANIFEST_BYTES, &what).await?;
-        let m = Manifest::from_bytes(bytes, content_type.as_deref())
-            .map_err(|e| e.context(&what))?;
+        let m =
+            Manifest::from_bytes(bytes, content_type.as_deref()).map_err(|e| e.context(&what))?;
         if super::is_digest(reference) && m.digest != reference {
             return Err(Error::integrity(format!(
                 "{what}: the registry served a manifest whose digest is {}",
@@ -967,10 +965,7 @@ impl Registry {
 
     /// The size of blob `digest` in `repository`, or None when it is not there.
     pub async fn blob_size(&self, repository: &str, digest: &str) -> Result<Option<u64>> {
-        let what = format!(
-            "HEAD blob {digest} in {}/{repository}",
-            self.inner.address
-        );
+        let what = format!("HEAD blob {digest} in {}/{repository}", self.inner.address);
         let scopes = pull(repository);
         let call = Call::new(
             Method::HEAD,
@@ -994,10 +989,7 @@ impl Registry {
 
     /// Start reading blob `digest` of `repository` (following the registry's redirect to its storage).
     pub async fn get_blob(&self, repository: &str, digest: &str) -> Result<BlobReader> {
-        let what = format!(
-            "GET blob {digest} of {}/{repository}",
-            self.inner.address
-        );
+        let what = format!("GET blob {digest} of {}/{repository}", self.inner.address);
         let scopes = pull(repository);
         let call = Call::new(
             Method::GET,
@@ -1103,7 +1095,11 @@ impl Registry {
             "committing blob {digest} to {}/{}",
             self.inner.address, upload.repository
         );
-        let sep = if upload.location.contains('?') { '&' } else { '?' };
+        let sep = if upload.location.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let url = format!(
             "{}{sep}digest={}",
             upload.location,
@@ -1183,7 +1179,11 @@ mod tests {
             e.to_string(),
             "x: HTTP 401: the registry refused the credentials (or they do not allow this)"
         );
-        let e = status_error("x", StatusCode::BAD_REQUEST, br#"{"errors":[{"code":"BLOB_UPLOAD_INVALID"}]}"#);
+        let e = status_error(
+            "x",
+            StatusCode::BAD_REQUEST,
+            br#"{"errors":[{"code":"BLOB_UPLOAD_INVALID"}]}"#,
+        );
         assert!(e.is_retryable());
         assert!(status_error("x", StatusCode::SERVICE_UNAVAILABLE, b"busy").is_retryable());
     }

@@ -142,7 +142,10 @@ impl ImageCopier {
                 self.children(repository, &child, 0, &mut children).await?;
                 Ok((children, child))
             }
-            Plan::Filtered { index, children: ds } => {
+            Plan::Filtered {
+                index,
+                children: ds,
+            } => {
                 let mut children = Vec::new();
                 for d in ds {
                     let child = self.source.get_manifest(repository, &d.digest).await?;
@@ -220,8 +223,8 @@ impl ImageCopier {
             .collect();
         let outcomes: Vec<BlobOutcome> = stream::iter(futures)
             .buffer_unordered(self.options.blob_concurrency)
-        .try_collect()
-        .await?;
+            .try_collect()
+            .await?;
         for o in outcomes {
             match o {
                 BlobOutcome::Present => report.blobs_present += 1,

@@ -72,7 +72,11 @@ pub struct Descriptor {
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
     pub os_features: Vec<String>,
@@ -356,7 +360,8 @@ mod tests {
                 serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d((b'a' + i as u8) as char), "size": 100 + i, "platform": p})
             })
             .collect();
-        let doc = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        let doc =
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
         Manifest::from_bytes(Bytes::from(doc.to_string()), None).unwrap()
     }
 
@@ -372,11 +377,20 @@ mod tests {
             panic!()
         };
         assert_eq!(layers.len(), 2);
-        assert_eq!(m.parse().unwrap().blobs().len(), 2, "the foreign layer is not pushed");
+        assert_eq!(
+            m.parse().unwrap().blobs().len(),
+            2,
+            "the foreign layer is not pushed"
+        );
         let m = Manifest::from_bytes(Bytes::from(image.clone()), Some(DOCKER_MANIFEST)).unwrap();
         assert_eq!(m.media_type, DOCKER_MANIFEST);
         for t in [OCI_MANIFEST, OCI_INDEX] {
-            assert_eq!(Manifest::from_bytes(Bytes::from(image.clone()), Some(t)).unwrap().media_type, t);
+            assert_eq!(
+                Manifest::from_bytes(Bytes::from(image.clone()), Some(t))
+                    .unwrap()
+                    .media_type,
+                t
+            );
         }
         assert!(Manifest::from_bytes(
             Bytes::from(image),
@@ -389,7 +403,10 @@ mod tests {
             r#"{"schemaVersion": 1, "fsLayers": []}"#,
             r#"{"mediaType": "text/plain"}"#,
         ] {
-            assert!(Manifest::from_bytes(Bytes::from(bad), None).is_err(), "{bad}");
+            assert!(
+                Manifest::from_bytes(Bytes::from(bad), None).is_err(),
+                "{bad}"
+            );
         }
         let bad_digest = r#"{"config": {"digest": "md5:x", "size": 1}}"#;
         assert!(Manifest::from_bytes(Bytes::from(bad_digest), None)
@@ -426,7 +443,10 @@ mod tests {
         let Parsed::Index { manifests } = index.parse().unwrap() else {
             panic!()
         };
-        assert_eq!(manifests[1].platform.as_ref().unwrap().name(), "linux/arm/v7");
+        assert_eq!(
+            manifests[1].platform.as_ref().unwrap().name(),
+            "linux/arm/v7"
+        );
         let e = Plan::of(&top, &["windows/amd64".into()]).unwrap_err();
         assert!(e.to_string().contains("linux/arm64/v8"), "{e}");
         assert!(Platform {

@@ -97,17 +97,15 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let a = RegistryAddress::parse("f", "123456789012.dkr.ecr.us-east-1.amazonaws.com").unwrap();
+        let a =
+            RegistryAddress::parse("f", "123456789012.dkr.ecr.us-east-1.amazonaws.com").unwrap();
         assert_eq!(a.scheme, "https");
         assert_eq!(
             a.base_url(),
             "https://123456789012.dkr.ecr.us-east-1.amazonaws.com"
         );
         let a = RegistryAddress::parse("f", "http://127.0.0.1:5000/").unwrap();
-        assert_eq!(
-            (a.scheme, a.authority.as_str()),
-            ("http", "127.0.0.1:5000")
-        );
+        assert_eq!((a.scheme, a.authority.as_str()), ("http", "127.0.0.1:5000"));
         assert_eq!(a.to_string(), "http://127.0.0.1:5000");
         assert_eq!(
             RegistryAddress::parse("f", "https://quay.io")
