@@ -214,6 +214,9 @@ pub struct ImageFinderReport {
     pub seconds: f64,
 }
 
+/// A repository's image as listed: (tag, digest), the digest known only from ECR's lists.
+type Listed = (Option<String>, Option<String>);
+
 /// Expand the selection into candidates; a repository that cannot be listed is a failure, not the run's end
 /// (the catalog itself is: without it there is nothing to do).
 async fn candidates(
@@ -250,7 +253,7 @@ async fn candidates(
     }
     // Untagged images are listed only with `all` (an untagged image has no name to select it by).
     let untagged = s.all && s.include_untagged;
-    let listed: Vec<(String, Result<Vec<(Option<String>, Option<String>)>>)> =
+    let listed: Vec<(String, Result<Vec<Listed>>)> =
         stream::iter(all_tags.into_iter().map(|repo| async move {
             let r = match &sides.source_ecr {
                 Some(ecr) => {

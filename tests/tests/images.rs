@@ -7,7 +7,7 @@
 //! and injects failures where a test asks.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,14 +70,14 @@ fn config(w: &World, q: &Queues, source: Value, destination: Value, patch: Value
 }
 
 /// Run the finder for `run`; its JSON report.
-fn find(w: &World, cfg: &PathBuf, run: &str) -> Value {
+fn find(w: &World, cfg: &Path, run: &str) -> Value {
     let out = w.run("finder", cfg, &["--json", "--run-id", run]);
     assert!(out.status.success(), "finder failed: {}", stderr(&out));
     serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
 }
 
 /// Run a worker until the queue is drained; its JSON report.
-fn work(w: &World, cfg: &PathBuf) -> Value {
+fn work(w: &World, cfg: &Path) -> Value {
     let out = w.run("worker", cfg, &["--exit-when-idle", "3", "--json"]);
     assert!(out.status.success(), "worker failed: {}", stderr(&out));
     serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))

@@ -122,7 +122,7 @@ impl Platform {
 pub enum Parsed {
     /// An image: its config blob and layers.
     Image {
-        config: Descriptor,
+        config: Box<Descriptor>,
         layers: Vec<Descriptor>,
     },
     /// An index (manifest list): the manifests it references.
@@ -134,7 +134,7 @@ impl Parsed {
     /// registries and ECR refuse or skip them, and clients fetch them from their URLs).
     pub fn blobs(&self) -> Vec<&Descriptor> {
         match self {
-            Parsed::Image { config, layers } => std::iter::once(config)
+            Parsed::Image { config, layers } => std::iter::once(config.as_ref())
                 .chain(layers.iter().filter(|l| l.urls.is_empty()))
                 .collect(),
             Parsed::Index { .. } => Vec::new(),
@@ -224,7 +224,10 @@ impl Manifest {
             let layers = raw.layers.unwrap_or_default();
             check(&config)?;
             layers.iter().try_for_each(check)?;
-            Ok(Parsed::Image { config, layers })
+            Ok(Parsed::Image {
+                config: Box::new(config),
+                layers,
+            })
         }
     }
 }

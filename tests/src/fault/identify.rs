@@ -373,6 +373,55 @@ const S3_XID: &[&str] = &[
     "UploadPartCopy",
 ];
 
+/// A distribution API request's operation, named after the specification's endpoints: `Base`, `Catalog`,
+/// `ListTags`, `HeadManifest`/`GetManifest`/`PutManifest`/`DeleteManifest`, `HeadBlob`/`GetBlob`/`DeleteBlob`,
+/// `StartUpload`, `MountBlob` (`POST` with `mount=`), `PatchUpload`, `PutUpload`, `GetUpload`,
+/// `CancelUpload`; `Token` for a token service at `/token`.
+pub fn registry_operation(method: &str, target: &str) -> &'static str {
+    let path = target.split('?').next().unwrap_or("");
+    if path.starts_with("/token") {
+        return "Token";
+    }
+    if path == "/v2" || path == "/v2/" {
+        return "Base";
+    }
+    if path == "/v2/_catalog" {
+        return "Catalog";
+    }
+    if path.ends_with("/tags/list") {
+        return "ListTags";
+    }
+    if path.contains("/blobs/uploads") {
+        return match method {
+            "POST" if query_pairs(target).iter().any(|(k, _)| k == "mount") => "MountBlob",
+            "POST" => "StartUpload",
+            "PATCH" => "PatchUpload",
+            "PUT" => "PutUpload",
+            "GET" => "GetUpload",
+            "DELETE" => "CancelUpload",
+            _ => "unknown",
+        };
+    }
+    if path.contains("/manifests/") {
+        return match method {
+            "HEAD" => "HeadManifest",
+            "GET" => "GetManifest",
+            "PUT" => "PutManifest",
+            "DELETE" => "DeleteManifest",
+            _ => "unknown",
+        };
+    }
+    if path.contains("/blobs/") {
+        return match method {
+            "HEAD" => "HeadBlob",
+            "GET" => "GetBlob",
+            "DELETE" => "DeleteBlob",
+            _ => "unknown",
+        };
+    }
+    "unknown"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,53 +563,37 @@ mod tests {
             assert_eq!(s3_operation(method, target, copy), op, "{method} {target}");
         }
     }
-}
 
-/// A distribution API request's operation, named after the specification's endpoints: `Base`, `Catalog`,
-/// `ListTags`, `HeadManifest`/`GetManifest`/`PutManifest`/`DeleteManifest`, `HeadBlob`/`GetBlob`/`DeleteBlob`,
-/// `StartUpload`, `MountBlob` (`POST` with `mount=`), `PatchUpload`, `PutUpload`, `GetUpload`,
-/// `CancelUpload`; `Token` for a token service at `/token`.
-pub fn registry_operation(method: &str, target: &str) -> &'static str {
-    let path = target.split('?').next().unwrap_or("");
-    if path.starts_with("/token") {
-        return "Token";
+    #[test]
+    fn registry_operations() {
+        assert_eq!(registry_operation("GET", "/v2/"), "Base");
+        assert_eq!(registry_operation("GET", "/v2/_catalog?n=10"), "Catalog");
+        assert_eq!(registry_operation("GET", "/v2/a/b/tags/list"), "ListTags");
+        assert_eq!(
+            registry_operation("HEAD", "/v2/a/manifests/1"),
+            "HeadManifest"
+        );
+        assert_eq!(
+            registry_operation("PUT", "/v2/a/manifests/sha256:0"),
+            "PutManifest"
+        );
+        assert_eq!(registry_operation("GET", "/v2/a/blobs/sha256:0"), "GetBlob");
+        assert_eq!(
+            registry_operation("POST", "/v2/a/blobs/uploads/"),
+            "StartUpload"
+        );
+        assert_eq!(
+            registry_operation("POST", "/v2/a/blobs/uploads/?mount=sha256%3A0&from=b"),
+            "MountBlob"
+        );
+        assert_eq!(
+            registry_operation("PATCH", "/v2/a/blobs/uploads/u?_state=x"),
+            "PatchUpload"
+        );
+        assert_eq!(
+            registry_operation("PUT", "/v2/a/blobs/uploads/u?digest=d"),
+            "PutUpload"
+        );
+        assert_eq!(registry_operation("GET", "/token?scope=x"), "Token");
     }
-    if path == "/v2" || path == "/v2/" {
-        return "Base";
-    }
-    if path == "/v2/_catalog" {
-        return "Catalog";
-    }
-    if path.ends_with("/tags/list") {
-        return "ListTags";
-    }
-    if path.contains("/blobs/uploads") {
-        return match method {
-            "POST" if query_pairs(target).iter().any(|(k, _)| k == "mount") => "MountBlob",
-            "POST" => "StartUpload",
-            "PATCH" => "PatchUpload",
-            "PUT" => "PutUpload",
-            "GET" => "GetUpload",
-            "DELETE" => "CancelUpload",
-            _ => "unknown",
-        };
-    }
-    if path.contains("/manifests/") {
-        return match method {
-            "HEAD" => "HeadManifest",
-            "GET" => "GetManifest",
-            "PUT" => "PutManifest",
-            "DELETE" => "DeleteManifest",
-            _ => "unknown",
-        };
-    }
-    if path.contains("/blobs/") {
-        return match method {
-            "HEAD" => "HeadBlob",
-            "GET" => "GetBlob",
-            "DELETE" => "DeleteBlob",
-            _ => "unknown",
-        };
-    }
-    "unknown"
 }
