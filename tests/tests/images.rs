@@ -672,3 +672,107 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
     assert_eq!(n(&report["to_move"]), 0, "{report}");
     assert_eq!(n(&report["up_to_date"]), 2, "{report}");
 }
+
+/// Refused credentials (an ECR token past its 12 hours) are fetched anew once, and the request goes through;
+/// Bearer tokens are fetched once per scope and reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refreshes_refused_credentials_and_reuses_tokens() {
+    use dth_core::registry::{
+        BasicCredentials, CredentialSource, RegistryAddress, StaticCredentials,
+    };
+
+    #[derive(Debug)]
+    struct Rotating {
+        refreshes: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl CredentialSource for Rotating {
+        async fn credentials(&self, refresh: bool) -> dth_core::Result<Option<BasicCredentials>> {
+            if refresh {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+            }
+            let password = if self.refreshes.load(Ordering::SeqCst) == 0 {
+                "expired"
+            } else {
+                ECR_PASSWORD
+            };
+            Ok(Some(BasicCredentials::new("AWS", password)))
+        }
+    }
+
+    let dir = target_dir()
+        .join("e2e")
+        .join(format!("images-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let locked = Registry::start_with_login(&dir.join("locked"), "AWS", ECR_PASSWORD);
+    let open = Registry::start(&dir.join("open"));
+    let image = docker_image(&dir.join("layouts/app"), &[1_000]);
+    locked.push(&image.dir, "app", "1");
+    open.push(&image.dir, "app", "1");
+    open.push(&image.dir, "other", "1");
+    let address = |a: String| RegistryAddress::parse("test", &format!("http://{a}")).unwrap();
+
+    let source = Arc::new(Rotating {
+        refreshes: AtomicUsize::new(0),
+    });
+    let client = dth_core::registry::Registry::new(address(locked.address()), source.clone(), None);
+    let head = client.head_manifest("app", "1").await.unwrap().unwrap();
+    assert_eq!(head.digest, image.digest);
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 1);
+    // `/v2/` (learning Basic), the HEAD refused, the HEAD with the new login.
+    assert_eq!(client.requests(), 3);
+    assert!(client.head_manifest("app", "2").await.unwrap().is_none());
+    assert_eq!(
+        source.refreshes.load(Ordering::SeqCst),
+        1,
+        "the new login is kept"
+    );
+    assert_eq!(client.requests(), 4);
+
+    let tokens = token_auth(&open.address(), "reader", "pw", &[]).await;
+    let login = Arc::new(StaticCredentials(BasicCredentials::new("reader", "pw")));
+    let client = dth_core::registry::Registry::new(
+        RegistryAddress::parse("test", tokens.url()).unwrap(),
+        login,
+        None,
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .head_manifest("app", "1")
+                .await
+                .unwrap()
+                .unwrap()
+                .digest,
+            image.digest
+        );
+    }
+    assert_eq!(
+        tokens.calls("registry", "Token"),
+        1,
+        "{}",
+        tokens.journal_text()
+    );
+    client.get_manifest("other", "1").await.unwrap();
+    assert_eq!(
+        tokens.calls("registry", "Token"),
+        2,
+        "another scope, another token"
+    );
+    assert_eq!(client.tags("other").await.unwrap(), vec!["1"]);
+    assert_eq!(
+        tokens.calls("registry", "Token"),
+        2,
+        "the same scope (pull)"
+    );
+
+    let wrong = dth_core::registry::Registry::new(
+        RegistryAddress::parse("test", tokens.url()).unwrap(),
+        Arc::new(StaticCredentials(BasicCredentials::new("reader", "nope"))),
+        None,
+    );
+    let e = wrong.head_manifest("app", "1").await.unwrap_err();
+    assert_eq!(e.kind(), dth_core::ErrorKind::AccessDenied, "{e}");
+    assert!(e.to_string().contains("getting a token"), "{e}");
+}

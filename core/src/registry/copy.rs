@@ -328,6 +328,8 @@ impl ImageCopier {
             }
             hasher.update(&data);
             while !data.is_empty() {
+                // One chunk's buffer, allocated once the last chunk is sent (never two at a time).
+                buf.reserve(chunk_size - buf.len());
                 let take = (chunk_size - buf.len()).min(data.len());
                 buf.extend_from_slice(&data.split_to(take));
                 if buf.len() == chunk_size {
