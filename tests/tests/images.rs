@@ -126,7 +126,10 @@ fn assert_arrived(dst: &Registry, reference: &str, image: &Layout) {
         "{reference}: the destination's manifest digest"
     );
     assert_eq!(raw, image.manifest, "{reference}: manifest bytes");
-    let repo = reference.split(':').next().unwrap();
+    let repo = match reference.split_once('@') {
+        Some((repo, _)) => repo,
+        None => reference.split(':').next().unwrap(),
+    };
     for (platform, digest) in &image.platforms {
         assert!(
             dst.has(&format!("{repo}@{digest}")),
@@ -222,6 +225,22 @@ async fn selected_tags_and_the_catalog_copy_with_their_digests_and_a_rerun_copie
         json!({"registry": dst_proxy.url(), "prefix": "mirror"}),
         json!({}),
     );
+    let out = w.run("finder", &selected, &["--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(n(&dry["to_move"]), 3, "{dry}");
+    assert_eq!(
+        dry["sample_images"],
+        json!(["app:1.0", "app:2.0", "team/base:1"])
+    );
+    assert_eq!(
+        dry["repositories_created"],
+        json!([]),
+        "a dry run creates nothing"
+    );
+    assert!(ecr_repositories(&w).await.is_empty());
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+
     let started = std::time::Instant::now();
     let report = find(&w, &selected, "r1");
     assert_eq!(n(&report["to_move"]), 3, "{report}");
@@ -369,8 +388,10 @@ async fn a_missing_tag_an_unknown_repository_and_refused_credentials_fail_alone(
         &[30_000],
     );
     let secret_app = docker_image(&l("secret"), &[10_000]);
+    let gone = docker_image(&l("gone"), &[10_000]);
     src.push(&app.dir, "app", "1.0");
     src.push(&secret_app.dir, "secret/app", "1");
+    src.push(&gone.dir, "gone", "1");
     // Bearer tokens for `reader`; the token service never grants `secret/app`.
     let tokens = token_auth(&src.address(), "reader", "pw", &["secret/app"]).await;
     let login = w
@@ -383,14 +404,26 @@ async fn a_missing_tag_an_unknown_repository_and_refused_credentials_fail_alone(
         &w,
         &q,
         json!({"type": "registry", "registry": tokens.url(), "credentials_secret_arn": login,
-               "images": ["app:1.0", "app:missing", "ghost/app:1", "secret/app:1"]}),
+               "images": ["app:1.0", "app:missing", "ghost/app:1", "secret/app:1", "gone:1"]}),
         json!({"registry": format!("http://{}", dst.address())}),
         json!({}),
     );
     let report = find(&w, &cfg, "r1");
-    assert_eq!(n(&report["to_move"]), 1, "{report}");
+    assert_eq!(n(&report["to_move"]), 2, "{report}");
     assert_eq!(n(&report["failed"]), 3, "{report}");
+    // Deleted at the source after the finder saw it: the worker finds it gone, as an object gone from a bucket.
+    let out = dth_tests::registry::skopeo()
+        .args(["delete", "--tls-verify=false"])
+        .arg(format!("docker://{}/gone@{}", src.address(), gone.digest))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     work(&w, &cfg);
+    assert!(!dst.has("gone:1"));
     assert_arrived(&dst, "app:1.0", &app);
     assert!(!dst.has("secret/app:1"));
     let r = rows(&w, "r1").await;
@@ -419,8 +452,11 @@ async fn a_missing_tag_an_unknown_repository_and_refused_credentials_fail_alone(
             && refused.contains("refused"),
         "{refused}"
     );
-    // Found 4, one copied, three failed: each counted once.
-    assert_eq!(summary(&w, "r1").await, (4, 1, 3));
+    assert_eq!(r["gone:1"].0, "GONE", "{r:?}");
+    // Found 5, one copied, three failed, one gone: each counted once.
+    assert_eq!(summary(&w, "r1").await, (5, 1, 3));
+    let s = w.summary("ledger", "r1").await;
+    assert_eq!(s["objects_gone"].as_n().unwrap(), "1");
     assert_eq!(w.depth(&q.url).await, (0, 0));
 }
 
@@ -652,6 +688,18 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
             "moto keeps the real digest"
         );
     }
+    // An untagged image in ECR (its tag at the registry is only how skopeo pushed it there).
+    let untagged = docker_image(&l("untagged"), &[20_000]);
+    src.push(&untagged.dir, "app", "scratch");
+    client
+        .put_image()
+        .repository_name("app")
+        .image_manifest(String::from_utf8(untagged.manifest.clone()).unwrap())
+        .image_manifest_media_type(dth_tests::images::DOCKER_MANIFEST)
+        .image_digest(&untagged.digest)
+        .send()
+        .await
+        .unwrap();
     let cfg = config(
         &w,
         &q,
@@ -660,17 +708,37 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
         json!({}),
     );
     let report = find(&w, &cfg, "r1");
-    assert_eq!(n(&report["to_move"]), 2, "{report}");
+    assert_eq!(n(&report["to_move"]), 3, "{report}");
     work(&w, &cfg);
     assert_arrived(&dst, "from-ecr/app:1.0", &app);
     assert_arrived(&dst, "from-ecr/multi:1.0", &multi);
+    assert_arrived(
+        &dst,
+        &format!("from-ecr/app@{}", untagged.digest),
+        &untagged,
+    );
+    assert!(!dst.has("from-ecr/app:scratch"), "copied untagged");
+    assert_eq!(
+        rows(&w, "r1").await[&format!("app@{}", untagged.digest)].0,
+        "DONE"
+    );
     assert_eq!(
         ecr_repositories(&w).await,
         vec!["app", "from-ecr/app", "from-ecr/multi", "multi"]
     );
     let report = find(&w, &cfg, "r2");
     assert_eq!(n(&report["to_move"]), 0, "{report}");
-    assert_eq!(n(&report["up_to_date"]), 2, "{report}");
+    assert_eq!(n(&report["up_to_date"]), 3, "{report}");
+    // Without include_untagged, only the tags.
+    let tagged = config(
+        &w,
+        &q,
+        json!({"type": "ecr", "account_id": ACCOUNT, "registry": format!("http://{}", src.address()), "all": true,
+               "include_untagged": false}),
+        json!({"registry": format!("http://{}", dst.address()), "prefix": "from-ecr"}),
+        json!({}),
+    );
+    assert_eq!(n(&find(&w, &tagged, "r3")["scanned"]), 2);
 }
 
 /// Refused credentials (an ECR token past its 12 hours) are fetched anew once, and the request goes through;
