@@ -320,7 +320,12 @@ impl Examiner<'_> {
                 Some(h) => h.digest,
                 None => return Err(missing(src, &c.repository, t).await),
             },
-            (None, None) => unreachable_candidate(c)?,
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("{}: neither a tag nor a digest", c.repository),
+                ))
+            }
         };
         // The digest the destination will have: the source's, unless platforms are selected.
         let mut top: Option<Manifest> = None;
@@ -372,13 +377,6 @@ impl Examiner<'_> {
         self.ensured.lock().await.insert(name.to_owned());
         Ok(())
     }
-}
-
-fn unreachable_candidate(c: &Candidate) -> Result<String> {
-    Err(Error::new(
-        ErrorKind::Other,
-        format!("{}: neither a tag nor a digest", c.repository),
-    ))
 }
 
 /// Why `repository:reference` is missing, in the registry's words: a HEAD answers 404 without a body, a GET

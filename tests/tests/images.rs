@@ -553,21 +553,27 @@ async fn failing_registries_and_a_worker_killed_mid_blob_lose_nothing() {
     for (repo, image) in &images {
         src.push(&image.dir, repo, "v1");
     }
-    // The second chunk uploaded is held (the worker is then mid-blob, its first chunk at the destination),
-    // until the worker is killed.
-    let patches = Arc::new(AtomicUsize::new(0));
+    // The first chunk that is not a blob's first is held: the worker is then mid-blob, the blob's first 5 MiB
+    // at the destination in an open upload session, until it is killed.
+    let seen = Arc::new(AtomicUsize::new(0));
     let hold = {
-        let patches = patches.clone();
+        let seen = seen.clone();
         dst_proxy.inject(
             Rule::on(
                 "registry",
                 "PatchUpload",
                 Fault::Delay(Duration::from_secs(600)),
             )
-            .when(move |_| patches.fetch_add(1, Ordering::SeqCst) == 1),
+            .when(move |r| {
+                r.header("content-range")
+                    .is_some_and(|c| !c.starts_with("0-"))
+                    && seen.fetch_add(1, Ordering::SeqCst) == 0
+            }),
         )
     };
-    // 5 % of every request to either registry fails (seeded).
+    // 5 % of every request to either registry fails (seeded): answered 500 without reaching it. At the
+    // destination another 5 % take effect and then lose their answer (the connection is reset): a chunk the
+    // registry took but the worker does not know it took, a committed blob, a pushed manifest.
     src_proxy.inject(
         Rule::new(Fault::InternalError)
             .service("registry")
@@ -577,6 +583,11 @@ async fn failing_registries_and_a_worker_killed_mid_blob_lose_nothing() {
         Rule::new(Fault::InternalError)
             .service("registry")
             .share(0.05, 11),
+    );
+    dst_proxy.inject(
+        Rule::new(Fault::ResetAfterForward)
+            .service("registry")
+            .share(0.05, 13),
     );
     let cfg = config(
         &w,

@@ -310,18 +310,17 @@ fn error_detail(body: &[u8]) -> (Option<String>, Option<String>) {
 /// was asked, the status and the registry's code and message.
 pub(crate) fn status_error(what: &str, status: StatusCode, body: &[u8]) -> Error {
     let (code, message) = error_detail(body);
-    let kind = match status.as_u16() {
-        401 | 403 => ErrorKind::AccessDenied,
-        404 => ErrorKind::NotFound,
-        429 => ErrorKind::Throttled,
-        416 => ErrorKind::Transient,
-        s if s >= 500 => ErrorKind::Transient,
-        _ => match code.as_deref() {
-            // An upload the registry lost or refused mid-way: start the blob again.
-            Some("BLOB_UPLOAD_UNKNOWN" | "BLOB_UPLOAD_INVALID") => ErrorKind::Transient,
-            Some("DENIED" | "UNAUTHORIZED") => ErrorKind::AccessDenied,
-            _ => ErrorKind::Other,
-        },
+    let kind = match (code.as_deref(), status.as_u16()) {
+        // An upload session the registry lost, or whose state moved on (a chunk it took while its answer was
+        // lost: docker-registry answers 404 BLOB_UPLOAD_INVALID, others 416): start the blob again.
+        (Some("BLOB_UPLOAD_UNKNOWN" | "BLOB_UPLOAD_INVALID" | "RANGE_INVALID"), _) | (_, 416) => {
+            ErrorKind::Transient
+        }
+        (Some("DENIED" | "UNAUTHORIZED"), _) | (_, 401 | 403) => ErrorKind::AccessDenied,
+        (Some("TOOMANYREQUESTS"), _) | (_, 429) => ErrorKind::Throttled,
+        (_, 404) => ErrorKind::NotFound,
+        (_, s) if s >= 500 => ErrorKind::Transient,
+        _ => ErrorKind::Other,
     };
     let mut text = format!("{what}: HTTP {}", status.as_u16());
     if let Some(c) = &code {
@@ -383,6 +382,14 @@ async fn error_body(resp: Response<Incoming>) -> Bytes {
     read_limited(resp, MAX_ERROR_BODY, "")
         .await
         .unwrap_or_default()
+}
+
+/// Why one exchange produced no answer.
+enum Failed {
+    /// The request could not be built (a registry's `Location` that is not a URL): sending it again won't help.
+    Invalid(String),
+    /// The connection failed, broke, or no answer came in time: worth another try.
+    Transport(String),
 }
 
 /// One request as [`Registry::send`] sends it (and sends again).
@@ -475,7 +482,7 @@ impl Registry {
         headers: &[(header::HeaderName, String)],
         body: Bytes,
         authorization: Option<&str>,
-    ) -> std::result::Result<Response<Incoming>, String> {
+    ) -> std::result::Result<Response<Incoming>, Failed> {
         if let Some(l) = &self.inner.limits {
             l.request().await;
         }
@@ -490,9 +497,15 @@ impl Registry {
         if let Some(a) = authorization {
             b = b.header(header::AUTHORIZATION, a);
         }
-        let req = b.body(Full::new(body)).map_err(|e| format!("{e}"))?;
+        let req = b.body(Full::new(body)).map_err(|e| {
+            Failed::Invalid(format!(
+                "{url:?} is not a request this client can send ({e})"
+            ))
+        })?;
         match tokio::time::timeout(IDLE_TIMEOUT, self.inner.http.request(req)).await {
-            Err(_) => Err(format!("no answer within {IDLE_TIMEOUT:?}")),
+            Err(_) => Err(Failed::Transport(format!(
+                "no answer within {IDLE_TIMEOUT:?}"
+            ))),
             Ok(Err(e)) => {
                 // hyper_util's error hides the cause (connection refused, reset) behind "client error".
                 let mut text = e.to_string();
@@ -501,7 +514,7 @@ impl Registry {
                     text = format!("{text}: {s}");
                     source = s.source();
                 }
-                Err(text)
+                Err(Failed::Transport(text))
             }
             Ok(Ok(r)) => Ok(r),
         }
@@ -602,7 +615,10 @@ impl Registry {
                 .once(&Method::GET, &url, &[], Bytes::new(), auth.as_deref())
                 .await;
             let resp = match res {
-                Err(e) => {
+                Err(Failed::Invalid(e)) => {
+                    return Err(Error::new(ErrorKind::Other, format!("{what}: {e}")))
+                }
+                Err(Failed::Transport(e)) => {
                     attempt += 1;
                     if attempt > self.inner.retries {
                         return Err(Error::new(ErrorKind::Transient, format!("{what}: {e}")));
@@ -721,7 +737,10 @@ impl Registry {
                 .await
             {
                 Ok(r) => r,
-                Err(e) => {
+                Err(Failed::Invalid(e)) => {
+                    return Err(Error::new(ErrorKind::Other, format!("{}: {e}", call.what)))
+                }
+                Err(Failed::Transport(e)) => {
                     attempt += 1;
                     if attempt > self.inner.retries {
                         return Err(Error::new(
@@ -902,6 +921,12 @@ impl Registry {
     /// The manifest `repository:reference`; by digest, its bytes are checked against the digest.
     pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<Manifest> {
         let what = format!("GET manifest {}", self.describe(repository, reference));
+        if super::is_digest(reference) && !reference.starts_with("sha256:") {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("{what}: only sha256 digests are verified by this client"),
+            ));
+        }
         let scopes = pull(repository);
         let call = Call::new(
             Method::GET,
@@ -1186,6 +1211,13 @@ mod tests {
         );
         assert!(e.is_retryable());
         assert!(status_error("x", StatusCode::SERVICE_UNAVAILABLE, b"busy").is_retryable());
+        // docker-registry's answer to a chunk sent again after the registry took it.
+        let e = status_error(
+            "x",
+            StatusCode::NOT_FOUND,
+            br#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid"}]}"#,
+        );
+        assert!(e.is_retryable(), "{e}");
     }
 
     #[test]

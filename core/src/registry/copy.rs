@@ -211,6 +211,16 @@ impl ImageCopier {
         let (children, target) = self.manifests(source_repository, &top).await?;
         let all: Vec<&Manifest> = children.iter().chain(std::iter::once(&target)).collect();
         let blobs = Self::blobs(&all)?;
+        if let Some(b) = blobs.iter().find(|b| !b.digest.starts_with("sha256:")) {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "blob {} of {}: only sha256 digests are verified by this copier",
+                    b.digest,
+                    self.source.describe(source_repository, digest)
+                ),
+            ));
+        }
         let mut report = CopyReport {
             digest: target.digest.clone(),
             bytes: blobs.iter().map(|b| b.size).sum(),
