@@ -5,7 +5,8 @@
 //! with skopeo ([`crate::registry::Registry::push`]), a client the project did not write. Two kinds:
 //! - [`docker_image`]: one platform, Docker schema 2 media types, gzip layers;
 //! - [`oci_index`]: an OCI index of one OCI image manifest per platform, sharing a base layer, uncompressed tar
-//!   layers; the index is what the tag names, its children are reachable only through it.
+//!   layers; the index is what the tag names, its children are reachable only through it;
+//! - [`docker_list`]: the same as a Docker manifest list of Docker schema 2 images.
 //!
 //! # Bearer tokens
 //!
@@ -30,6 +31,7 @@ use crate::fault::{Fault, FaultProxy, Request, Response, Rule};
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// An image written as an OCI layout.
 #[derive(Debug, Clone)]
@@ -160,6 +162,15 @@ pub fn docker_image(dir: &Path, layers: &[usize]) -> Layout {
 /// An OCI index with one image per platform, each of a shared base layer of `base` bytes and `layers` of its
 /// own.
 pub fn oci_index(dir: &Path, platforms: &[&str], base: usize, layers: &[usize]) -> Layout {
+    index(dir, platforms, base, layers, false)
+}
+
+/// A Docker manifest list of Docker schema 2 images, as [`oci_index`] (gzip layers).
+pub fn docker_list(dir: &Path, platforms: &[&str], base: usize, layers: &[usize]) -> Layout {
+    index(dir, platforms, base, layers, true)
+}
+
+fn index(dir: &Path, platforms: &[&str], base: usize, layers: &[usize], docker: bool) -> Layout {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let shared_tar = tar_layer(base);
@@ -168,7 +179,7 @@ pub fn oci_index(dir: &Path, platforms: &[&str], base: usize, layers: &[usize]) 
     let mut children = Vec::new();
     let mut blob_bytes = 0;
     for (i, p) in platforms.iter().enumerate() {
-        let (m, bytes) = image_manifest(dir, p, layers, Some(&shared), false);
+        let (m, bytes) = image_manifest(dir, p, layers, Some(&shared), docker);
         // The shared base counts once.
         blob_bytes += if i == 0 {
             bytes
@@ -181,14 +192,20 @@ pub fn oci_index(dir: &Path, platforms: &[&str], base: usize, layers: &[usize]) 
         if arch == "arm64" {
             platform["variant"] = "v8".into();
         }
-        entries.push(serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d, "size": m.len(), "platform": platform}));
+        let child_type = if docker {
+            DOCKER_MANIFEST
+        } else {
+            OCI_MANIFEST
+        };
+        entries.push(serde_json::json!({"mediaType": child_type, "digest": d, "size": m.len(), "platform": platform}));
         children.push(((*p).to_owned(), d));
     }
+    let media_type = if docker { DOCKER_LIST } else { OCI_INDEX };
     let index = serde_json::to_vec_pretty(
-        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        &serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "manifests": entries}),
     )
     .unwrap();
-    let digest = write_layout(dir, OCI_INDEX, &index);
+    let digest = write_layout(dir, media_type, &index);
     Layout {
         dir: dir.to_owned(),
         digest,

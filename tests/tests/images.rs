@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dth_tests::fault::{Fault, FaultProxy, Rule};
-use dth_tests::images::{docker_image, oci_index, token_auth, Layout};
+use dth_tests::images::{docker_image, docker_list, oci_index, token_auth, Layout};
 use dth_tests::registry::Registry;
 use dth_tests::*;
 use serde_json::{json, Value};
@@ -205,7 +205,7 @@ async fn selected_tags_and_the_catalog_copy_with_their_digests_and_a_rerun_copie
     );
     let base = docker_image(&l("base"), &[100_000]);
     let tool_a = docker_image(&l("tool-a"), &[10_000, 20_000, 30_000]);
-    let tool_b = oci_index(
+    let tool_b = docker_list(
         &l("tool-b"),
         &["linux/amd64", "linux/arm64", "linux/ppc64le"],
         40_000,
