@@ -249,3 +249,338 @@ pub async fn source_store(cfg: &JobConfig, cp: &ControlPlane, limits: Arc<Limits
 pub async fn destination_store(cfg: &JobConfig, cp: &ControlPlane, limits: Arc<Limits>) -> S3Store {
     store_for(Side::from(&cfg.destination), cp, limits).await
 }
+
+/// An ECR API client in `region` (the control plane's when None), signed with the access keys of secret
+/// `secret` (ECR in another account) or the control plane's credentials, at `aws.endpoints.ecr` when set.
+pub fn ecr_client(
+    cp: &ControlPlane,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+    secret: Option<&str>,
+) -> aws_sdk_ecr::Client {
+    let sdk = match region {
+        Some(r) => cp
+            .sdk
+            .clone()
+            .into_builder()
+            .region(Region::new(r.to_owned()))
+            .build(),
+        None => cp.sdk.clone(),
+    };
+    let mut b = aws_sdk_ecr::config::Builder::from(&sdk);
+    if let Some(e) = endpoint {
+        b = b.endpoint_url(e);
+    }
+    if let Some(id) = secret {
+        b = b
+            .credentials_provider(SecretCredentials::new(cp.secrets.clone(), id))
+            .identity_cache(aws_sdk_ecr::config::IdentityCache::no_cache());
+    }
+    aws_sdk_ecr::Client::from_conf(b.build())
+}
+
+/// The registry host of ECR in `account` and `region`: `<account>.dkr.ecr.<region>.amazonaws.com`
+/// (`.amazonaws.com.cn` in the China regions).
+pub fn ecr_registry_host(account: &str, region: &str) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("{account}.dkr.ecr.{region}.{suffix}")
+}
+
+/// ECR's registry login: `AWS` and a token from GetAuthorizationToken, kept until shortly before it expires
+/// (12 hours after issue) and fetched anew when the registry refuses it. One token opens every registry the
+/// credentials may use (GetAuthorizationToken's `registryIds` is deprecated for that reason): `registry_id`
+/// only names the registry in messages.
+#[derive(Debug)]
+pub struct EcrLogin {
+    client: aws_sdk_ecr::Client,
+    registry_id: Option<String>,
+    cached: Mutex<Option<(crate::registry::BasicCredentials, std::time::Instant)>>,
+    endpoint: std::sync::Mutex<Option<String>>,
+}
+
+impl EcrLogin {
+    /// A login to the registry of account `registry_id` (the credentials' own account when None).
+    pub fn new(client: aws_sdk_ecr::Client, registry_id: Option<String>) -> Self {
+        EcrLogin {
+            client,
+            registry_id,
+            cached: Mutex::new(None),
+            endpoint: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The registry's URL as GetAuthorizationToken's `proxyEndpoint` gives it (fetching a token if none was).
+    pub async fn proxy_endpoint(&self) -> Result<String> {
+        if let Some(e) = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(e);
+        }
+        self.fetch().await?;
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    "GetAuthorizationToken gave no proxyEndpoint",
+                )
+            })
+    }
+
+    async fn fetch(&self) -> Result<(crate::registry::BasicCredentials, std::time::Instant)> {
+        use base64::Engine as _;
+        let what = match &self.registry_id {
+            Some(id) => format!("getting an ECR authorization token for registry {id}"),
+            None => "getting an ECR authorization token".to_owned(),
+        };
+        let out = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk(what.clone(), e))?;
+        let data = out.authorization_data().first().ok_or_else(|| {
+            Error::new(ErrorKind::Other, format!("{what}: the answer has no token"))
+        })?;
+        // The token is `base64(AWS:<password>)`; never put it (or its decoding) in an error.
+        let decoded = data
+            .authorization_token()
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(u, p)| crate::registry::BasicCredentials::new(u, p))
+            })
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!("{what}: the token is not base64 of user:password"),
+                )
+            })?;
+        if let Some(e) = data.proxy_endpoint() {
+            *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_owned());
+        }
+        let now = std::time::SystemTime::now();
+        let expires = data
+            .expires_at()
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+        // Renewed 15 minutes early. An expiry already past when the token is new says the clocks disagree:
+        // the token is used for an hour, or until the registry refuses it.
+        let lifetime = match expires.and_then(|t| t.duration_since(now).ok()) {
+            Some(d) if d > std::time::Duration::from_secs(20 * 60) => {
+                d - std::time::Duration::from_secs(15 * 60)
+            }
+            Some(d) if !d.is_zero() => d / 2,
+            _ => std::time::Duration::from_secs(3600),
+        };
+        Ok((decoded, std::time::Instant::now() + lifetime))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::registry::CredentialSource for EcrLogin {
+    async fn credentials(
+        &self,
+        refresh: bool,
+    ) -> Result<Option<crate::registry::BasicCredentials>> {
+        let mut cached = self.cached.lock().await;
+        if let Some((c, until)) = cached.as_ref() {
+            if !refresh && *until > std::time::Instant::now() {
+                return Ok(Some(c.clone()));
+            }
+        }
+        let (c, until) = self.fetch().await?;
+        *cached = Some((c.clone(), until));
+        Ok(Some(c))
+    }
+}
+
+/// A registry login kept in a Secrets Manager secret (`{"username", "password"}`), re-read when the registry
+/// refuses it (a rotated password).
+#[derive(Debug)]
+pub struct SecretLogin {
+    client: aws_sdk_secretsmanager::Client,
+    secret_id: String,
+    cached: Mutex<Option<crate::registry::BasicCredentials>>,
+}
+
+impl SecretLogin {
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
+        SecretLogin {
+            client,
+            secret_id: secret_id.into(),
+            cached: Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::registry::CredentialSource for SecretLogin {
+    async fn credentials(
+        &self,
+        refresh: bool,
+    ) -> Result<Option<crate::registry::BasicCredentials>> {
+        #[derive(serde::Deserialize)]
+        struct Login {
+            username: String,
+            password: String,
+        }
+        let mut cached = self.cached.lock().await;
+        if let (Some(c), false) = (cached.as_ref(), refresh) {
+            return Ok(Some(c.clone()));
+        }
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::from_sdk(
+                    format!("reading registry login secret {}", self.secret_id),
+                    e,
+                )
+            })?;
+        let text = out.secret_string().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "registry login secret {} has no string value",
+                    self.secret_id
+                ),
+            )
+        })?;
+        // Never put the secret's text in an error.
+        let login: Login = serde_json::from_str(text).map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "registry login secret {} must be JSON {{\"username\": ..., \"password\": ...}}",
+                    self.secret_id
+                ),
+            )
+        })?;
+        let c = crate::registry::BasicCredentials::new(login.username, login.password);
+        *cached = Some(c.clone());
+        Ok(Some(c))
+    }
+}
+
+/// The repositories of an ECR registry (DescribeRepositories, every page).
+pub async fn ecr_repositories(
+    client: &aws_sdk_ecr::Client,
+    registry_id: Option<&str>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .describe_repositories()
+            .set_registry_id(registry_id.map(str::to_owned))
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("listing ECR repositories", e))?;
+        out.extend(
+            page.repositories()
+                .iter()
+                .filter_map(|r| r.repository_name().map(str::to_owned)),
+        );
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The images of an ECR repository (ListImages, every page): `(tag, digest)`, one entry per tag; with
+/// `untagged`, also the images without a tag (tag None).
+pub async fn ecr_images(
+    client: &aws_sdk_ecr::Client,
+    registry_id: Option<&str>,
+    repository: &str,
+    untagged: bool,
+) -> Result<Vec<(Option<String>, String)>> {
+    use aws_sdk_ecr::types::{ListImagesFilter, TagStatus};
+    let status = if untagged {
+        TagStatus::Any
+    } else {
+        TagStatus::Tagged
+    };
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_images()
+            .set_registry_id(registry_id.map(str::to_owned))
+            .repository_name(repository)
+            .filter(
+                ListImagesFilter::builder()
+                    .tag_status(status.clone())
+                    .build(),
+            )
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::from_sdk(
+                    format!("listing the images of ECR repository {repository}"),
+                    e,
+                )
+            })?;
+        for id in page.image_ids() {
+            if let Some(d) = id.image_digest() {
+                let tag = id.image_tag().map(str::to_owned);
+                if tag.is_some() || untagged {
+                    out.push((tag, d.to_owned()));
+                }
+            }
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// Create ECR repository `name` unless it exists; true when it was created.
+pub async fn ensure_ecr_repository(
+    client: &aws_sdk_ecr::Client,
+    registry_id: Option<&str>,
+    name: &str,
+) -> Result<bool> {
+    let found = client
+        .describe_repositories()
+        .set_registry_id(registry_id.map(str::to_owned))
+        .repository_names(name)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(format!("describing ECR repository {name}"), e));
+    match found {
+        Ok(_) => return Ok(false),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    let created = client
+        .create_repository()
+        .set_registry_id(registry_id.map(str::to_owned))
+        .repository_name(name)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk(format!("creating ECR repository {name}"), e));
+    match created {
+        Ok(_) => Ok(true),
+        // Created meanwhile by another finder run.
+        Err(e) if e.code() == Some("RepositoryAlreadyExistsException") => Ok(false),
+        Err(e) => Err(e),
+    }
+}

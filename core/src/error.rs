@@ -67,6 +67,12 @@ impl Error {
         Self::new(ErrorKind::Config, format!("{field}: {message}"))
     }
 
+    /// The same error carrying the service's error code (a registry's `MANIFEST_UNKNOWN`, `DENIED`, ...).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
     pub fn integrity(context: impl Into<String>) -> Self {
         Self::new(ErrorKind::Integrity, context)
     }
@@ -151,6 +157,8 @@ fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
             | "NoSuchBucket"
             | "NoSuchUpload"
             | "ResourceNotFoundException"
+            | "RepositoryNotFoundException"
+            | "ImageNotFoundException"
             | "AWS.SimpleQueueService.NonExistentQueue"
             | "QueueDoesNotExist",
         ) => return ErrorKind::NotFound,

@@ -77,11 +77,13 @@ pub struct ImageSource {
     /// Every repository (`ecr`: through the ECR API; `registry`: the registry's `/v2/_catalog`) with all its tags.
     #[serde(default)]
     pub all: bool,
-    /// Copy every platform of a multi-platform image, with the untagged manifests its index references (DTH's
-    /// `include_untagged`); for `ecr` with `all`, also the repositories' untagged images.
+    /// DTH's `include_untagged`: for `ecr` with `all`, also the repositories' untagged images (copied by digest,
+    /// untagged). The untagged per-platform manifests an index references are copied with it whatever this
+    /// says (an index without them is not an image). A registry's API lists tags only: no effect there.
     #[serde(default = "yes")]
     pub include_untagged: bool,
-    /// Only these platforms (`linux/amd64`, `linux/arm64/v8`) of a multi-platform image. Empty: all.
+    /// Only these platforms (`linux/amd64`, `linux/arm64/v8`) of a multi-platform image. Empty: all. One
+    /// platform: its manifest is tagged; several: a derived index of them (see `registry::manifest`).
     #[serde(default)]
     pub platforms: Vec<String>,
     /// A Secrets Manager secret: `{"username", "password"}` for a registry, `{"access_key_id",

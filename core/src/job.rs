@@ -16,6 +16,32 @@ pub struct JobObject {
     pub version_id: Option<String>,
 }
 
+/// A container image as the finder saw it (image transfers); the copy is pinned to `digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobImage {
+    /// The source repository (the destination's is the prefix joined to it).
+    pub repository: String,
+    /// The tag to set at the destination, last; None: an untagged image, copied by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The digest of the source manifest the tag named when the finder looked.
+    pub digest: String,
+    /// Bytes of its blobs, as the finder counted them.
+    #[serde(default)]
+    pub size: u64,
+}
+
+impl JobImage {
+    /// `repository:tag`, or `repository@digest` for an untagged image: the image's ledger key.
+    pub fn key(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}:{t}", self.repository),
+            None => format!("{}@{}", self.repository, self.digest),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Job {
@@ -41,18 +67,30 @@ pub enum Job {
         parts: u32,
         part_size: u64,
     },
+    /// One container image (an image transfer's job).
+    Image {
+        id: String,
+        run: String,
+        image: JobImage,
+    },
 }
 
 impl Job {
     pub fn id(&self) -> &str {
         match self {
-            Job::Copy { id, .. } | Job::Giant { id, .. } | Job::Part { id, .. } => id,
+            Job::Copy { id, .. }
+            | Job::Giant { id, .. }
+            | Job::Part { id, .. }
+            | Job::Image { id, .. } => id,
         }
     }
 
     pub fn run(&self) -> &str {
         match self {
-            Job::Copy { run, .. } | Job::Giant { run, .. } | Job::Part { run, .. } => run,
+            Job::Copy { run, .. }
+            | Job::Giant { run, .. }
+            | Job::Part { run, .. }
+            | Job::Image { run, .. } => run,
         }
     }
 
@@ -123,6 +161,16 @@ fn validate(job: &Job) -> Result<()> {
             || (*part as u64 - 1) * part_size >= object.size.max(1) =>
         {
             bad("part number out of range")
+        }
+        Job::Image { image, .. } => {
+            let tag = image
+                .tag
+                .as_deref()
+                .map_or(Ok(()), crate::image_config::check_tag);
+            crate::image_config::check_repository(&image.repository)
+                .and(tag)
+                .and(crate::image_config::check_digest(&image.digest))
+                .or_else(|m| bad(&m))
         }
         _ => Ok(()),
     }
@@ -256,6 +304,27 @@ mod tests {
             r#"{"kind":"copy"}"#,
             r#"{"kind":"copy","id":"1","run":"r","objects":[]}"#,
             r#"{"kind":"part","id":"1","run":"r","object":{"key":"k","size":10,"etag":"e"},"upload_id":"u","part":3,"parts":2,"part_size":5}"#,
+        ] {
+            let e = parse_message(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidMessage, "{bad}");
+        }
+        let image = Job::Image {
+            id: "2".into(),
+            run: "r".into(),
+            image: JobImage {
+                repository: "team/app".into(),
+                tag: Some("1.0".into()),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                size: 7,
+            },
+        };
+        assert_eq!(
+            parse_message(&image.to_body()).unwrap(),
+            Incoming::Job(image)
+        );
+        for bad in [
+            r#"{"kind":"image","id":"1","run":"r","image":{"repository":"App","digest":"sha256:00"}}"#,
+            r#"{"kind":"image","id":"1","run":"r","image":{"repository":"app","tag":"-x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"}}"#,
         ] {
             let e = parse_message(bad).expect_err(bad);
             assert_eq!(e.kind(), ErrorKind::InvalidMessage, "{bad}");

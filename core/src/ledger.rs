@@ -96,6 +96,18 @@ pub struct ObjectRecord {
     pub duration_ms: u64,
     pub attempt: u32,
     pub error: Option<String>,
+    /// An image transfer's row (its key is `repository:tag` or `repository@digest`): written as the
+    /// attributes `image`, `tag` and `digest` besides the others.
+    pub image: Option<ImageRow>,
+}
+
+/// What an image's ledger row says besides an object's: the source repository, the tag, the digest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageRow {
+    pub repository: String,
+    pub tag: Option<String>,
+    /// The digest the destination's tag names after the copy (before it, the source's as the finder saw it).
+    pub digest: String,
 }
 
 impl ObjectRecord {
@@ -109,6 +121,7 @@ impl ObjectRecord {
             duration_ms: 0,
             attempt,
             error: None,
+            image: None,
         }
     }
 }
@@ -667,6 +680,15 @@ impl DynamoLedger {
                 if let Some(e) = &r.error {
                     item.insert("error".into(), s(e.chars().take(2000).collect::<String>()));
                 }
+                if let Some(i) = &r.image {
+                    item.insert("image".into(), s(&i.repository));
+                    if let Some(t) = &i.tag {
+                        item.insert("tag".into(), s(t));
+                    }
+                    if !i.digest.is_empty() {
+                        item.insert("digest".into(), s(&i.digest));
+                    }
+                }
                 if let Some(x) = &expires {
                     item.insert(EXPIRES_AT.into(), x.clone());
                 }
@@ -778,6 +800,11 @@ impl DynamoLedger {
                             duration_ms: get_n(item, "duration_ms"),
                             attempt: get_n(item, "attempt") as u32,
                             error: get_s(item, "error"),
+                            image: get_s(item, "image").map(|repository| ImageRow {
+                                repository,
+                                tag: get_s(item, "tag"),
+                                digest: get_s(item, "digest").unwrap_or_default(),
+                            }),
                         },
                     );
                 } else if sk.starts_with("job#") {
@@ -793,6 +820,7 @@ impl DynamoLedger {
                             duration_ms: ms,
                             attempt: 1,
                             error: None,
+                            image: None,
                         }
                     }));
                 }

@@ -9,6 +9,8 @@
 //! - [`queue`], [`ledger`]: the SQS job queue and the DynamoDB ledger.
 //! - [`uploads`]: the transfer's own open multipart uploads, aborted at destroy.
 //! - [`fleet`]: what a binary does to its own Auto Scaling group (the finder scales itself in).
+//! - [`image_config`], [`images`], [`registry`]: image transfers — their config, their finder and worker side,
+//!   and the distribution API client they copy with.
 //! - [`build_info`]: the version, revision and target baked into every binary.
 
 pub mod aws;
@@ -22,10 +24,12 @@ pub mod events;
 pub mod finder;
 pub mod fleet;
 pub mod image_config;
+pub mod images;
 pub mod job;
 pub mod ledger;
 pub mod limit;
 pub mod queue;
+pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

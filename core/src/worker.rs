@@ -13,13 +13,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EventsMode, JobConfig};
+use crate::config::{EventsMode, JobConfig, WorkerOptions};
 use crate::copy::{Copier, Outcome};
 use crate::diff::KeyFilter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::EventRecord;
-use crate::job::{new_id, parse_message, Incoming, Job, JobObject};
-use crate::ledger::{pad_sequencer, DynamoLedger, JobTotals, ObjectRecord, Status};
+use crate::images::{ImageEngine, ImageOutcome};
+use crate::job::{new_id, parse_message, Incoming, Job, JobImage, JobObject};
+use crate::ledger::{pad_sequencer, DynamoLedger, ImageRow, JobTotals, ObjectRecord, Status};
 use crate::limit::MemoryBudget;
 use crate::queue::{Received, SqsQueue};
 use crate::stats::{StatEvent, Stats};
@@ -85,15 +86,29 @@ pub struct WorkerReport {
     pub seconds: f64,
 }
 
+/// One worker loop serves both kinds of transfer: what differs is the engine its jobs go to.
 pub struct Worker {
-    cfg: Arc<JobConfig>,
+    opts: WorkerOptions,
+    max_attempts: u32,
     queue: SqsQueue,
     ledger: DynamoLedger,
+    engine: Engine,
+    stats: Stats,
+    /// Object (or image) copies in flight.
+    slots: Arc<Semaphore>,
+}
+
+/// What a worker copies.
+enum Engine {
+    Objects(ObjectEngine),
+    Images(Arc<ImageEngine>),
+}
+
+/// An object transfer's side of a worker.
+struct ObjectEngine {
+    cfg: Arc<JobConfig>,
     copier: Arc<Copier>,
     filter: KeyFilter,
-    stats: Stats,
-    /// Object copies in flight.
-    slots: Arc<Semaphore>,
 }
 
 enum Disposition {
@@ -124,14 +139,37 @@ impl Worker {
             memory: MemoryBudget::new(w.concurrency as u64 * cfg.multipart.chunk_size),
         });
         Ok(Arc::new(Self {
-            filter: KeyFilter::new(&cfg.filters)?,
             slots: Arc::new(Semaphore::new(w.concurrency as usize)),
-            cfg,
+            opts: w.clone(),
+            max_attempts: cfg.max_attempts,
+            engine: Engine::Objects(ObjectEngine {
+                filter: KeyFilter::new(&cfg.filters)?,
+                cfg,
+                copier,
+            }),
             queue,
             ledger,
-            copier,
             stats,
         }))
+    }
+
+    /// A worker of an image transfer: image jobs from `queue` go to `images`.
+    pub fn for_images(
+        images: Arc<ImageEngine>,
+        queue: SqsQueue,
+        ledger: DynamoLedger,
+        stats: Stats,
+    ) -> Arc<Self> {
+        let w = images.cfg.worker.clone();
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(w.concurrency as usize)),
+            ledger: ledger.with_retention_days(w.ledger_retention_days),
+            max_attempts: images.cfg.max_attempts,
+            opts: w,
+            engine: Engine::Images(images),
+            queue,
+            stats,
+        })
     }
 
     /// Receive and process until `shutdown` (or idleness, if asked).
@@ -229,7 +267,7 @@ impl Worker {
             idle_since = Instant::now();
         }
         if !tasks.is_empty() {
-            let grace = Duration::from_secs(self.cfg.worker.shutdown_grace_secs);
+            let grace = Duration::from_secs(self.opts.shutdown_grace_secs);
             tracing::info!(
                 jobs = tasks.len(),
                 "stopping: finishing jobs in flight (up to {grace:?})"
@@ -265,19 +303,32 @@ impl Worker {
     /// hand when one ends), and its memory budget.
     fn capacity(&self) -> Demand {
         Demand {
-            slots: 2 * self.cfg.worker.concurrency as u64,
-            bytes: self.copier.memory.total_bytes(),
+            slots: 2 * self.opts.concurrency as u64,
+            bytes: match &self.engine {
+                Engine::Objects(o) => o.copier.memory.total_bytes(),
+                Engine::Images(i) => i.memory_bytes(),
+            },
         }
     }
 
     /// What a job will ask of this worker at its busiest: object slots, and bytes of buffers.
     fn demand(&self, parsed: &Result<Incoming>) -> Demand {
-        let w = &self.cfg.worker;
+        let w = &self.opts;
+        let o = match &self.engine {
+            Engine::Objects(o) => o,
+            Engine::Images(i) => {
+                return Demand {
+                    slots: 1,
+                    bytes: i.job_bytes(),
+                }
+                .capped(self.capacity())
+            }
+        };
         let per_object = |size: u64| {
-            if size < self.cfg.multipart.threshold {
+            if size < o.cfg.multipart.threshold {
                 size
             } else {
-                w.part_concurrency as u64 * self.cfg.part_size_for(size)
+                w.part_concurrency as u64 * o.cfg.part_size_for(size)
             }
         };
         match parsed {
@@ -303,10 +354,7 @@ impl Worker {
         let heartbeat = {
             let queue = self.queue.clone();
             let receipt = m.receipt.clone();
-            let (every, extend) = (
-                self.cfg.worker.heartbeat_secs,
-                self.cfg.worker.visibility_secs as u32,
-            );
+            let (every, extend) = (self.opts.heartbeat_secs, self.opts.visibility_secs as u32);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(every)).await;
@@ -324,7 +372,13 @@ impl Worker {
             }
             Ok(Incoming::TestEvent) => Disposition::Delete,
             Ok(Incoming::Job(job)) => self.job(job, &m).await,
-            Ok(Incoming::Events(records)) => self.events(records, &m).await,
+            Ok(Incoming::Events(records)) => match &self.engine {
+                Engine::Objects(o) => self.events(o, records, &m).await,
+                Engine::Images(_) => {
+                    tracing::warn!(message_id = %m.message_id, "S3 event received by an image transfer: ignoring it");
+                    Disposition::Delete
+                }
+            },
         };
         heartbeat.abort();
         let res = match disposition {
@@ -345,22 +399,36 @@ impl Worker {
     }
 
     async fn job(self: &Arc<Self>, job: Job, m: &Received) -> Disposition {
-        let final_attempt = m.receive_count >= self.cfg.max_attempts;
-        let res = match &job {
-            Job::Copy { id, run, objects } => {
-                self.copy_job(id, run, objects, m.receive_count).await
+        let final_attempt = m.receive_count >= self.max_attempts;
+        let res = match (&self.engine, &job) {
+            (Engine::Objects(o), Job::Copy { id, run, objects }) => {
+                self.copy_job(o, id, run, objects, m.receive_count).await
             }
-            Job::Giant { run, object, .. } => self.giant(run, object).await,
-            Job::Part {
-                run,
-                object,
-                upload_id,
-                part,
-                parts,
-                part_size,
-                ..
-            } => {
+            (Engine::Objects(o), Job::Giant { run, object, .. }) => {
+                self.giant(o, run, object).await
+            }
+            (Engine::Images(i), Job::Image { id, run, image }) => {
+                self.image_job(i, id, run, image, m.receive_count).await
+            }
+            (Engine::Images(_), _) | (Engine::Objects(_), Job::Image { .. }) => {
+                // A job of the other kind of transfer: not this worker's queue. Dead-lettered quickly.
+                tracing::error!(job = %job.id(), "a job of another kind of transfer on this worker's queue");
+                return Disposition::Retry(0);
+            }
+            (
+                Engine::Objects(o),
+                Job::Part {
+                    run,
+                    object,
+                    upload_id,
+                    part,
+                    parts,
+                    part_size,
+                    ..
+                },
+            ) => {
                 self.part(
+                    o,
                     run,
                     object,
                     upload_id,
@@ -383,13 +451,19 @@ impl Worker {
     }
 
     /// Copy one object with one outer retry for retryable errors; on the last attempt a failure is final.
-    async fn copy_one(&self, run: &str, o: &JobObject, attempt: u32) -> ObjectRecord {
+    async fn copy_one(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        attempt: u32,
+    ) -> ObjectRecord {
         let _slot = self.slots.acquire().await;
-        let final_attempt = attempt >= self.cfg.max_attempts;
-        let mut res = self.copier.copy(run, o, final_attempt).await;
+        let final_attempt = attempt >= self.max_attempts;
+        let mut res = e.copier.copy(run, o, final_attempt).await;
         if matches!(&res, Err(e) if e.is_retryable()) {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            res = self.copier.copy(run, o, final_attempt).await;
+            res = e.copier.copy(run, o, final_attempt).await;
         }
         let base = ObjectRecord::new(&o.key, Status::Done, o.size, attempt);
         match res {
@@ -428,27 +502,34 @@ impl Worker {
     /// Returns Ok(true) when the job is finished (delete it), Ok(false) to retry it.
     async fn copy_job(
         &self,
+        e: &ObjectEngine,
         id: &str,
         run: &str,
         objects: &[JobObject],
         attempt: u32,
     ) -> Result<bool> {
-        let concurrency = self.cfg.worker.concurrency as usize;
+        let concurrency = self.opts.concurrency as usize;
         // Futures built first, then driven: keeps the spawned task's future free of higher-ranked lifetimes.
         let futures: Vec<_> = objects
             .iter()
-            .map(|o| self.copy_or_skip(run, o, attempt))
+            .map(|o| self.copy_or_skip(e, run, o, attempt))
             .collect();
         let records: Vec<ObjectRecord> = stream::iter(futures)
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        self.settle(id, run, &records, attempt).await
+        self.settle(e, id, run, &records, attempt).await
     }
 
-    async fn copy_or_skip(&self, run: &str, o: &JobObject, attempt: u32) -> ObjectRecord {
+    async fn copy_or_skip(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        attempt: u32,
+    ) -> ObjectRecord {
         if attempt > 1 {
-            if let Ok(true) = self.copier.already_copied(o).await {
+            if let Ok(true) = e.copier.already_copied(o).await {
                 return ObjectRecord {
                     key: o.key.clone(),
                     status: Status::Done,
@@ -457,28 +538,46 @@ impl Worker {
                     duration_ms: 0,
                     attempt,
                     error: None,
+                    image: None,
                 };
             }
         }
-        self.copy_one(run, o, attempt).await
+        self.copy_one(e, run, o, attempt).await
     }
 
-    /// Record the rows; count the job once it is over (all good, or failed on its last attempt).
+    /// Record the rows of an object job; count the job once it is over (all good, or failed on its last
+    /// attempt).
     async fn settle(
         &self,
+        e: &ObjectEngine,
         id: &str,
         run: &str,
         records: &[ObjectRecord],
         attempt: u32,
     ) -> Result<bool> {
+        // Multipart objects already have a row (their upload's); it must end up saying DONE.
+        let threshold = e.cfg.multipart.threshold;
+        self.settle_rows(id, run, records, attempt, false, threshold)
+            .await
+    }
+
+    /// Record the rows; count the job once it is over (all good, `over` already, or its last attempt).
+    /// Outcomes of `own_row_from` bytes or more get a row of their own even when they went well (0: all).
+    async fn settle_rows(
+        &self,
+        id: &str,
+        run: &str,
+        records: &[ObjectRecord],
+        attempt: u32,
+        over: bool,
+        own_row_from: u64,
+    ) -> Result<bool> {
+        let has_row = |r: &ObjectRecord| r.size >= own_row_from;
         let failed = records
             .iter()
             .filter(|r| r.status == Status::Failed)
             .count();
-        let threshold = self.cfg.multipart.threshold;
-        // Multipart objects already have a row (their upload's); it must end up saying DONE.
-        let has_row = |r: &ObjectRecord| r.size >= threshold;
-        if failed == 0 || attempt >= self.cfg.max_attempts {
+        if failed == 0 || over || attempt >= self.max_attempts {
             self.ledger.finish_job(run, id, records, has_row).await?;
         } else {
             // Not over: name the failures (and settle the rows that exist) now; the rest waits for the retry.
@@ -493,22 +592,89 @@ impl Worker {
         Ok(failed == 0)
     }
 
+    /// Copy one image. Ok(true) when the job is over: copied, gone from the source, or failed in a way another
+    /// delivery cannot fix (a missing tag or repository, credentials refused, a manifest the copy cannot
+    /// read) — recorded FAILED and counted at once; Ok(false) to have it delivered again.
+    async fn image_job(
+        &self,
+        e: &ImageEngine,
+        id: &str,
+        run: &str,
+        image: &JobImage,
+        attempt: u32,
+    ) -> Result<bool> {
+        let _slot = self.slots.acquire().await;
+        let start = Instant::now();
+        let mut res = e.copy(image).await;
+        if matches!(&res, Err(err) if err.is_retryable()) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            res = e.copy(image).await;
+        }
+        let mut rec = ObjectRecord {
+            etag: image.digest.clone(),
+            image: Some(ImageRow {
+                repository: image.repository.clone(),
+                tag: image.tag.clone(),
+                digest: image.digest.clone(),
+            }),
+            ..ObjectRecord::new(&image.key(), Status::Done, image.size, attempt)
+        };
+        let mut permanent = false;
+        match res {
+            Ok(ImageOutcome::Copied(r)) => {
+                tracing::info!(
+                    image = %image.key(),
+                    digest = %r.digest,
+                    bytes = r.bytes,
+                    uploaded = r.bytes_uploaded,
+                    blobs_uploaded = r.blobs_uploaded,
+                    blobs_mounted = r.blobs_mounted,
+                    blobs_present = r.blobs_present,
+                    "image copied"
+                );
+                self.stats.send(StatEvent::Copied { bytes: r.bytes });
+                rec.size = r.bytes;
+                rec.duration_ms = start.elapsed().as_millis() as u64;
+                rec.etag = r.digest.clone();
+                if let Some(i) = rec.image.as_mut() {
+                    i.digest = r.digest;
+                }
+            }
+            Ok(ImageOutcome::Gone) => {
+                tracing::info!(image = %image.key(), digest = %image.digest, "gone from the source");
+                self.stats.send(StatEvent::Gone);
+                rec.status = Status::Gone;
+            }
+            Err(err) => {
+                permanent = !err.is_retryable();
+                tracing::warn!(image = %image.key(), attempt, "image copy failed: {err}");
+                self.stats.send(StatEvent::Failed);
+                rec.status = Status::Failed;
+                rec.error = Some(err.to_string());
+            }
+        }
+        let done = self
+            .settle_rows(id, run, &[rec], attempt, permanent, 0)
+            .await?;
+        Ok(done || permanent)
+    }
+
     /// Start the fleet-split upload of a giant object and enqueue a job per part still missing.
-    async fn giant(&self, run: &str, o: &JobObject) -> Result<bool> {
-        let c = &self.copier;
+    async fn giant(&self, e: &ObjectEngine, run: &str, o: &JobObject) -> Result<bool> {
+        let c = &e.copier;
         let head = match c.src.head(&o.key, &Pin::Latest).await {
             Ok(h) => h,
-            Err(e) if e.is_not_found() => {
+            Err(err) if err.is_not_found() => {
                 let rec = ObjectRecord::new(&o.key, Status::Gone, o.size, 1);
                 return self
-                    .settle(&format!("giant-{}", o.key), run, &[rec], 1)
+                    .settle(e, &format!("giant-{}", o.key), run, &[rec], 1)
                     .await;
             }
-            Err(e) => return Err(e),
+            Err(err) => return Err(err),
         };
         let pin = Pin::of(&head.etag, head.version_id.as_deref());
         let layout = c.layout(&o.key, &head, &pin).await?;
-        let dkey = self.cfg.destination_key(&o.key);
+        let dkey = e.cfg.destination_key(&o.key);
         let prior = self.ledger.upload(run, &o.key).await?;
         let live = c.live_uploads(&dkey).await?.unwrap_or_default();
         let reuse = prior.filter(|p| {
@@ -554,6 +720,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     async fn part(
         &self,
+        e: &ObjectEngine,
         run: &str,
         o: &JobObject,
         upload_id: &str,
@@ -562,11 +729,11 @@ impl Worker {
         part_size: u64,
         attempt: u32,
     ) -> Result<bool> {
-        let c = &self.copier;
+        let c = &e.copier;
         let _slot = self.slots.acquire().await;
         let pin = Pin::of(&o.etag, o.version_id.as_deref());
         let layout = crate::copy::Layout { part_size, parts };
-        let dkey = self.cfg.destination_key(&o.key);
+        let dkey = e.cfg.destination_key(&o.key);
         let etag = match c
             .copy_part(&o.key, &pin, o.size, layout, upload_id, part)
             .await
@@ -647,6 +814,7 @@ impl Worker {
             duration_ms: start.elapsed().as_millis() as u64,
             attempt,
             error,
+            image: None,
         };
         self.ledger
             .record_objects(run, std::slice::from_ref(&rec))
@@ -660,18 +828,23 @@ impl Worker {
 
     /// S3 event notifications: created → copy, removed → delete at the destination (when enabled); an event
     /// older than one already applied to the key is skipped.
-    async fn events(&self, records: Vec<EventRecord>, m: &Received) -> Disposition {
-        if self.cfg.events == EventsMode::None {
+    async fn events(
+        &self,
+        e: &ObjectEngine,
+        records: Vec<EventRecord>,
+        m: &Received,
+    ) -> Disposition {
+        if e.cfg.events == EventsMode::None {
             tracing::warn!(message_id = %m.message_id, "S3 event received but events are disabled: ignoring it");
             return Disposition::Delete;
         }
         let mut rows = Vec::new();
         for r in records {
-            match self.event(&r, m.receive_count).await {
+            match self.event(e, &r, m.receive_count).await {
                 Ok(Some(row)) => rows.push(row),
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(key = %r.key, "event {}: {e}", r.name);
+                Err(err) => {
+                    tracing::warn!(key = %r.key, "event {}: {err}", r.name);
                     rows.push(ObjectRecord {
                         key: r.key.clone(),
                         status: Status::Failed,
@@ -679,13 +852,15 @@ impl Worker {
                         etag: r.etag.clone(),
                         duration_ms: 0,
                         attempt: m.receive_count,
-                        error: Some(e.to_string()),
+                        error: Some(err.to_string()),
+                        image: None,
                     });
                 }
             }
         }
         match self
             .settle(
+                e,
                 &format!("msg-{}", m.message_id),
                 EVENTS_RUN,
                 &rows,
@@ -695,24 +870,29 @@ impl Worker {
         {
             Ok(true) => Disposition::Delete,
             Ok(false) => Disposition::Retry(
-                self.retry_delay(m.receive_count, m.receive_count >= self.cfg.max_attempts),
+                self.retry_delay(m.receive_count, m.receive_count >= self.max_attempts),
             ),
-            Err(e) => {
-                tracing::error!("recording events: {e}");
+            Err(err) => {
+                tracing::error!("recording events: {err}");
                 Disposition::Retry(self.retry_delay(m.receive_count, false))
             }
         }
     }
 
-    async fn event(&self, r: &EventRecord, attempt: u32) -> Result<Option<ObjectRecord>> {
-        if !r.bucket.is_empty() && r.bucket != self.cfg.source.bucket {
+    async fn event(
+        &self,
+        e: &ObjectEngine,
+        r: &EventRecord,
+        attempt: u32,
+    ) -> Result<Option<ObjectRecord>> {
+        if !r.bucket.is_empty() && r.bucket != e.cfg.source.bucket {
             tracing::warn!(bucket = %r.bucket, "event for another bucket: ignoring it");
             return Ok(None);
         }
-        if !r.key.starts_with(&self.cfg.source.prefix) || !self.filter.accepts(&r.key) {
+        if !r.key.starts_with(&e.cfg.source.prefix) || !e.filter.accepts(&r.key) {
             return Ok(None);
         }
-        let deletes = self.cfg.events == EventsMode::CreateAndDelete;
+        let deletes = e.cfg.events == EventsMode::CreateAndDelete;
         if !(r.is_created() || (r.is_removed() && deletes)) {
             return Ok(None);
         }
@@ -722,22 +902,27 @@ impl Worker {
                 return Ok(None);
             }
         }
-        let mut row = self.apply_event(r, attempt).await?;
+        let mut row = self.apply_event(e, r, attempt).await?;
         // A newer event may have been applied while this one ran, and this one's write may have landed last:
         // then bring the destination to the source's current state.
         if let Some(seq) = &r.sequencer {
             if self.ledger.sequencer(&r.key).await?.as_deref() != Some(pad_sequencer(seq).as_str())
             {
                 tracing::info!(key = %r.key, "a newer event arrived during this one: re-syncing the key");
-                row = self.resync(&r.key, attempt).await?;
+                row = self.resync(e, &r.key, attempt).await?;
             }
         }
         Ok(Some(row))
     }
 
-    async fn apply_event(&self, r: &EventRecord, attempt: u32) -> Result<ObjectRecord> {
+    async fn apply_event(
+        &self,
+        e: &ObjectEngine,
+        r: &EventRecord,
+        attempt: u32,
+    ) -> Result<ObjectRecord> {
         if r.is_removed() {
-            return self.delete_at_destination(&r.key, attempt).await;
+            return self.delete_at_destination(e, &r.key, attempt).await;
         }
         let o = JobObject {
             key: r.key.clone(),
@@ -745,7 +930,7 @@ impl Worker {
             etag: r.etag.clone(),
             version_id: r.version_id.clone(),
         };
-        let row = self.copy_one(EVENTS_RUN, &o, attempt).await;
+        let row = self.copy_one(e, EVENTS_RUN, &o, attempt).await;
         match row.status {
             Status::Failed => Err(Error::new(
                 ErrorKind::Transient,
@@ -755,16 +940,18 @@ impl Worker {
         }
     }
 
-    async fn delete_at_destination(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
-        self.copier
-            .dst
-            .delete(&self.cfg.destination_key(key))
-            .await?;
+    async fn delete_at_destination(
+        &self,
+        e: &ObjectEngine,
+        key: &str,
+        attempt: u32,
+    ) -> Result<ObjectRecord> {
+        e.copier.dst.delete(&e.cfg.destination_key(key)).await?;
         Ok(ObjectRecord::new(key, Status::Deleted, 0, attempt))
     }
 
-    async fn resync(&self, key: &str, attempt: u32) -> Result<ObjectRecord> {
-        match self.copier.src.head(key, &Pin::Latest).await {
+    async fn resync(&self, e: &ObjectEngine, key: &str, attempt: u32) -> Result<ObjectRecord> {
+        match e.copier.src.head(key, &Pin::Latest).await {
             Ok(h) => {
                 let o = JobObject {
                     key: key.into(),
@@ -772,13 +959,13 @@ impl Worker {
                     etag: h.etag,
                     version_id: h.version_id,
                 };
-                Ok(self.copy_one(EVENTS_RUN, &o, attempt).await)
+                Ok(self.copy_one(e, EVENTS_RUN, &o, attempt).await)
             }
-            Err(e) if e.is_not_found() && self.cfg.events == EventsMode::CreateAndDelete => {
-                self.delete_at_destination(key, attempt).await
+            Err(err) if err.is_not_found() && e.cfg.events == EventsMode::CreateAndDelete => {
+                self.delete_at_destination(e, key, attempt).await
             }
-            Err(e) if e.is_not_found() => Ok(ObjectRecord::new(key, Status::Gone, 0, attempt)),
-            Err(e) => Err(e),
+            Err(err) if err.is_not_found() => Ok(ObjectRecord::new(key, Status::Gone, 0, attempt)),
+            Err(err) => Err(err),
         }
     }
 }

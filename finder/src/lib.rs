@@ -7,7 +7,9 @@ use dth_core::cli::CommonArgs;
 use dth_core::config::TransferConfig;
 use dth_core::finder::{self, Sink};
 use dth_core::limit::Limits;
-use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
+use dth_core::{
+    aws, fleet, images, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,12 +54,7 @@ where
 async fn run(args: Args) -> dth_core::Result<()> {
     let mut cfg = match args.common.load()? {
         TransferConfig::Objects(cfg) => cfg,
-        TransferConfig::Images(_) => {
-            return Err(dth_core::Error::config(
-                "transfer",
-                "image transfers are not supported by this build",
-            ))
-        }
+        TransferConfig::Images(cfg) => return run_images(args, cfg).await,
     };
     if let Some(d) = args.depth {
         cfg.finder.depth = d;
@@ -116,6 +113,108 @@ async fn run(args: Args) -> dth_core::Result<()> {
         _ => Ok(()),
     };
     outcome.and(scaled)
+}
+
+/// An image transfer's run: the same ledger records, failure handling and scale-in as an object transfer's.
+async fn run_images(args: Args, mut cfg: dth_core::config::ImageJobConfig) -> dth_core::Result<()> {
+    if args.depth.is_some() {
+        return Err(dth_core::Error::config(
+            "--depth",
+            "applies to object transfers; an image transfer lists repositories, not prefixes",
+        ));
+    }
+    if let Some(p) = args.parallelism {
+        cfg.finder.parallelism = p;
+    }
+    cfg.validate()?;
+    if args.scale_in_asg.as_deref() == Some("") {
+        return Err(dth_core::Error::config(
+            "--scale-in-asg",
+            "must not be empty",
+        ));
+    }
+    let cp = aws::ControlPlane::new(&cfg.aws).await;
+    let limits = Arc::new(Limits::new(
+        cfg.worker.bandwidth_limit,
+        cfg.worker.requests_per_second,
+    ));
+    let sink = if args.dry_run {
+        Sink::DryRun
+    } else {
+        let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
+        ledger.check().await?;
+        Sink::Queue {
+            queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url),
+            ledger,
+        }
+    };
+    let run_id = args.run_id.unwrap_or_else(finder::new_run_id);
+    let ledger = match &sink {
+        Sink::Queue { ledger, .. } => Some(ledger.clone()),
+        Sink::DryRun => None,
+    };
+    let outcome = async {
+        let sides = images::connect(&cfg, &cp, Some(limits)).await?;
+        let (stats, totals) = stats::spawn("finder");
+        let report = images::find(&cfg, &sides, sink, Some(run_id.clone()), stats).await?;
+        let _ = totals.await;
+        print_image_report(&report, args.json);
+        Ok::<_, dth_core::Error>(())
+    }
+    .await;
+    if let (Err(e), Some(ledger)) = (&outcome, &ledger) {
+        if let Err(record) = ledger.fail_run(&run_id, &e.to_string()).await {
+            tracing::error!("recording the failed run {run_id} in the ledger: {record}");
+        }
+    }
+    let scaled = match (&args.scale_in_asg, &ledger) {
+        (Some(asg), Some(_)) => fleet::scale_in(&cp.autoscaling, asg).await,
+        _ => Ok(()),
+    };
+    outcome.and(scaled)
+}
+
+fn print_image_report(report: &images::ImageFinderReport, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("build".into(), dth_core::build_info::json());
+        }
+        println!("{value}");
+        return;
+    }
+    let verb = if report.dry_run {
+        "would copy"
+    } else {
+        "enqueued"
+    };
+    println!(
+        "run {}: looked at {} images; {verb} {} ({} bytes, {}); {} up to date, {} failed; {} repositories created",
+        report.run,
+        report.scanned,
+        report.to_move,
+        report.bytes_to_move,
+        stats::human_bytes(report.bytes_to_move),
+        report.up_to_date,
+        report.failed,
+        report.repositories_created.len(),
+    );
+    for i in &report.sample_images {
+        println!("  {i}");
+    }
+    if report.to_move > report.sample_images.len() as u64 {
+        println!(
+            "  ... and {} more",
+            report.to_move - report.sample_images.len() as u64
+        );
+    }
+    for f in &report.failures {
+        println!("  FAILED {}: {}", f.image, f.error);
+    }
+    println!(
+        "registry requests: {} to the source, {} to the destination; control-plane calls: {} in {:.1}s",
+        report.source_requests, report.destination_requests, report.control_plane_calls, report.seconds
+    );
 }
 
 fn print_report(report: &finder::FinderReport, json: bool) {

@@ -24,6 +24,12 @@
 //!   query, named as the SDK names them (`x-id=` when the SDK sends it, else `?uploads` → `CreateMultipartUpload`,
 //!   `?notification` → `Put`/`GetBucketNotificationConfiguration`, …).
 //!
+//! In front of a container registry (upstream a docker-registry instead of moto), a request for `/v2/…` (or a
+//! token service's `/token`) is service `registry`, its operation named by [`registry_operation`]
+//! (`GetBlob`, `PatchUpload`, `PutManifest`, …), and its errors rendered as the distribution API renders them
+//! (`{"errors": [{"code": "UNKNOWN", …}]}`; throttling is `429 TOOMANYREQUESTS`). [`Fault::Reply`] answers
+//! from the request itself: what a token service or an auth check needs.
+//!
 //! Bodies of every service but S3 are read whole, so that a rule can look into them (queue or table names);
 //! S3 bodies above 1 MiB are streamed through as they come, with their framing (`Content-Length`, or
 //! `Transfer-Encoding: chunked`), `aws-chunked` uploads included — nothing is buffered whole, so objects of any
@@ -97,7 +103,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::http::Response;
-pub use identify::s3_operation;
+pub use identify::{registry_operation, s3_operation};
 
 /// The wire protocol of a request, which decides how an error is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +118,8 @@ pub enum Protocol {
     Json { version_1_1: bool },
     /// Smithy RPC v2 CBOR (`/service/<Service>/operation/<Op>`): CloudWatch SDKs after 1.99.
     RpcV2Cbor,
+    /// The distribution API of a container registry (`/v2/…`): errors are `{"errors": [{"code", "message"}]}`.
+    Registry,
     /// Neither signed nor recognisable (moto's own `/moto-api`).
     Unknown,
 }
@@ -194,6 +202,9 @@ impl Request {
 /// What to change of moto's real answer.
 pub type Rewriter = Arc<dyn Fn(&Request, &mut Response) + Send + Sync>;
 
+/// An answer made from a request.
+pub type Replier = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
 /// A predicate on requests.
 pub type Predicate = Arc<dyn Fn(&Request) -> bool + Send + Sync>;
 
@@ -226,6 +237,8 @@ pub enum Fault {
     },
     /// Forward to moto, then alter its answer before the client sees it.
     Rewrite(Rewriter),
+    /// An answer computed from the request, without forwarding it (a token service, an auth check).
+    Reply(Replier),
     /// Reset the connection (RST) without forwarding: moto never sees the request.
     ResetBeforeForward,
     /// Forward to moto and read its whole answer, then reset the client's connection: the request took effect,
@@ -333,6 +346,11 @@ impl Fault {
         Fault::respond(200, &[], value.to_string())
     }
 
+    /// Answer with what `f` makes of the request; the upstream never sees it.
+    pub fn reply(f: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Fault {
+        Fault::Reply(Arc::new(f))
+    }
+
     /// Alter moto's answer.
     pub fn rewrite(f: impl Fn(&Request, &mut Response) + Send + Sync + 'static) -> Fault {
         Fault::Rewrite(Arc::new(f))
@@ -347,6 +365,7 @@ impl Fault {
             Fault::ServiceUnavailable => "ServiceUnavailable".into(),
             Fault::Respond { status, .. } => format!("Respond({status})"),
             Fault::Rewrite(_) => "Rewrite".into(),
+            Fault::Reply(_) => "Reply".into(),
             Fault::ResetBeforeForward => "ResetBeforeForward".into(),
             Fault::ResetAfterForward => "ResetAfterForward".into(),
             Fault::Delay(d) => format!("Delay({d:?})"),

@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod ec2;
 pub mod fault;
 pub mod http;
+pub mod images;
 pub mod instance;
 pub mod machine;
 pub mod registry;

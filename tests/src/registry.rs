@@ -29,10 +29,22 @@ pub fn skopeo() -> Command {
 pub struct Registry {
     child: Child,
     port: u16,
+    /// The htpasswd login it requires, if any.
+    login: Option<(String, String)>,
 }
 
 impl Registry {
     pub fn start(dir: &Path) -> Registry {
+        Self::start_with(dir, None)
+    }
+
+    /// A registry behind htpasswd Basic auth (bcrypt, as docker-registry requires) with one `user`: how ECR's
+    /// `AWS:<token>` login is imitated.
+    pub fn start_with_login(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_with(dir, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_with(dir: &Path, login: Option<(String, String)>) -> Registry {
         fs::create_dir_all(dir).unwrap();
         let exe = on_path("docker-registry", "docker-registry");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -41,15 +53,29 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.join("registry.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
-                 enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
+             enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("storage").display()
+        );
+        if let Some((user, password)) = &login {
+            let out = Command::new(on_path("htpasswd", "apache2-utils"))
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("running htpasswd");
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = dir.join("htpasswd");
+            fs::write(&file, &out.stdout).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: dth-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        fs::write(&config, yaml).unwrap();
         let log = fs::File::create(dir.join("registry.log")).unwrap();
         let child = Command::new(exe)
             .arg("serve")
@@ -59,7 +85,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("starting docker-registry");
-        let mut registry = Registry { child, port };
+        let mut registry = Registry { child, port, login };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !registry.answers() {
             if let Some(status) = registry.child.try_wait().unwrap() {
@@ -90,7 +116,52 @@ impl Registry {
         }
         let mut response = String::new();
         let _ = s.read_to_string(&mut response);
-        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+        // 401: a registry behind a login answers, refusing the anonymous request.
+        ["200", "401"].iter().any(|s| {
+            response.starts_with(&format!("HTTP/1.1 {s}"))
+                || response.starts_with(&format!("HTTP/1.0 {s}"))
+        })
+    }
+
+    /// The login it requires (`user`, `password`), if any.
+    pub fn login(&self) -> Option<(&str, &str)> {
+        self.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// skopeo's credential flag for this registry (`--<which>-creds=user:password`), if it has a login.
+    fn creds(&self, which: &str) -> Vec<String> {
+        match &self.login {
+            Some((u, p)) => vec![format!("--{which}={u}:{p}")],
+            None => vec![],
+        }
+    }
+
+    /// `skopeo inspect --raw` of `repo:tag` (or `repo@digest`) here: the manifest as the registry serves it.
+    pub fn inspect_raw(&self, reference: &str) -> Vec<u8> {
+        let out = skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .args(self.creds("creds"))
+            .arg(format!("docker://{}/{reference}", self.address()))
+            .output()
+            .expect("running skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo inspect {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Whether `repo:tag` (or `repo@digest`) exists here, as skopeo sees it.
+    pub fn has(&self, reference: &str) -> bool {
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .args(self.creds("creds"))
+            .arg(format!("docker://{}/{reference}", self.address()))
+            .output()
+            .expect("running skopeo")
+            .status
+            .success()
     }
 
     /// `127.0.0.1:PORT`.
@@ -110,6 +181,7 @@ impl Registry {
                 "--preserve-digests",
                 "--dest-tls-verify=false",
             ])
+            .args(self.creds("dest-creds"))
             .arg(format!("oci:{}", layout.display()))
             .arg(format!("docker://{dest}"))
             .output()

@@ -8,7 +8,9 @@ use dth_core::cli::CommonArgs;
 use dth_core::config::TransferConfig;
 use dth_core::limit::Limits;
 use dth_core::worker::{RunOptions, Worker};
-use dth_core::{aws, fleet, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore};
+use dth_core::{
+    aws, fleet, images, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -80,36 +82,40 @@ where
 }
 
 async fn run(args: Args) -> dth_core::Result<()> {
-    let mut cfg = match args.common.load()? {
-        TransferConfig::Objects(cfg) => cfg,
-        TransferConfig::Images(_) => {
-            return Err(dth_core::Error::config(
-                "transfer",
-                "image transfers are not supported by this build",
-            ))
-        }
-    };
+    let mut cfg = args.common.load()?;
     if let Some(c) = args.concurrency {
-        cfg.worker.concurrency = c;
+        cfg.worker_mut().concurrency = c;
     }
     if let Some(c) = args.part_concurrency {
-        cfg.worker.part_concurrency = c;
+        cfg.worker_mut().part_concurrency = c;
     }
     cfg.validate()?;
     let termination = args.termination()?;
-    let cfg = Arc::new(cfg);
-    let cp = aws::ControlPlane::new(&cfg.aws).await;
+    let cp = aws::ControlPlane::new(cfg.aws()).await;
     let limits = Arc::new(Limits::new(
-        cfg.worker.bandwidth_limit,
-        cfg.worker.requests_per_second,
+        cfg.worker().bandwidth_limit,
+        cfg.worker().requests_per_second,
     ));
-    let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
-    let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
-    let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
+    let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger().table);
     ledger.check().await?;
-    let queue = SqsQueue::new(cp.sqs.clone(), &cfg.queue.url);
+    let queue = SqsQueue::new(cp.sqs.clone(), &cfg.queue().url);
     let (stats, totals) = stats::spawn("worker");
-    let worker = Worker::new(cfg, src, dst, queue, ledger, stats)?;
+    let worker = match cfg {
+        TransferConfig::Objects(cfg) => {
+            let cfg = Arc::new(cfg);
+            let src: Arc<dyn ObjectStore> =
+                Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
+            let dst: Arc<dyn ObjectStore> =
+                Arc::new(aws::destination_store(&cfg, &cp, limits).await);
+            Worker::new(cfg, src, dst, queue, ledger, stats)?
+        }
+        TransferConfig::Images(cfg) => {
+            let cfg = Arc::new(cfg);
+            let sides = images::connect(&cfg, &cp, Some(limits)).await?;
+            let engine = Arc::new(images::ImageEngine::new(cfg, &sides, stats.clone()));
+            Worker::for_images(engine, queue, ledger, stats)
+        }
+    };
 
     let shutdown = CancellationToken::new();
     // A stop asked by a signal (systemctl stop, docker stop, Ctrl-C), apart from one the group asked for.

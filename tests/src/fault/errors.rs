@@ -51,6 +51,7 @@ fn err(status: u16, code: &str, message: &str) -> AwsError {
 /// Every one of these codes is in aws-runtime's `THROTTLING_ERRORS`, so the SDK retries them as throttling.
 pub(super) fn throttling(service: &str, protocol: Protocol) -> AwsError {
     match (service, protocol) {
+        ("registry", _) => err(429, "TOOMANYREQUESTS", "too many requests"),
         ("s3", _) => err(503, "SlowDown", "Please reduce your request rate."),
         ("ec2", _) => err(503, "RequestLimitExceeded", "Request limit exceeded."),
         ("dynamodb", _) => err(
@@ -74,6 +75,7 @@ pub(super) fn throttling(service: &str, protocol: Protocol) -> AwsError {
 /// exception or failure.", 500).
 pub(super) fn internal_error(service: &str) -> AwsError {
     match service {
+        "registry" => err(500, "UNKNOWN", "unknown error"),
         "s3" => err(
             500,
             "InternalError",
@@ -107,6 +109,7 @@ pub(super) fn internal_error(service: &str) -> AwsError {
 /// Developer Guide, AWS common errors: "The request has failed due to a temporary failure of the server.").
 pub(super) fn service_unavailable(service: &str) -> AwsError {
     match service {
+        "registry" => err(503, "UNAVAILABLE", "service unavailable"),
         "s3" => err(
             503,
             "ServiceUnavailable",
@@ -221,6 +224,7 @@ pub(super) fn content_type(protocol: Protocol) -> &'static str {
         Protocol::Json { version_1_1: false } => "application/x-amz-json-1.0",
         Protocol::RpcV2Cbor => "application/cbor",
         Protocol::RestXml => "application/xml",
+        Protocol::Registry => "application/json; charset=utf-8",
         Protocol::Query | Protocol::Ec2Query | Protocol::Unknown => "text/xml",
     }
 }
@@ -270,6 +274,15 @@ pub(super) fn render(r: &Request, e: &AwsError) -> Response {
                     xml_escape(&e.message)
                 )
                 .into_bytes()
+            }
+        }
+        Protocol::Registry => {
+            if r.method == "HEAD" {
+                Vec::new()
+            } else {
+                serde_json::json!({"errors": [{"code": e.code, "message": e.message}]})
+                    .to_string()
+                    .into_bytes()
             }
         }
         Protocol::Ec2Query => format!(

@@ -59,6 +59,9 @@ pub(super) fn service_of(headers: &[(String, String)], target: &str) -> String {
     if target.starts_with("/moto-api") {
         return "moto".into();
     }
+    if target.starts_with("/v2/") || target == "/v2" || target.starts_with("/token") {
+        return "registry".into();
+    }
     "unknown".into()
 }
 
@@ -70,6 +73,13 @@ pub(super) fn identify(
     body: &[u8],
 ) -> (String, String, Protocol) {
     let service = service_of(headers, target);
+    if service == "registry" {
+        return (
+            service,
+            registry_operation(method, target).into(),
+            Protocol::Registry,
+        );
+    }
     if let Some(t) = header(headers, "x-amz-target") {
         let op = t.rsplit('.').next().unwrap_or(t).to_owned();
         let version_1_1 = header(headers, "content-type").is_some_and(|c| c.contains("1.1"));
@@ -363,6 +373,55 @@ const S3_XID: &[&str] = &[
     "UploadPartCopy",
 ];
 
+/// A distribution API request's operation, named after the specification's endpoints: `Base`, `Catalog`,
+/// `ListTags`, `HeadManifest`/`GetManifest`/`PutManifest`/`DeleteManifest`, `HeadBlob`/`GetBlob`/`DeleteBlob`,
+/// `StartUpload`, `MountBlob` (`POST` with `mount=`), `PatchUpload`, `PutUpload`, `GetUpload`,
+/// `CancelUpload`; `Token` for a token service at `/token`.
+pub fn registry_operation(method: &str, target: &str) -> &'static str {
+    let path = target.split('?').next().unwrap_or("");
+    if path.starts_with("/token") {
+        return "Token";
+    }
+    if path == "/v2" || path == "/v2/" {
+        return "Base";
+    }
+    if path == "/v2/_catalog" {
+        return "Catalog";
+    }
+    if path.ends_with("/tags/list") {
+        return "ListTags";
+    }
+    if path.contains("/blobs/uploads") {
+        return match method {
+            "POST" if query_pairs(target).iter().any(|(k, _)| k == "mount") => "MountBlob",
+            "POST" => "StartUpload",
+            "PATCH" => "PatchUpload",
+            "PUT" => "PutUpload",
+            "GET" => "GetUpload",
+            "DELETE" => "CancelUpload",
+            _ => "unknown",
+        };
+    }
+    if path.contains("/manifests/") {
+        return match method {
+            "HEAD" => "HeadManifest",
+            "GET" => "GetManifest",
+            "PUT" => "PutManifest",
+            "DELETE" => "DeleteManifest",
+            _ => "unknown",
+        };
+    }
+    if path.contains("/blobs/") {
+        return match method {
+            "HEAD" => "HeadBlob",
+            "GET" => "GetBlob",
+            "DELETE" => "DeleteBlob",
+            _ => "unknown",
+        };
+    }
+    "unknown"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +562,38 @@ mod tests {
         for (method, target, copy, op) in cases {
             assert_eq!(s3_operation(method, target, copy), op, "{method} {target}");
         }
+    }
+
+    #[test]
+    fn registry_operations() {
+        assert_eq!(registry_operation("GET", "/v2/"), "Base");
+        assert_eq!(registry_operation("GET", "/v2/_catalog?n=10"), "Catalog");
+        assert_eq!(registry_operation("GET", "/v2/a/b/tags/list"), "ListTags");
+        assert_eq!(
+            registry_operation("HEAD", "/v2/a/manifests/1"),
+            "HeadManifest"
+        );
+        assert_eq!(
+            registry_operation("PUT", "/v2/a/manifests/sha256:0"),
+            "PutManifest"
+        );
+        assert_eq!(registry_operation("GET", "/v2/a/blobs/sha256:0"), "GetBlob");
+        assert_eq!(
+            registry_operation("POST", "/v2/a/blobs/uploads/"),
+            "StartUpload"
+        );
+        assert_eq!(
+            registry_operation("POST", "/v2/a/blobs/uploads/?mount=sha256%3A0&from=b"),
+            "MountBlob"
+        );
+        assert_eq!(
+            registry_operation("PATCH", "/v2/a/blobs/uploads/u?_state=x"),
+            "PatchUpload"
+        );
+        assert_eq!(
+            registry_operation("PUT", "/v2/a/blobs/uploads/u?digest=d"),
+            "PutUpload"
+        );
+        assert_eq!(registry_operation("GET", "/token?scope=x"), "Token");
     }
 }

@@ -498,6 +498,12 @@ async fn handle(
             write_response(&mut client.stream, &answer, head_request).await?;
             Ok(Some(answer.status))
         }
+        Some(Fault::Reply(f)) => {
+            drain(&mut client, body).await?;
+            let r = f(req);
+            write_response(&mut client.stream, &r, head_request).await?;
+            Ok(Some(r.status))
+        }
         Some(Fault::Respond {
             status,
             mut headers,
