@@ -8,9 +8,9 @@
 //! | Who | Call | IAM action | Resource |
 //! |---|---|---|---|
 //! | finder, worker | GetAuthorizationToken (a registry login for the source of type `ecr` and for the destination) | `ecr:GetAuthorizationToken` | `*` (no resource-level permissions) |
-//! | finder | DescribeRepositories, ListImages, DescribeImages (an `ecr` source: repositories, tags, digests) | the same names | source repositories |
+//! | finder | DescribeRepositories (`all`), ListImages (an `ecr` source: repositories, tags, digests: `aws::ecr_repositories`, `aws::ecr_images`) | the same names | source repositories |
 //! | worker | manifest GET/HEAD, blob GET through the registry API | `ecr:BatchGetImage`, `ecr:GetDownloadUrlForLayer`, `ecr:BatchCheckLayerAvailability` | source repositories |
-//! | finder | DescribeRepositories, CreateRepository (a missing destination repository), TagResource (its tags) | the same names | destination repositories |
+//! | finder | DescribeRepositories, CreateRepository (a missing destination repository: `aws::ensure_ecr_repository`) | the same names | destination repositories |
 //! | finder, worker | manifest HEAD at the destination (digest comparison) | `ecr:BatchGetImage` | destination repositories |
 //! | worker | blob HEAD, upload, cross-repository mount; manifest PUT | `ecr:BatchCheckLayerAvailability`, `ecr:InitiateLayerUpload`, `ecr:UploadLayerPart`, `ecr:CompleteLayerUpload`, `ecr:GetDownloadUrlForLayer` (the mount's source), `ecr:PutImage` | destination repositories |
 //!
@@ -198,7 +198,6 @@ impl Payload for Images {
                 &[
                     "ecr:DescribeRepositories",
                     "ecr:ListImages",
-                    "ecr:DescribeImages",
                     "ecr:BatchGetImage",
                     "ecr:GetDownloadUrlForLayer",
                     "ecr:BatchCheckLayerAvailability",
@@ -216,7 +215,6 @@ impl Payload for Images {
                 &[
                     "ecr:DescribeRepositories",
                     "ecr:CreateRepository",
-                    "ecr:TagResource",
                     "ecr:BatchGetImage",
                     "ecr:BatchCheckLayerAvailability",
                     "ecr:GetDownloadUrlForLayer",
