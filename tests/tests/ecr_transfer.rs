@@ -3,13 +3,21 @@
 //! - create → plan (no changes) → the instances' job config and role → import (no changes) → update in place →
 //!   destroy → nothing left;
 //! - a piece deleted by hand: the plan replaces the transfer and names it;
-//! - invalid configurations rejected with the attribute named.
+//! - invalid configurations rejected with the attribute named;
+//! - examples/local-images end to end on t4g instances booted by the EC2 stand-in: selected images and a whole
+//!   registry (its catalog) copied by the image's arm64 finder and workers under qemu into a registry that
+//!   takes ECR's login, the repositories created in moto's ECR, the digests read back with skopeo, and a
+//!   refresh in sync with its counts.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use dth_core::config::TransferConfig;
 use dth_core::image_config::ImageSourceType;
 use dth_tests::cloud::{clients, leftovers};
+use dth_tests::ec2::logs;
+use dth_tests::images::{docker_image, oci_index, sha256, Layout};
+use dth_tests::registry::Registry;
 use dth_tests::terraform::Terraform;
 use dth_tests::*;
 
@@ -300,4 +308,187 @@ async fn invalid_image_configurations_name_the_attribute() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The password moto's GetAuthorizationToken hands out for its account (`AWS:<account>-auth-token`): the
+/// destination registry's login, as ECR's.
+const ECR_PASSWORD: &str = "123456789012-auth-token";
+const KIB: usize = 1024;
+
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn values(tf: &Terraform) -> serde_json::Value {
+    tf.state()["values"]["root_module"]["resources"][0]["values"].clone()
+}
+
+/// `reference` at `dst` is the source's manifest byte for byte, and an index's per-platform manifests are
+/// there by digest (read with skopeo, a client the project did not write).
+fn arrived(dst: &Registry, repo: &str, tag: &str, image: &Layout) -> bool {
+    if !dst.has(&format!("{repo}:{tag}")) {
+        return false;
+    }
+    let raw = dst.inspect_raw(&format!("{repo}:{tag}"));
+    assert_eq!(sha256(&raw), image.digest, "{repo}:{tag}: digest");
+    assert_eq!(raw, image.manifest, "{repo}:{tag}: manifest bytes");
+    for (platform, digest) in &image.platforms {
+        assert!(
+            dst.has(&format!("{repo}@{digest}")),
+            "{repo}:{tag}: the {platform} manifest {digest} is missing"
+        );
+    }
+    true
+}
+
+/// examples/local-images, applied as scripts/demo applies it, twice: a selection (`repo:tag`, `repo:ALL_TAGS`)
+/// and a whole registry (`all`, from its catalog), each on its own t4g finder and worker booted by the EC2
+/// stand-in from the launch templates, running the image's arm64 binaries under qemu.
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_local_images_end_to_end_on_t4g() {
+    let w = World::start("tf-ecr-e2e").await;
+    let (_project, image) = w.image_registry();
+    let src = Registry::start(&w.dir.join("source-registry"));
+    let dst = Registry::start_with_login(&w.dir.join("destination-registry"), "AWS", ECR_PASSWORD);
+    let layouts = w.dir.join("layouts");
+    let app = docker_image(&layouts.join("app"), &[1536 * KIB, 300 * KIB]);
+    let base2 = oci_index(
+        &layouts.join("base2"),
+        &["linux/amd64", "linux/arm64"],
+        512 * KIB,
+        &[256 * KIB],
+    );
+    let base3 = docker_image(&layouts.join("base3"), &[700 * KIB]);
+    let other = docker_image(&layouts.join("other"), &[100 * KIB]);
+    src.push(&app.dir, "app", "1.0");
+    src.push(&base2.dir, "team/base", "2");
+    src.push(&base3.dir, "team/base", "3");
+    src.push(&other.dir, "other", "1");
+    let s = w.standin();
+
+    let apply = |name: &str, images: &[&str], prefix: &str| {
+        let tf = Terraform::new(&w, name);
+        copy_files(&repo_root().join("examples/local-images"), &tf.dir);
+        let list: Vec<String> = images.iter().map(|i| format!("\"{i}\"")).collect();
+        std::fs::write(
+            tf.dir.join("terraform.tfvars"),
+            format!(
+                "aws_endpoint = \"{}\"\nautoscaling_endpoint = \"{}\"\nimage = \"{image}\"\nname = \"{name}\"\n\
+                 source_registry = \"http://{}\"\ndestination_registry = \"http://{}\"\n\
+                 destination_prefix = \"{prefix}\"\nimages = [{}]\nworkers = 1\n",
+                w.endpoint,
+                s.autoscaling_endpoint(),
+                src.address(),
+                dst.address(),
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        tf.ok(&["init", "-input=false"]);
+        tf.ok(&["apply", "-auto-approve", "-input=false"]);
+        tf
+    };
+    let selected = apply("selected", &["app:1.0", "team/base:ALL_TAGS"], "mirror");
+    let everything = apply("everything", &[], "all");
+
+    let wanted: [(&str, &str, &Layout); 7] = [
+        ("mirror/app", "1.0", &app),
+        ("mirror/team/base", "2", &base2),
+        ("mirror/team/base", "3", &base3),
+        ("all/app", "1.0", &app),
+        ("all/team/base", "2", &base2),
+        ("all/team/base", "3", &base3),
+        ("all/other", "1", &other),
+    ];
+    wait_for!(
+        Duration::from_secs(600),
+        format!("the images to arrive\n{}", logs(&s.launches())),
+        wanted
+            .iter()
+            .all(|(repo, tag, l)| arrived(&dst, repo, tag, l))
+    );
+    assert!(
+        !dst.has("mirror/other:1"),
+        "an image not selected was copied"
+    );
+    for (tf, found) in [(&selected, 3u64), (&everything, 4u64)] {
+        let queue_url = values(tf)["queue_url"].as_str().unwrap().to_owned();
+        wait_for!(
+            Duration::from_secs(120),
+            "the queue to drain",
+            w.depth(&queue_url).await == (0, 0)
+        );
+        tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
+        let v = values(tf);
+        assert_eq!(v["status"], "in_sync", "{v}");
+        assert_eq!(v["images_found"], found, "{v}");
+        assert_eq!(v["images_done"], found, "{v}");
+        assert_eq!(v["images_failed"], 0, "{v}");
+        assert_eq!(v["dead_letters"], 0, "{v}");
+        let (code, out) = tf.plan(&[]);
+        assert_eq!(code, 0, "{out}");
+        assert!(!out.contains("Warning"), "in sync: no warning\n{out}");
+    }
+    for l in s.launches() {
+        assert_eq!(l.arch, "arm64");
+        assert!(
+            l.console().contains("aarch64-unknown-linux-musl"),
+            "{}",
+            l.console()
+        );
+    }
+    // The repositories the finders created, in ECR (moto).
+    let ecr = {
+        let conf = aws_sdk_ecr::Config::builder()
+            .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
+            .region(aws_sdk_ecr::config::Region::new(REGION))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(&w.endpoint)
+            .build();
+        aws_sdk_ecr::Client::from_conf(conf)
+    };
+    let mut repos: Vec<String> = ecr
+        .describe_repositories()
+        .send()
+        .await
+        .unwrap()
+        .repositories()
+        .iter()
+        .filter_map(|r| r.repository_name().map(str::to_owned))
+        .collect();
+    repos.sort();
+    assert_eq!(
+        repos,
+        [
+            "all/app",
+            "all/other",
+            "all/team/base",
+            "mirror/app",
+            "mirror/team/base"
+        ]
+    );
+
+    for tf in [&selected, &everything] {
+        tf.ok(&["destroy", "-auto-approve", "-input=false"]);
+    }
+    wait_for!(
+        Duration::from_secs(180),
+        format!("the instances to power off\n{}", logs(&s.launches())),
+        s.launches().iter().all(|l| !l.running())
+    );
+    s.stop();
+    assert!(
+        wanted
+            .iter()
+            .all(|(repo, tag, l)| arrived(&dst, repo, tag, l)),
+        "copied images are never deleted"
+    );
 }

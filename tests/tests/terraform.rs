@@ -623,6 +623,8 @@ async fn examples_and_modules_are_valid() {
     // The local example, as scripts/demo runs it.
     let local = Terraform::new(&w, "local");
     copy_files(&root.join("examples/local"), &local.dir);
+    let local_images = Terraform::new(&w, "local-images");
+    copy_files(&root.join("examples/local-images"), &local_images.dir);
     // The module, called the way its README shows.
     let module = Terraform::new(&w, "module");
     copy_files(
@@ -662,7 +664,7 @@ output "status" {
 }
 "#,
     );
-    for tf in [&docs, &docs_images, &local, &module] {
+    for tf in [&docs, &docs_images, &local, &local_images, &module] {
         tf.ok(&["init", "-input=false", "-backend=false"]);
         tf.ok(&["validate"]);
     }
