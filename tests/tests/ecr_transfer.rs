@@ -372,7 +372,7 @@ async fn examples_local_images_end_to_end_on_t4g() {
     src.push(&other.dir, "other", "1");
     let s = w.standin();
 
-    let apply = |name: &str, images: &[&str], prefix: &str| {
+    let apply = |name: &str, images: &[&str], prefix: &str, workers: u32| {
         let tf = Terraform::new(&w, name);
         copy_files(&repo_root().join("examples/local-images"), &tf.dir);
         let list: Vec<String> = images.iter().map(|i| format!("\"{i}\"")).collect();
@@ -381,7 +381,7 @@ async fn examples_local_images_end_to_end_on_t4g() {
             format!(
                 "aws_endpoint = \"{}\"\nautoscaling_endpoint = \"{}\"\nimage = \"{image}\"\nname = \"{name}\"\n\
                  source_registry = \"http://{}\"\ndestination_registry = \"http://{}\"\n\
-                 destination_prefix = \"{prefix}\"\nimages = [{}]\nworkers = 1\n",
+                 destination_prefix = \"{prefix}\"\nimages = [{}]\nworkers = {workers}\n",
                 w.endpoint,
                 s.autoscaling_endpoint(),
                 src.address(),
@@ -394,8 +394,35 @@ async fn examples_local_images_end_to_end_on_t4g() {
         tf.ok(&["apply", "-auto-approve", "-input=false"]);
         tf
     };
-    let selected = apply("selected", &["app:1.0", "team/base:ALL_TAGS"], "mirror");
-    let everything = apply("everything", &[], "all");
+    // The selection first without workers: its finder runs and leaves the jobs queued, and the plan warns with
+    // what is pending.
+    let selected = apply("selected", &["app:1.0", "team/base:ALL_TAGS"], "mirror", 0);
+    let queue_url = values(&selected)["queue_url"].as_str().unwrap().to_owned();
+    wait_for!(
+        Duration::from_secs(300),
+        format!("the finder to run\n{}", logs(&s.launches())),
+        {
+            let f = s.launches_of("dth-selected-finder");
+            !f.is_empty() && f.iter().all(|l| !l.running())
+        }
+    );
+    assert_eq!(w.depth(&queue_url).await, (3, 0), "one job per image");
+    selected.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
+    let (code, out) = selected.plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("Warning: dth_ecr_transfer.demo: not in sync"),
+        "{out}"
+    );
+    assert!(
+        flat.contains("3 images (") && flat.contains("of the latest run still to move"),
+        "{out}"
+    );
+    assert!(!dst.has("mirror/app:1.0"), "nothing copied without workers");
+    // Now with a worker, and a second transfer of the whole registry (its catalog) beside it.
+    let selected = apply("selected", &["app:1.0", "team/base:ALL_TAGS"], "mirror", 1);
+    let everything = apply("everything", &[], "all", 1);
 
     let wanted: [(&str, &str, &Layout); 7] = [
         ("mirror/app", "1.0", &app),
