@@ -412,7 +412,7 @@ async fn examples_local_images_end_to_end_on_t4g() {
     assert_eq!(code, 0, "{out}");
     let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        flat.contains("Warning: dth_ecr_transfer.demo: not in sync"),
+        flat.contains("Warning: dth_ecr_transfer.selected: not in sync"),
         "{out}"
     );
     assert!(
