@@ -52,7 +52,14 @@ where
 }
 
 async fn run(args: Args) -> dth_core::Result<()> {
-    let mut cfg = match args.common.load()? {
+    let loaded = args.common.load()?;
+    if args.scale_in_asg.as_deref() == Some("") {
+        return Err(dth_core::Error::config(
+            "--scale-in-asg",
+            "must not be empty",
+        ));
+    }
+    let mut cfg = match loaded {
         TransferConfig::Objects(cfg) => cfg,
         TransferConfig::Images(cfg) => return run_images(args, cfg).await,
     };
@@ -63,12 +70,6 @@ async fn run(args: Args) -> dth_core::Result<()> {
         cfg.finder.parallelism = p;
     }
     cfg.validate()?;
-    if args.scale_in_asg.as_deref() == Some("") {
-        return Err(dth_core::Error::config(
-            "--scale-in-asg",
-            "must not be empty",
-        ));
-    }
     let cp = aws::ControlPlane::new(&cfg.aws).await;
     let limits = Arc::new(Limits::new(
         cfg.worker.bandwidth_limit,
@@ -76,30 +77,89 @@ async fn run(args: Args) -> dth_core::Result<()> {
     ));
     let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
     let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
+    let json = args.json;
+    recorded_run(
+        &args,
+        &cp,
+        &cfg.ledger.table,
+        &cfg.queue.url,
+        |sink, run_id| async {
+            let roots = finder::roots(&cfg, &cp.s3).await?;
+            let (stats, totals) = stats::spawn("finder");
+            let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id), stats).await?;
+            let _ = totals.await;
+            print_report(&report, json);
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// An image transfer's run: the same ledger records, failure handling and scale-in as an object transfer's.
+async fn run_images(args: Args, mut cfg: dth_core::config::ImageJobConfig) -> dth_core::Result<()> {
+    if args.depth.is_some() {
+        return Err(dth_core::Error::config(
+            "--depth",
+            "applies to object transfers; an image transfer lists repositories, not prefixes",
+        ));
+    }
+    if let Some(p) = args.parallelism {
+        cfg.finder.parallelism = p;
+    }
+    cfg.validate()?;
+    let cp = aws::ControlPlane::new(&cfg.aws).await;
+    let limits = Arc::new(Limits::new(
+        cfg.worker.bandwidth_limit,
+        cfg.worker.requests_per_second,
+    ));
+    let json = args.json;
+    recorded_run(
+        &args,
+        &cp,
+        &cfg.ledger.table,
+        &cfg.queue.url,
+        |sink, run_id| async {
+            let sides = images::connect(&cfg, &cp, Some(limits)).await?;
+            let (stats, totals) = stats::spawn("finder");
+            let report = images::find(&cfg, &sides, sink, Some(run_id), stats).await?;
+            let _ = totals.await;
+            print_image_report(&report, json);
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// What every kind of finder run does around its finding (`find`, given where jobs go and the run id): the sink
+/// (the job queue and the ledger, or a dry run), a failed run recorded as such, and the scale-in that ends a
+/// scheduled run.
+async fn recorded_run<F, Fut>(
+    args: &Args,
+    cp: &aws::ControlPlane,
+    table: &str,
+    queue_url: &str,
+    find: F,
+) -> dth_core::Result<()>
+where
+    F: FnOnce(Sink, String) -> Fut,
+    Fut: std::future::Future<Output = dth_core::Result<()>>,
+{
     let sink = if args.dry_run {
         Sink::DryRun
     } else {
-        let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
+        let ledger = DynamoLedger::new(cp.dynamodb.clone(), table);
         ledger.check().await?;
         Sink::Queue {
-            queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url),
+            queue: SqsQueue::new(cp.sqs.clone(), queue_url),
             ledger,
         }
     };
-    let run_id = args.run_id.unwrap_or_else(finder::new_run_id);
+    let run_id = args.run_id.clone().unwrap_or_else(finder::new_run_id);
     let ledger = match &sink {
         Sink::Queue { ledger, .. } => Some(ledger.clone()),
         Sink::DryRun => None,
     };
-    let outcome = async {
-        let roots = finder::roots(&cfg, &cp.s3).await?;
-        let (stats, totals) = stats::spawn("finder");
-        let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id.clone()), stats).await?;
-        let _ = totals.await;
-        print_report(&report, args.json);
-        Ok::<_, dth_core::Error>(())
-    }
-    .await;
+    let outcome = find(sink, run_id.clone()).await;
     if let (Err(e), Some(ledger)) = (&outcome, &ledger) {
         // What `terraform plan` shows: the run failed, and why.
         if let Err(record) = ledger.fail_run(&run_id, &e.to_string()).await {
@@ -115,72 +175,17 @@ async fn run(args: Args) -> dth_core::Result<()> {
     outcome.and(scaled)
 }
 
-/// An image transfer's run: the same ledger records, failure handling and scale-in as an object transfer's.
-async fn run_images(args: Args, mut cfg: dth_core::config::ImageJobConfig) -> dth_core::Result<()> {
-    if args.depth.is_some() {
-        return Err(dth_core::Error::config(
-            "--depth",
-            "applies to object transfers; an image transfer lists repositories, not prefixes",
-        ));
+/// A report as one JSON line, with the build that made it.
+fn print_json(mut value: serde_json::Value) {
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("build".into(), dth_core::build_info::json());
     }
-    if let Some(p) = args.parallelism {
-        cfg.finder.parallelism = p;
-    }
-    cfg.validate()?;
-    if args.scale_in_asg.as_deref() == Some("") {
-        return Err(dth_core::Error::config(
-            "--scale-in-asg",
-            "must not be empty",
-        ));
-    }
-    let cp = aws::ControlPlane::new(&cfg.aws).await;
-    let limits = Arc::new(Limits::new(
-        cfg.worker.bandwidth_limit,
-        cfg.worker.requests_per_second,
-    ));
-    let sink = if args.dry_run {
-        Sink::DryRun
-    } else {
-        let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger.table);
-        ledger.check().await?;
-        Sink::Queue {
-            queue: SqsQueue::new(cp.sqs.clone(), &cfg.queue.url),
-            ledger,
-        }
-    };
-    let run_id = args.run_id.unwrap_or_else(finder::new_run_id);
-    let ledger = match &sink {
-        Sink::Queue { ledger, .. } => Some(ledger.clone()),
-        Sink::DryRun => None,
-    };
-    let outcome = async {
-        let sides = images::connect(&cfg, &cp, Some(limits)).await?;
-        let (stats, totals) = stats::spawn("finder");
-        let report = images::find(&cfg, &sides, sink, Some(run_id.clone()), stats).await?;
-        let _ = totals.await;
-        print_image_report(&report, args.json);
-        Ok::<_, dth_core::Error>(())
-    }
-    .await;
-    if let (Err(e), Some(ledger)) = (&outcome, &ledger) {
-        if let Err(record) = ledger.fail_run(&run_id, &e.to_string()).await {
-            tracing::error!("recording the failed run {run_id} in the ledger: {record}");
-        }
-    }
-    let scaled = match (&args.scale_in_asg, &ledger) {
-        (Some(asg), Some(_)) => fleet::scale_in(&cp.autoscaling, asg).await,
-        _ => Ok(()),
-    };
-    outcome.and(scaled)
+    println!("{value}");
 }
 
 fn print_image_report(report: &images::ImageFinderReport, json: bool) {
     if json {
-        let mut value = serde_json::to_value(report).unwrap_or_default();
-        if let Some(fields) = value.as_object_mut() {
-            fields.insert("build".into(), dth_core::build_info::json());
-        }
-        println!("{value}");
+        print_json(serde_json::to_value(report).unwrap_or_default());
         return;
     }
     let verb = if report.dry_run {
@@ -219,11 +224,7 @@ fn print_image_report(report: &images::ImageFinderReport, json: bool) {
 
 fn print_report(report: &finder::FinderReport, json: bool) {
     if json {
-        let mut value = serde_json::to_value(report).unwrap_or_default();
-        if let Some(fields) = value.as_object_mut() {
-            fields.insert("build".into(), dth_core::build_info::json());
-        }
-        println!("{value}");
+        print_json(serde_json::to_value(report).unwrap_or_default());
         return;
     }
     let c = &report.counts;
