@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use dth_core::config::{AwsConfig, LedgerConfig, QueueConfig, TransferConfig};
+use dth_core::config::TransferConfig;
 use dth_core::image_config::{
     ImageDestination, ImageFinderOptions, ImageJobConfig, ImageSelection, ImageSource,
     ImageSourceType, ImagesMarker,
@@ -28,7 +28,7 @@ use dth_core::image_config::{
 
 use super::infra::Infra;
 use super::policy::{allow, credentials_statement, Account};
-use super::spec::{control_plane_endpoints, Payload, TransferSpec};
+use super::spec::{control_plane, Payload, TransferSpec};
 use crate::aws::ProviderConfig;
 
 /// The default schedule of an image transfer: daily at midnight UTC, as DTH's ECR plugin re-checks its images
@@ -55,6 +55,7 @@ impl TransferSpec<Images> {
 
     /// The job config the instances run: the spec's settings as they are, and what the provider owns.
     pub fn image_job_config(&self, infra: &Infra, cfg: &ProviderConfig) -> ImageJobConfig {
+        let (queue, ledger, aws) = control_plane(infra, cfg);
         ImageJobConfig {
             transfer: ImagesMarker::Images,
             source: self.source.clone(),
@@ -62,18 +63,9 @@ impl TransferSpec<Images> {
             finder: self.finder.options.clone(),
             worker: self.worker.clone(),
             max_attempts: self.max_attempts,
-            queue: QueueConfig {
-                url: infra.queue_url.clone(),
-            },
-            ledger: LedgerConfig {
-                table: infra.table.clone(),
-            },
-            aws: AwsConfig {
-                region: (!infra.region.is_empty())
-                    .then(|| infra.region.clone())
-                    .or_else(|| cfg.region.clone()),
-                endpoints: control_plane_endpoints(cfg),
-            },
+            queue,
+            ledger,
+            aws,
         }
     }
 }

@@ -522,6 +522,7 @@ impl TransferSpec<Objects> {
     /// `s3_use_path_style`); S3_Compatible sources always use path-style addressing, as most self-hosted servers
     /// need it. The control plane (queue, ledger, secrets) is the provider's region and endpoints.
     pub fn job_config(&self, infra: &Infra, cfg: &ProviderConfig) -> JobConfig {
+        let (queue, ledger, aws) = control_plane(infra, cfg);
         let s3 = &cfg.endpoints.s3;
         let mut source = self.source.config.clone();
         if source.kind == SourceType::AmazonS3 && source.endpoint.is_none() {
@@ -545,18 +546,9 @@ impl TransferSpec<Objects> {
             worker: self.worker.clone(),
             events: self.source.events,
             max_attempts: self.max_attempts,
-            queue: QueueConfig {
-                url: infra.queue_url.clone(),
-            },
-            ledger: LedgerConfig {
-                table: infra.table.clone(),
-            },
-            aws: AwsConfig {
-                region: (!infra.region.is_empty())
-                    .then(|| infra.region.clone())
-                    .or_else(|| cfg.region.clone()),
-                endpoints: control_plane_endpoints(cfg),
-            },
+            queue,
+            ledger,
+            aws,
         }
     }
 
@@ -732,8 +724,30 @@ impl Payload for Objects {
     }
 }
 
+/// What the provider owns in every kind of job config ([`PROVIDER_OWNED`]): the queue and ledger it created, and
+/// the region and endpoints of the control plane they are in.
+pub(crate) fn control_plane(
+    infra: &Infra,
+    cfg: &ProviderConfig,
+) -> (QueueConfig, LedgerConfig, AwsConfig) {
+    (
+        QueueConfig {
+            url: infra.queue_url.clone(),
+        },
+        LedgerConfig {
+            table: infra.table.clone(),
+        },
+        AwsConfig {
+            region: (!infra.region.is_empty())
+                .then(|| infra.region.clone())
+                .or_else(|| cfg.region.clone()),
+            endpoints: control_plane_endpoints(cfg),
+        },
+    )
+}
+
 /// The control-plane endpoints of the job config, from the provider's.
-pub(crate) fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
+fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
     let e = &cfg.endpoints;
     Endpoints {
         s3: e.s3.clone(),
