@@ -371,20 +371,28 @@ impl DynamoLedger {
         Ok(())
     }
 
-    /// The run pointer as it stands (consistent read).
-    async fn pointer(&self) -> Result<Option<HashMap<String, Av>>> {
+    /// The item at (`pk`, `sk`), read consistently; `what` names the read in errors.
+    async fn get(&self, pk: Av, sk: Av, what: &'static str) -> Result<Option<HashMap<String, Av>>> {
         count_call();
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(POINTER_PK))
-            .key("sk", s(POINTER_SK))
+            .key("pk", pk)
+            .key("sk", sk)
             .consistent_read(true)
             .send()
             .await
-            .map_err(self.err("reading the run pointer"))?;
-        Ok(out.item().cloned())
+            .map_err(self.err(what))?;
+        Ok(out.item)
+    }
+
+    /// The run pointer as it stands (consistent read).
+    async fn pointer(&self) -> Result<Option<HashMap<String, Av>>> {
+        let item = self
+            .get(s(POINTER_PK), s(POINTER_SK), "reading the run pointer")
+            .await?;
+        Ok(item)
     }
 
     /// Write the run pointer with `update` if its `run` is still `seen` (absent when None). `#r` stands for
@@ -626,18 +634,10 @@ impl DynamoLedger {
     }
 
     pub async fn summary(&self, run: &str) -> Result<Option<RunSummary>> {
-        count_call();
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s("summary"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(self.err("reading run summary"))?;
-        Ok(out.item().map(|i| RunSummary {
+        let item = self
+            .get(s(run_pk(run)), s("summary"), "reading run summary")
+            .await?;
+        Ok(item.as_ref().map(|i| RunSummary {
             run: run.to_owned(),
             status: RunStatus::of(i),
             started_at: get_s(i, "started_at"),
@@ -896,18 +896,10 @@ impl DynamoLedger {
     }
 
     pub async fn upload(&self, run: &str, key: &str) -> Result<Option<UploadRecord>> {
-        count_call();
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s(object_sk(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(self.err("reading upload state"))?;
-        Ok(out.item().and_then(upload_from_item))
+        let item = self
+            .get(s(run_pk(run)), s(object_sk(key)), "reading upload state")
+            .await?;
+        Ok(item.as_ref().and_then(upload_from_item))
     }
 
     /// Record a multipart upload as STARTED (replacing an earlier row for the key).
@@ -956,18 +948,10 @@ impl DynamoLedger {
 
     /// The recorded open upload `upload_id`, if the transfer created it and has not closed it.
     pub async fn open_upload(&self, upload_id: &str) -> Result<Option<OpenUpload>> {
-        count_call();
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(UPLOADS_PK))
-            .key("sk", s(upload_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(self.err("reading an open upload"))?;
-        Ok(out.item().and_then(open_upload_from_item))
+        let item = self
+            .get(s(UPLOADS_PK), s(upload_id), "reading an open upload")
+            .await?;
+        Ok(item.as_ref().and_then(open_upload_from_item))
     }
 
     /// Forget an upload that was completed or aborted (or is gone): there is nothing left of it to abort.
@@ -1104,18 +1088,14 @@ impl DynamoLedger {
     }
 
     pub async fn sequencer(&self, key: &str) -> Result<Option<String>> {
-        count_call();
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("seq#{key}")))
-            .key("sk", s("seq"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(self.err("reading an event sequencer"))?;
-        Ok(out.item().and_then(|i| get_s(i, "seq")))
+        let item = self
+            .get(
+                s(format!("seq#{key}")),
+                s("seq"),
+                "reading an event sequencer",
+            )
+            .await?;
+        Ok(item.as_ref().and_then(|i| get_s(i, "seq")))
     }
 }
 

@@ -807,66 +807,63 @@ impl Registry {
 
     /// Every repository of the registry (`/v2/_catalog`, followed page by page).
     pub async fn catalog(&self) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            repositories: Vec<String>,
-        }
         let what = format!("listing the repositories of registry {}", self.address());
         let scopes = vec!["registry:catalog:*".to_owned()];
-        let mut out = Vec::new();
-        let mut url = self.url("/v2/_catalog?n=1000");
-        loop {
-            let resp = self
-                .send(&Call::new(Method::GET, url.clone(), &scopes, &what))
-                .await?;
-            let status = resp.status();
-            if !status.is_success() {
-                let body = error_body(resp).await;
-                return Err(status_error(&what, status, &body));
-            }
-            let next = header_str(&resp, "link").and_then(next_link);
-            let body = read_limited(resp, 64 * 1024 * 1024, &what).await?;
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::new(ErrorKind::Other, format!("{what}: not a catalog ({e})"))
-            })?;
-            let empty = page.repositories.is_empty();
-            out.extend(page.repositories);
-            match next {
-                Some(n) if !empty => url = resolve(&url, &n),
-                _ => return Ok(out),
-            }
-        }
+        self.paged(
+            "/v2/_catalog?n=1000",
+            &scopes,
+            &what,
+            "repositories",
+            "catalog",
+        )
+        .await
     }
 
     /// Every tag of `repository` (`/v2/<name>/tags/list`, followed page by page).
     pub async fn tags(&self, repository: &str) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
         let what = format!("listing the tags of {}/{repository}", self.inner.address);
-        let scopes = pull(repository);
+        let path = format!("/v2/{repository}/tags/list?n=1000");
+        self.paged(&path, &pull(repository), &what, "tags", "tag list")
+            .await
+    }
+
+    /// A paginated list of names: the strings under `field` of each page (null or absent: none), following the
+    /// `Link` header's next page until there is none or a page comes back empty. `kind` names the document in
+    /// errors.
+    async fn paged(
+        &self,
+        path: &str,
+        scopes: &[String],
+        what: &str,
+        field: &str,
+        kind: &str,
+    ) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut url = self.url(&format!("/v2/{repository}/tags/list?n=1000"));
+        let mut url = self.url(path);
         loop {
             let resp = self
-                .send(&Call::new(Method::GET, url.clone(), &scopes, &what))
+                .send(&Call::new(Method::GET, url.clone(), scopes, what))
                 .await?;
             let status = resp.status();
             if !status.is_success() {
                 let body = error_body(resp).await;
-                return Err(status_error(&what, status, &body));
+                return Err(status_error(what, status, &body));
             }
             let next = header_str(&resp, "link").and_then(next_link);
-            let body = read_limited(resp, 64 * 1024 * 1024, &what).await?;
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::new(ErrorKind::Other, format!("{what}: not a tag list ({e})"))
-            })?;
-            let tags = page.tags.unwrap_or_default();
-            let empty = tags.is_empty();
-            out.extend(tags);
+            let body = read_limited(resp, 64 * 1024 * 1024, what).await?;
+            let not_one =
+                |e: String| Error::new(ErrorKind::Other, format!("{what}: not a {kind} ({e})"));
+            let page: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| not_one(e.to_string()))?;
+            if !page.is_object() {
+                return Err(not_one("not a JSON object".into()));
+            }
+            let names: Vec<String> = match page.get(field) {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v.clone()).map_err(|e| not_one(e.to_string()))?,
+            };
+            let empty = names.is_empty();
+            out.extend(names);
             match next {
                 Some(n) if !empty => url = resolve(&url, &n),
                 _ => return Ok(out),
