@@ -411,6 +411,35 @@ impl World {
         )
     }
 
+    /// An ECR client on this world's moto (its control plane: repositories, tokens, image lists).
+    pub fn ecr(&self) -> aws_sdk_ecr::Client {
+        let conf = aws_sdk_ecr::Config::builder()
+            .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
+            .region(aws_sdk_ecr::config::Region::new(REGION))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_ecr::Client::from_conf(conf)
+    }
+
+    /// The names of the ECR repositories in moto, sorted.
+    pub async fn ecr_repositories(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .ecr()
+            .describe_repositories()
+            .send()
+            .await
+            .unwrap()
+            .repositories()
+            .iter()
+            .filter_map(|r| r.repository_name().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
     pub async fn table(&self, name: &str) {
         self.ddb
             .create_table()

@@ -147,4 +147,62 @@ impl Terraform {
         assert!(o.status.success());
         serde_json::from_slice(&o.stdout).unwrap()
     }
+
+    /// The attribute values of the configuration's first resource, from the state.
+    pub fn values(&self) -> serde_json::Value {
+        self.state()["values"]["root_module"]["resources"][0]["values"].clone()
+    }
+
+    /// Each configuration of `cases` written in turn and validated: every one must be rejected with an error
+    /// naming its attribute (a failure lists each that is not, with terraform's output).
+    pub fn assert_each_rejected(&self, cases: &[(String, &str)]) {
+        let mut wrong = Vec::new();
+        for (config, attribute) in cases {
+            self.write(config);
+            let o = self.run(&["validate"]);
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            if o.status.success() || !out.contains("Error:") || !out.contains(attribute) {
+                wrong.push(format!(
+                    "--- expected an error naming {attribute}:\n{config}\n{out}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
+
+/// The files (not directories) of `from`, copied into `to`.
+pub fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// The launch spec in the user data of the newest version of a launch template.
+pub async fn launched(w: &World, template: &str) -> dth_core::userdata::LaunchSpec {
+    let versions = w
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_name(template)
+        .send()
+        .await
+        .unwrap();
+    let newest = versions
+        .launch_template_versions()
+        .iter()
+        .max_by_key(|v| v.version_number())
+        .unwrap_or_else(|| panic!("{template} has no version"));
+    let data = newest
+        .launch_template_data()
+        .and_then(|d| d.user_data())
+        .unwrap_or_default();
+    dth_core::userdata::parse(data).unwrap_or_else(|e| panic!("{template}: {e}"))
 }

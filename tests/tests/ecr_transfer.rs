@@ -18,7 +18,7 @@ use dth_tests::cloud::{clients, leftovers};
 use dth_tests::ec2::logs;
 use dth_tests::images::{docker_image, oci_index, sha256, Layout};
 use dth_tests::registry::Registry;
-use dth_tests::terraform::Terraform;
+use dth_tests::terraform::{copy_files, launched, Terraform};
 use dth_tests::*;
 
 fn transfer(name: &str, max: u32) -> String {
@@ -43,27 +43,6 @@ resource "dth_ecr_transfer" "t" {{
 }}
 "#
     )
-}
-
-/// The job config in the user data of the newest version of a launch template.
-async fn launched(w: &World, template: &str) -> dth_core::userdata::LaunchSpec {
-    let versions = w
-        .ec2
-        .describe_launch_template_versions()
-        .launch_template_name(template)
-        .send()
-        .await
-        .unwrap();
-    let newest = versions
-        .launch_template_versions()
-        .iter()
-        .max_by_key(|v| v.version_number())
-        .unwrap_or_else(|| panic!("{template} has no version"));
-    let data = newest
-        .launch_template_data()
-        .and_then(|d| d.user_data())
-        .unwrap_or_default();
-    dth_core::userdata::parse(data).unwrap_or_else(|e| panic!("{template}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -292,42 +271,13 @@ async fn invalid_image_configurations_name_the_attribute() {
         (with("timeouts", "create = \"soon\""), "timeouts.create"),
     ];
     assert!(cases.len() >= 15);
-    let mut wrong = Vec::new();
-    for (config, attribute) in &cases {
-        tf.write(config);
-        let o = tf.run(&["validate"]);
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        if o.status.success() || !out.contains("Error:") || !out.contains(attribute) {
-            wrong.push(format!(
-                "--- expected an error naming {attribute}:\n{config}\n{out}"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    tf.assert_each_rejected(&cases);
 }
 
 /// The password moto's GetAuthorizationToken hands out for its account (`AWS:<account>-auth-token`): the
 /// destination registry's login, as ECR's.
 const ECR_PASSWORD: &str = "123456789012-auth-token";
 const KIB: usize = 1024;
-
-fn copy_files(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
-fn values(tf: &Terraform) -> serde_json::Value {
-    tf.state()["values"]["root_module"]["resources"][0]["values"].clone()
-}
 
 /// `reference` at `dst` is the source's manifest byte for byte, and an index's per-platform manifests are
 /// there by digest (read with skopeo, a client the project did not write).
@@ -397,7 +347,7 @@ async fn examples_local_images_end_to_end_on_t4g() {
     // The selection first without workers: its finder runs and leaves the jobs queued, and the plan warns with
     // what is pending.
     let selected = apply("selected", &["app:1.0", "team/base:ALL_TAGS"], "mirror", 0);
-    let queue_url = values(&selected)["queue_url"].as_str().unwrap().to_owned();
+    let queue_url = selected.values()["queue_url"].as_str().unwrap().to_owned();
     wait_for!(
         Duration::from_secs(300),
         format!("the finder to run\n{}", logs(&s.launches())),
@@ -445,14 +395,14 @@ async fn examples_local_images_end_to_end_on_t4g() {
         "an image not selected was copied"
     );
     for (tf, found) in [(&selected, 3u64), (&everything, 4u64)] {
-        let queue_url = values(tf)["queue_url"].as_str().unwrap().to_owned();
+        let queue_url = tf.values()["queue_url"].as_str().unwrap().to_owned();
         wait_for!(
             Duration::from_secs(120),
             "the queue to drain",
             w.depth(&queue_url).await == (0, 0)
         );
         tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
-        let v = values(tf);
+        let v = tf.values();
         assert_eq!(v["status"], "in_sync", "{v}");
         assert_eq!(v["images_found"], found, "{v}");
         assert_eq!(v["images_done"], found, "{v}");
@@ -471,27 +421,7 @@ async fn examples_local_images_end_to_end_on_t4g() {
         );
     }
     // The repositories the finders created, in ECR (moto).
-    let ecr = {
-        let conf = aws_sdk_ecr::Config::builder()
-            .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
-            .region(aws_sdk_ecr::config::Region::new(REGION))
-            .credentials_provider(aws_credential_types::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .endpoint_url(&w.endpoint)
-            .build();
-        aws_sdk_ecr::Client::from_conf(conf)
-    };
-    let mut repos: Vec<String> = ecr
-        .describe_repositories()
-        .send()
-        .await
-        .unwrap()
-        .repositories()
-        .iter()
-        .filter_map(|r| r.repository_name().map(str::to_owned))
-        .collect();
-    repos.sort();
+    let repos = w.ecr_repositories().await;
     assert_eq!(
         repos,
         [

@@ -23,32 +23,6 @@ const MIB: usize = 1024 * 1024;
 const ACCOUNT: &str = "123456789012";
 const ECR_PASSWORD: &str = "123456789012-auth-token";
 
-fn ecr(w: &World) -> aws_sdk_ecr::Client {
-    let conf = aws_sdk_ecr::Config::builder()
-        .behavior_version(aws_sdk_ecr::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecr::config::Region::new(REGION))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(&w.endpoint)
-        .build();
-    aws_sdk_ecr::Client::from_conf(conf)
-}
-
-async fn ecr_repositories(w: &World) -> Vec<String> {
-    let mut names: Vec<String> = ecr(w)
-        .describe_repositories()
-        .send()
-        .await
-        .unwrap()
-        .repositories()
-        .iter()
-        .filter_map(|r| r.repository_name().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
-}
-
 /// An image transfer's config on this world: `source` and `destination` blocks, the queue and ledger, every
 /// AWS endpoint at moto; `patch` is merged over it.
 fn config(w: &World, q: &Queues, source: Value, destination: Value, patch: Value) -> PathBuf {
@@ -238,7 +212,7 @@ async fn selected_tags_and_the_catalog_copy_with_their_digests_and_a_rerun_copie
         json!([]),
         "a dry run creates nothing"
     );
-    assert!(ecr_repositories(&w).await.is_empty());
+    assert!(w.ecr_repositories().await.is_empty());
     assert_eq!(w.depth(&q.url).await, (0, 0));
 
     let started = std::time::Instant::now();
@@ -251,7 +225,7 @@ async fn selected_tags_and_the_catalog_copy_with_their_digests_and_a_rerun_copie
         "{report}"
     );
     assert_eq!(
-        ecr_repositories(&w).await,
+        w.ecr_repositories().await,
         vec!["mirror/app", "mirror/team/base"],
         "the destination repositories are created in ECR"
     );
@@ -665,7 +639,7 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
         30_000,
         &[10_000],
     );
-    let client = ecr(&w);
+    let client = w.ecr();
     for (repo, image, media_type) in [
         ("app", &app, dth_tests::images::DOCKER_MANIFEST),
         ("multi", &multi, dth_tests::images::OCI_INDEX),
@@ -734,7 +708,7 @@ async fn an_ecr_source_is_listed_through_the_ecr_api() {
         "DONE"
     );
     assert_eq!(
-        ecr_repositories(&w).await,
+        w.ecr_repositories().await,
         vec!["app", "from-ecr/app", "from-ecr/multi", "multi"]
     );
     let report = find(&w, &cfg, "r2");

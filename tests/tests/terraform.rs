@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dth_tests::ec2::logs;
-use dth_tests::terraform::Terraform;
+use dth_tests::terraform::{copy_files, launched, Terraform};
 use dth_tests::*;
 
 fn transfer(name: &str, desired: u32, max: u32, schedule: &str) -> String {
@@ -218,10 +218,6 @@ async fn copied(w: &World, objects: &BTreeMap<String, Vec<u8>>) -> bool {
     true
 }
 
-fn values(tf: &Terraform) -> serde_json::Value {
-    tf.state()["values"]["root_module"]["resources"][0]["values"].clone()
-}
-
 /// examples/local, applied as scripts/demo applies it, on t4g instances: the finder's instance boots from its
 /// group's launch template and runs the image's arm64 finder under qemu, the plan warns with what is pending,
 /// two arm64 workers copy a mixed bucket byte for byte, and a refresh shows it in sync with its counts.
@@ -254,7 +250,7 @@ async fn examples_local_end_to_end_on_t4g() {
     vars(0);
     tf.ok(&["init", "-input=false"]);
     tf.ok(&["apply", "-auto-approve", "-input=false"]);
-    let queue_url = values(&tf)["queue_url"].as_str().unwrap().to_owned();
+    let queue_url = tf.values()["queue_url"].as_str().unwrap().to_owned();
     wait_for!(
         Duration::from_secs(240),
         format!(
@@ -328,7 +324,7 @@ async fn examples_local_end_to_end_on_t4g() {
         "{out}"
     );
     tf.ok(&["apply", "-refresh-only", "-auto-approve", "-input=false"]);
-    let v = values(&tf);
+    let v = tf.values();
     assert_eq!(v["status"], "in_sync", "{v}");
     assert_eq!(v["objects_found"], n, "{v}");
     assert_eq!(v["objects_done"], n, "{v}");
@@ -469,22 +465,7 @@ async fn invalid_configurations_name_the_attribute() {
         (with("timeouts", "delete = \"-5m\""), "timeouts.delete"),
     ];
     assert!(cases.len() >= 20);
-    let mut wrong = Vec::new();
-    for (config, attribute) in &cases {
-        tf.write(config);
-        let o = tf.run(&["validate"]);
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        if o.status.success() || !out.contains("Error:") || !out.contains(attribute) {
-            wrong.push(format!(
-                "--- expected an error naming {attribute}:\n{config}\n{out}"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    tf.assert_each_rejected(&cases);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -592,17 +573,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .unwrap_or_else(|_| s.as_bytes().to_vec())
-}
-
-/// Copy the files of `from` (not its subdirectories) into `to`.
-fn copy_files(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -793,27 +763,6 @@ fn job_path(attribute: &str) -> String {
         .iter()
         .find(|(_, a)| *a == attribute)
         .map_or_else(|| attribute.to_owned(), |(job, _)| (*job).to_owned())
-}
-
-/// The launch spec in the user data of the newest version of a launch template.
-async fn launched(w: &World, template: &str) -> dth_core::userdata::LaunchSpec {
-    let versions = w
-        .ec2
-        .describe_launch_template_versions()
-        .launch_template_name(template)
-        .send()
-        .await
-        .unwrap();
-    let newest = versions
-        .launch_template_versions()
-        .iter()
-        .max_by_key(|v| v.version_number())
-        .unwrap_or_else(|| panic!("{template} has no version"));
-    let data = newest
-        .launch_template_data()
-        .and_then(|d| d.user_data())
-        .unwrap_or_default();
-    dth_core::userdata::parse(data).unwrap_or_else(|e| panic!("{template}: {e}"))
 }
 
 /// Every (attribute, value) of `settings` in the job config of both launch templates of `name`, and the worker's
