@@ -109,6 +109,11 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.moto.kill();
         let _ = self.moto.wait();
+        // A passing test's files go (each world's moto log and job configs; some tests write hundreds of MB);
+        // a failing one's stay under target/e2e for a look.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
