@@ -836,13 +836,20 @@ impl DynamoLedger {
         Ok(own.into_values().collect())
     }
 
-    /// Add a finished job's totals to its run summary, once per job id: a conditional put of a job marker,
-    /// then an atomic ADD. Returns false when the job had already been counted (a redelivered message).
-    /// (Two calls rather than one transaction: transactions cost more and serialise on the table.)
+    /// Add a finished job's totals to its run summary, once per job id. Returns false when the job had already
+    /// been counted (a redelivered message).
     pub async fn count_job(&self, run: &str, job_id: &str, t: JobTotals) -> Result<bool> {
         self.count_job_with(run, job_id, t, None).await
     }
 
+    /// The job marker (a put conditional on its absence) and the summary's ADD in one transaction: a job is
+    /// counted exactly once or not at all, whatever fails between or around them. IAM authorises each action
+    /// of a transaction as its own operation (PutItem, UpdateItem): the role needs no more than before.
+    ///
+    /// Every job of a run adds to the one summary item, and DynamoDB cancels a transaction on an item another
+    /// transaction is writing (`TransactionConflict`), so those are retried with jittered backoff, as are
+    /// throttling and the service's transient errors. A lost answer of a transaction that took effect
+    /// surfaces on the retry as the marker's condition failing: counted, once.
     async fn count_job_with(
         &self,
         run: &str,
@@ -850,6 +857,8 @@ impl DynamoLedger {
         t: JobTotals,
         objects: Option<String>,
     ) -> Result<bool> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
         let mut item = HashMap::from([
             ("pk".to_owned(), s(run_pk(run))),
             ("sk".to_owned(), s(format!("job#{job_id}"))),
@@ -861,24 +870,13 @@ impl DynamoLedger {
         if let Some(x) = self.expires() {
             item.insert(EXPIRES_AT.into(), x);
         }
-        count_call();
-        let marked = self
-            .client
-            .put_item()
+        let marker = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(self.err("marking a job counted"));
-        match marked {
-            Ok(_) => {}
-            Err(e) if is_condition_failure(&e) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        count_call();
-        self.client
-            .update_item()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Other, format!("building a job marker: {e}")))?;
+        let add = Update::builder()
             .table_name(&self.table)
             .key("pk", s(run_pk(run)))
             .key("sk", s("summary"))
@@ -889,10 +887,56 @@ impl DynamoLedger {
             .expression_attribute_values(":b", n(t.bytes))
             .expression_attribute_values(":f", n(t.failed))
             .expression_attribute_values(":g", n(t.gone))
-            .send()
-            .await
-            .map_err(self.err("counting a job"))?;
-        Ok(true)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Other, format!("building a summary update: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().put(marker).build(),
+            TransactWriteItem::builder().update(add).build(),
+        ];
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            count_call();
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match res {
+                Ok(_) => return Ok(true),
+                Err(e) => e,
+            };
+            // Why a transaction was cancelled: one reason per action, in order (marker, summary).
+            let reasons: Vec<String> = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => c
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None").to_owned())
+                    .collect(),
+                _ => vec![],
+            };
+            if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") {
+                return Ok(false);
+            }
+            let conflict = reasons
+                .iter()
+                .any(|r| matches!(r.as_str(), "TransactionConflict" | "ThrottlingError"))
+                || matches!(
+                    err.as_service_error(),
+                    Some(TransactWriteItemsError::TransactionInProgressException(_))
+                );
+            let e = self.err("counting a job")(err);
+            let again = conflict || e.is_retryable();
+            if !again || attempt >= 12 {
+                return Err(e);
+            }
+            let base = 25u64 << attempt.min(7);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                base / 2 + fastrand::u64(..=base / 2),
+            ))
+            .await;
+        }
     }
 
     pub async fn upload(&self, run: &str, key: &str) -> Result<Option<UploadRecord>> {

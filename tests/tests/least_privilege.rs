@@ -14,7 +14,9 @@
 //!   CompleteMultipartUpload → `s3:PutObject`, DELETE `?uploadId` → `s3:AbortMultipartUpload`. It does *not* ask
 //!   for `s3:PutObjectAcl` / `s3:PutObjectTagging` when PutObject carries `x-amz-acl` / `x-amz-tagging`, nor for
 //!   `s3:GetObjectVersion` on a HEAD with a `versionId`. SQS is authorised by operation name, so
-//!   SendMessageBatch needs `sqs:SendMessageBatch` in moto where AWS authorises it as `sqs:SendMessage`.
+//!   SendMessageBatch needs `sqs:SendMessageBatch` in moto where AWS authorises it as `sqs:SendMessage`, and
+//!   TransactWriteItems needs `dynamodb:TransactWriteItems`, where AWS authorises each of its actions as its own
+//!   operation (`dynamodb:PutItem`, `dynamodb:UpdateItem`: "Using IAM with DynamoDB transactions").
 //! - **resources**: S3 (bucket and object ARNs) and SQS (the queue's ARN) only. Every other service is authorised
 //!   against the resource `*`, which a statement scoped to an ARN never matches: DynamoDB, Secrets Manager, Auto
 //!   Scaling, KMS and CloudWatch Logs calls are refused under a correctly scoped policy (a `GetItem` allowed on
@@ -29,7 +31,8 @@
 //! So the role carries exactly [`access_policy`] as created, plus one second policy, `moto-resource-blind`,
 //! derived mechanically from it for what moto cannot evaluate: each statement of a service moto authorises
 //! against `*` copied with `Resource: "*"` (same actions: a missing or extra action is still caught), and
-//! `sqs:SendMessageBatch` wherever `sqs:SendMessage` is granted. What this test proves is then: the binaries need
+//! `sqs:SendMessageBatch` wherever `sqs:SendMessage` is granted, `dynamodb:TransactWriteItems` wherever
+//! `dynamodb:PutItem` and `dynamodb:UpdateItem` are. What this test proves is then: the binaries need
 //! no S3 or SQS action outside the policy, on no bucket, key range or queue outside it; and no DynamoDB or Auto
 //! Scaling action outside it (actions only). Checked on paper only (the unit table in `transfer/policy.rs` and
 //! its citations): conditions (`s3:prefix`, `kms:ResourceAliases`, the queue policy's `aws:SourceArn` /
@@ -66,7 +69,8 @@ const RESOURCE_BLIND: &[&str] = &[
 ];
 
 /// The second policy moto needs to run `policy` (see the module comment): the same actions of resource-blind
-/// services on `*`, and `sqs:SendMessageBatch` where `sqs:SendMessage` is granted.
+/// services on `*`, `sqs:SendMessageBatch` where `sqs:SendMessage` is granted, and `dynamodb:TransactWriteItems`
+/// where `dynamodb:PutItem` and `dynamodb:UpdateItem` are.
 fn moto_resource_blind(policy: &Value) -> Value {
     let mut statements = Vec::new();
     for st in policy["Statement"].as_array().unwrap() {
@@ -83,6 +87,12 @@ fn moto_resource_blind(policy: &Value) -> Value {
             .collect();
         if !blind.is_empty() {
             statements.push(json!({"Effect": "Allow", "Action": blind, "Resource": "*"}));
+        }
+        // AWS authorises each action of a transaction as its own operation; moto asks for the transaction's.
+        if actions.contains(&"dynamodb:PutItem") && actions.contains(&"dynamodb:UpdateItem") {
+            statements.push(
+                json!({"Effect": "Allow", "Action": ["dynamodb:TransactWriteItems"], "Resource": "*"}),
+            );
         }
         if actions.contains(&"sqs:SendMessage") {
             statements.push(

@@ -458,3 +458,121 @@ async fn the_run_pointer_through_failures_overlaps_and_an_upgrade() {
         "{pointer:?}"
     );
 }
+
+/// A ledger whose every DynamoDB request goes through `proxy`, one request per call (the SDK's retries off), so
+/// that a fault injected is a fault the ledger sees.
+async fn ledger_via(proxy: &fault::FaultProxy, table: &str) -> DynamoLedger {
+    let c = dth_tests::cloud::clients(proxy.url()).await;
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        c.dynamodb
+            .config()
+            .to_builder()
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build(),
+    );
+    DynamoLedger::new(ddb, table)
+}
+
+fn totals(done: u64, bytes: u64) -> dth_core::ledger::JobTotals {
+    dth_core::ledger::JobTotals {
+        done,
+        bytes,
+        failed: 0,
+        gone: 0,
+    }
+}
+
+/// The run summary's (objects_done, bytes_done).
+async fn counted(w: &World, run: &str) -> (u64, u64) {
+    let s = w.summary("ledger", run).await;
+    let n = |k: &str| {
+        s.get(k)
+            .and_then(|v| v.as_n().ok())
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    (n("objects_done"), n("bytes_done"))
+}
+
+/// A job is counted exactly once or not at all, whatever fails around its count: a request lost before
+/// DynamoDB saw it, an answer lost after the count took effect, a transaction cancelled by a concurrent one,
+/// a redelivered message, and many jobs counted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_counted_exactly_once_whatever_fails() {
+    use dth_tests::fault::{Fault, Rule};
+    let w = World::start("count-once").await;
+    w.table("ledger").await;
+    let proxy = w.fault_proxy().await;
+    let ledger = ledger_via(&proxy, "ledger").await;
+    let the_count = |r: &fault::Request| r.mentions("objects_done");
+
+    // Lost before it reached DynamoDB (every request of the count, for a while), then an answer lost after
+    // the count took effect: the job is counted once, by the delivery that saw its count go through or by a
+    // redelivery (a delivery whose count failed leaves the message for one).
+    for (fault, job, t, expected) in [
+        (Fault::ResetBeforeForward, "a", totals(3, 300), (3, 300)),
+        (Fault::ResetAfterForward, "b", totals(2, 20), (5, 320)),
+    ] {
+        let rule = proxy.inject(
+            Rule::new(fault)
+                .service("dynamodb")
+                .when(the_count)
+                .first(2),
+        );
+        let mut deliveries = 0;
+        loop {
+            deliveries += 1;
+            match ledger.count_job("r", job, t).await {
+                Ok(_) => break,
+                Err(e) => assert!(deliveries < 3, "job {job}: {e}"),
+            }
+        }
+        assert_eq!(
+            counted(&w, "r").await,
+            expected,
+            "job {job} counted exactly once after {deliveries} deliveries: {}",
+            proxy.journal_text()
+        );
+        assert_eq!(proxy.fired(rule), 2, "{}", proxy.journal_text());
+    }
+
+    // Cancelled because another job's transaction held the summary: retried until it goes through.
+    let conflict = proxy.inject(
+        Rule::on(
+            "dynamodb",
+            "TransactWriteItems",
+            Fault::respond(
+                400,
+                &[("Content-Type", "application/x-amz-json-1.0")],
+                serde_json::to_vec(&json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                    "message": "Transaction cancelled, please refer cancellation reasons for specific reasons [None, TransactionConflict]",
+                    "CancellationReasons": [
+                        {"Code": "None"},
+                        {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}
+                    ]
+                }))
+                .unwrap(),
+            ),
+        )
+        .first(3),
+    );
+    assert!(ledger.count_job("r", "c", totals(1, 1)).await.unwrap());
+    assert_eq!(proxy.fired(conflict), 3, "{}", proxy.journal_text());
+    assert_eq!(counted(&w, "r").await, (6, 321));
+
+    // A redelivered message, and 40 jobs counted at once.
+    assert!(!ledger.count_job("r", "a", totals(3, 300)).await.unwrap());
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..40u64 {
+        let ledger = ledger.clone();
+        all.spawn(async move {
+            ledger
+                .count_job("r", &format!("many-{i}"), totals(1, i))
+                .await
+        });
+    }
+    while let Some(r) = all.join_next().await {
+        assert!(r.unwrap().unwrap());
+    }
+    assert_eq!(counted(&w, "r").await, (46, 321 + (0..40).sum::<u64>()));
+}

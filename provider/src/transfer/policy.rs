@@ -25,6 +25,7 @@
 //! | finder, worker | SendMessageBatch (finder's jobs; a worker's per-part jobs of a giant object) | `sqs:SendMessage` | job queue |
 //! | worker | ReceiveMessage, DeleteMessage, ChangeMessageVisibility (heartbeats, releases), GetQueueAttributes (`depth`) | the same names | job queue |
 //! | finder, worker | DescribeTable (`check`), PutItem, UpdateItem, GetItem, BatchWriteItem (`ledger`) | the same names | ledger table |
+//! | worker | TransactWriteItems of a job marker (Put) and the run summary's ADD (Update) (`ledger::count_job`) | `dynamodb:PutItem`, `dynamodb:UpdateItem`: IAM authorises each action of a transaction as its own operation ("Using IAM with DynamoDB transactions") | ledger table |
 //! | worker | DeleteItem of a completed or aborted upload's row (`ledger::close_upload`) | `dynamodb:DeleteItem`, only where `dynamodb:LeadingKeys` is `uploads` | ledger table |
 //! | finder, worker | GetSecretValue (`aws::SecretCredentials`) | `secretsmanager:GetSecretValue` | the secrets named |
 //! | finder | SetDesiredCapacity (`--scale-in-asg`; `dth-finder-failed.service` with the AWS CLI) | `autoscaling:SetDesiredCapacity` | finder group |
