@@ -564,6 +564,31 @@ impl Copier {
         Ok(etag)
     }
 
+    /// After `NoSuchUpload` from a completion: whether the destination holds the object that these parts
+    /// make (an earlier completion whose answer was lost), and its ETag. With MD5 ETags at the destination
+    /// the ETag must be the one the parts imply; otherwise size is all there is to go by.
+    pub async fn completed_as(
+        &self,
+        dkey: &str,
+        parts: &[(u32, String)],
+        size: u64,
+    ) -> Result<Option<String>> {
+        let h = match self.dst.head(dkey, &Pin::Latest).await {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
+        let same = h.size == size
+            && match md5s {
+                Some(m) if self.dest_etag_is_md5() && h.etag_is_md5() => {
+                    h.etag.eq_ignore_ascii_case(&multipart_etag(&m))
+                }
+                _ => true,
+            };
+        Ok(same.then_some(h.etag))
+    }
+
     /// On redelivery: is this object already at the destination, as this job wanted it?
     pub async fn already_copied(&self, obj: &JobObject) -> Result<bool> {
         match self

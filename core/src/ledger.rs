@@ -245,6 +245,20 @@ pub struct UploadRecord {
     pub status: String,
 }
 
+/// The status of a fleet-split upload while one worker completes it (see [`DynamoLedger::claim_completion`]).
+pub const COMPLETING: &str = "COMPLETING";
+/// The status of a fleet-split upload abandoned for a new one (the source changed, or the upload vanished).
+pub const RESTARTED: &str = "RESTARTED";
+
+/// Who completes a fleet-split upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// This caller.
+    Won,
+    /// Another completer, or nobody any more (the upload was completed, failed or replaced).
+    Lost,
+}
+
 #[derive(Debug, Clone)]
 pub struct DynamoLedger {
     client: Client,
@@ -1104,6 +1118,77 @@ impl DynamoLedger {
         match res {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Become the one completer of a fleet-split upload whose parts are all recorded: the upload must still be
+    /// `upload_id` and STARTED, or COMPLETING by `me` (a message id) already. A completer's message stays
+    /// invisible while it lives (its heartbeat), so a COMPLETING upload is taken over only by that very
+    /// message's redelivery, after its worker died; no other part ever completes it.
+    pub async fn claim_completion(
+        &self,
+        run: &str,
+        key: &str,
+        upload_id: &str,
+        me: &str,
+    ) -> Result<Completion> {
+        count_call();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s(object_sk(key)))
+            .update_expression("SET #s = :completing, completer = :me")
+            .condition_expression(
+                "upload_id = :u AND (#s = :started OR (#s = :completing AND \
+                 (completer = :me OR attribute_not_exists(completer))))",
+            )
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":u", s(upload_id))
+            .expression_attribute_values(":started", s(Status::Started.as_str()))
+            .expression_attribute_values(":completing", s(COMPLETING))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(self.err("claiming an upload's completion"));
+        match res {
+            Ok(_) => Ok(Completion::Won),
+            Err(e) if is_condition_failure(&e) => Ok(Completion::Lost),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give back a completion claimed with [`DynamoLedger::claim_completion`] that failed in a way a retry may
+    /// fix: the upload is STARTED again, for the retry to claim at once.
+    pub async fn release_completion(
+        &self,
+        run: &str,
+        key: &str,
+        upload_id: &str,
+        me: &str,
+    ) -> Result<()> {
+        count_call();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s(object_sk(key)))
+            .update_expression("SET #s = :started REMOVE completer")
+            .condition_expression("upload_id = :u AND #s = :completing AND completer = :me")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":u", s(upload_id))
+            .expression_attribute_values(":started", s(Status::Started.as_str()))
+            .expression_attribute_values(":completing", s(COMPLETING))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await
+            .map_err(self.err("releasing an upload's completion"));
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -20,7 +20,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::EventRecord;
 use crate::images::{ImageEngine, ImageOutcome};
 use crate::job::{new_id, parse_message, Incoming, Job, JobImage, JobObject};
-use crate::ledger::{pad_sequencer, DynamoLedger, ImageRow, JobTotals, ObjectRecord, Status};
+use crate::ledger::{
+    pad_sequencer, Completion, DynamoLedger, ImageRow, JobTotals, ObjectRecord, Status, COMPLETING,
+    RESTARTED,
+};
 use crate::limit::MemoryBudget;
 use crate::queue::{Received, SqsQueue};
 use crate::stats::{StatEvent, Stats};
@@ -28,6 +31,15 @@ use crate::store::{ObjectStore, Pin};
 
 /// The run that event-driven copies are recorded under.
 pub const EVENTS_RUN: &str = "events";
+
+/// The id a giant object is counted under in its run: one count per key, whichever upload (a restart makes a
+/// new one) or delivery completes it. Hashed: keys run to 1,024 bytes, sort keys stop there.
+fn giant_count_id(key: &str) -> String {
+    format!(
+        "giant-{}",
+        hex::encode(crate::store::md5_of(key.as_bytes()))
+    )
+}
 
 /// What jobs ask of a worker: object slots and bytes of buffers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -405,7 +417,11 @@ impl Worker {
                 self.copy_job(o, id, run, objects, m.receive_count).await
             }
             (Engine::Objects(o), Job::Giant { run, object, .. }) => {
-                self.giant(o, run, object).await
+                let res = self.giant(o, run, object, m.receive_count).await;
+                match res {
+                    Err(e) if final_attempt => Err(self.giant_failed(o, run, object, e).await),
+                    res => res,
+                }
             }
             (Engine::Images(i), Job::Image { id, run, image }) => {
                 self.image_job(i, id, run, image, m.receive_count).await
@@ -427,17 +443,8 @@ impl Worker {
                     ..
                 },
             ) => {
-                self.part(
-                    o,
-                    run,
-                    object,
-                    upload_id,
-                    *part,
-                    *parts,
-                    *part_size,
-                    m.receive_count,
-                )
-                .await
+                self.part(o, run, object, upload_id, *part, *parts, *part_size, m)
+                    .await
             }
         };
         match res {
@@ -660,15 +667,20 @@ impl Worker {
     }
 
     /// Start the fleet-split upload of a giant object and enqueue a job per part still missing.
-    async fn giant(&self, e: &ObjectEngine, run: &str, o: &JobObject) -> Result<bool> {
+    async fn giant(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        attempt: u32,
+    ) -> Result<bool> {
         let c = &e.copier;
+        let count_id = giant_count_id(&o.key);
         let head = match c.src.head(&o.key, &Pin::Latest).await {
             Ok(h) => h,
             Err(err) if err.is_not_found() => {
                 let rec = ObjectRecord::new(&o.key, Status::Gone, o.size, 1);
-                return self
-                    .settle(e, &format!("giant-{}", o.key), run, &[rec], 1)
-                    .await;
+                return self.settle(e, &count_id, run, &[rec], 1).await;
             }
             Err(err) => return Err(err),
         };
@@ -676,10 +688,32 @@ impl Worker {
         let layout = c.layout(&o.key, &head, &pin).await?;
         let dkey = e.cfg.destination_key(&o.key);
         let prior = self.ledger.upload(run, &o.key).await?;
+        if prior
+            .as_ref()
+            .is_some_and(|p| p.source_etag == head.etag && p.status == COMPLETING)
+        {
+            return Ok(true); // a redelivery: the object's parts are all in and one worker is completing it
+        }
+        if attempt > 1 && prior.is_none() {
+            let now = JobObject {
+                key: o.key.clone(),
+                size: head.size,
+                etag: head.etag.clone(),
+                version_id: head.version_id.clone(),
+            };
+            if c.already_copied(&now).await? {
+                // A redelivery after the object was completed (and counted, under the same id).
+                let rec = ObjectRecord {
+                    etag: head.etag.clone(),
+                    ..ObjectRecord::new(&o.key, Status::Done, head.size, attempt)
+                };
+                return self.settle(e, &count_id, run, &[rec], attempt).await;
+            }
+        }
         let live = c.live_uploads(&dkey).await?.unwrap_or_default();
         let reuse = prior.filter(|p| {
             p.source_etag == head.etag
-                && p.status == "STARTED"
+                && p.status == Status::Started.as_str()
                 && live
                     .iter()
                     .any(|u| u.key == dkey && u.upload_id == p.upload_id)
@@ -717,6 +751,133 @@ impl Worker {
         Ok(true)
     }
 
+    /// The last attempt at splitting a giant object failed: the object fails (a FAILED row, counted once under
+    /// the object's key) and an upload the ledger lists for it is aborted. Returns `e`: the message stays, for the
+    /// redrive policy to dead-letter.
+    async fn giant_failed(&self, e: &ObjectEngine, run: &str, o: &JobObject, err: Error) -> Error {
+        let failed = async {
+            if let Some(u) = self.ledger.upload(run, &o.key).await? {
+                if u.status == Status::Started.as_str() {
+                    self.abandon_upload(e, run, o, &u.upload_id, Status::Started.as_str())
+                        .await?;
+                }
+            }
+            self.record_giant(
+                run,
+                &giant_count_id(&o.key),
+                o,
+                Status::Failed,
+                String::new(),
+                Some(&err),
+                0,
+                self.max_attempts,
+            )
+            .await
+        };
+        if let Err(x) = failed.await {
+            tracing::warn!(key = %o.key, "recording the failure of a giant object: {x}");
+        }
+        err
+    }
+
+    /// Mark a fleet-split upload FAILED if it still is `upload_id` in status `from`, and abort it; false when
+    /// another worker got there first (or the upload moved on).
+    async fn abandon_upload(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        upload_id: &str,
+        from: &str,
+    ) -> Result<bool> {
+        let failed = Status::Failed.as_str();
+        if !self
+            .ledger
+            .claim_upload(run, &o.key, upload_id, from, failed)
+            .await?
+        {
+            return Ok(false);
+        }
+        let dkey = e.cfg.destination_key(&o.key);
+        if let Err(x) = e.copier.abort_upload(&dkey, upload_id).await {
+            tracing::warn!(key = %dkey, upload_id, "aborting a failed upload: {x}");
+        }
+        Ok(true)
+    }
+
+    /// Write a giant object's outcome row and count it once, under `count_id`.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_giant(
+        &self,
+        run: &str,
+        count_id: &str,
+        o: &JobObject,
+        status: Status,
+        etag: String,
+        error: Option<&Error>,
+        duration_ms: u64,
+        attempt: u32,
+    ) -> Result<()> {
+        let rec = ObjectRecord {
+            key: o.key.clone(),
+            status,
+            size: o.size,
+            etag,
+            duration_ms,
+            attempt,
+            error: error.map(|e| e.to_string()),
+            image: None,
+        };
+        self.ledger
+            .record_objects(run, std::slice::from_ref(&rec))
+            .await?;
+        let t = JobTotals::of(std::slice::from_ref(&rec));
+        self.ledger.count_job(run, count_id, t).await?;
+        Ok(())
+    }
+
+    /// Start a giant object over with a new upload, if `upload_id` is still its upload in status `from`: the
+    /// first caller to claim it enqueues a new split of the object's current version, then aborts the old upload.
+    async fn restart_giant(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        upload_id: &str,
+        from: &str,
+    ) -> Result<()> {
+        if !self
+            .ledger
+            .claim_upload(run, &o.key, upload_id, from, RESTARTED)
+            .await?
+        {
+            return Ok(());
+        }
+        let job = Job::Giant {
+            id: new_id(),
+            run: run.into(),
+            object: JobObject {
+                version_id: None,
+                ..o.clone()
+            },
+        };
+        if let Err(x) = self.queue.send_all(vec![job.to_body()]).await {
+            // Put the claim back, so that this message's redelivery restarts the object.
+            self.ledger
+                .claim_upload(run, &o.key, upload_id, RESTARTED, from)
+                .await?;
+            return Err(x);
+        }
+        let dkey = e.cfg.destination_key(&o.key);
+        if let Err(x) = e.copier.abort_upload(&dkey, upload_id).await {
+            tracing::warn!(key = %dkey, upload_id, "aborting a restarted upload: {x}");
+        }
+        Ok(())
+    }
+
+    /// Copy one part of a fleet-split upload; whoever records the last part completes the upload. The source
+    /// changed or gone, or the upload aborted from outside while the ledger still lists it: the object starts
+    /// over. A last attempt that fails fails the object: FAILED, its upload aborted.
     #[allow(clippy::too_many_arguments)]
     async fn part(
         &self,
@@ -727,9 +888,11 @@ impl Worker {
         part: u32,
         parts: u32,
         part_size: u64,
-        attempt: u32,
+        m: &Received,
     ) -> Result<bool> {
         let c = &e.copier;
+        let attempt = m.receive_count;
+        let started = Status::Started.as_str();
         let _slot = self.slots.acquire().await;
         let pin = Pin::of(&o.etag, o.version_id.as_deref());
         let layout = crate::copy::Layout { part_size, parts };
@@ -739,35 +902,33 @@ impl Worker {
             .await
         {
             Ok((_, _, etag)) => etag,
-            Err(e)
-                if e.kind() == ErrorKind::PreconditionFailed
-                    || (e.is_not_found()
-                        && e.code() != Some("NoSuchBucket")
-                        && e.code() != Some("NoSuchUpload")) =>
+            Err(err)
+                if err.kind() == ErrorKind::PreconditionFailed
+                    || (err.is_not_found()
+                        && err.code() != Some("NoSuchBucket")
+                        && err.code() != Some("NoSuchUpload")) =>
             {
-                // The source changed (or vanished): whoever wins the claim aborts this upload and starts over.
-                if self
-                    .ledger
-                    .claim_upload(run, &o.key, upload_id, "STARTED", "RESTARTED")
-                    .await?
-                {
-                    if let Err(e) = c.abort_upload(&dkey, upload_id).await {
-                        tracing::warn!(key = %dkey, upload_id, "aborting a restarted upload: {e}");
-                    }
-                    let job = Job::Giant {
-                        id: new_id(),
-                        run: run.into(),
-                        object: JobObject {
-                            version_id: None,
-                            ..o.clone()
-                        },
-                    };
-                    self.queue.send_all(vec![job.to_body()]).await?;
-                }
+                self.restart_giant(e, run, o, upload_id, started).await?;
                 return Ok(true);
             }
-            Err(e) if e.code() == Some("NoSuchUpload") => return Ok(true), // completed or restarted already
-            Err(e) => return Err(e),
+            Err(err) if err.code() == Some("NoSuchUpload") => {
+                let listed = self
+                    .ledger
+                    .upload(run, &o.key)
+                    .await?
+                    .is_some_and(|u| u.upload_id == upload_id && u.status == started);
+                if listed {
+                    tracing::warn!(key = %dkey, upload_id, "the upload is gone though the ledger lists it (aborted outside the transfer): starting the object over");
+                    self.restart_giant(e, run, o, upload_id, started).await?;
+                }
+                // Otherwise it was completed, failed or replaced: this part is stale.
+                return Ok(true);
+            }
+            Err(err) => {
+                return Err(self
+                    .part_failed(e, run, o, upload_id, started, m, err)
+                    .await)
+            }
         };
         let Some(rec) = self
             .ledger
@@ -779,12 +940,13 @@ impl Worker {
         if rec.part_etags.len() < parts as usize {
             return Ok(true);
         }
-        let claimed = self
+        // Exactly one completer (a conditional claim), replaced only by its own message's redelivery.
+        if self
             .ledger
-            .claim_upload(run, &o.key, upload_id, "STARTED", "COMPLETING")
+            .claim_completion(run, &o.key, upload_id, &m.message_id)
             .await?
-            || (attempt > 1 && rec.status == "COMPLETING");
-        if !claimed {
+            == Completion::Lost
+        {
             return Ok(true);
         }
         let list: Vec<(u32, String)> = (1..=parts)
@@ -798,32 +960,84 @@ impl Worker {
         let start = Instant::now();
         let (status, etag, error) = match c.complete(&dkey, upload_id, &list, &head).await {
             Ok(etag) => (Status::Done, etag, None),
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                (Status::Failed, String::new(), Some(e.to_string()))
+            Err(err) if err.kind() == ErrorKind::Integrity => {
+                (Status::Failed, String::new(), Some(err))
             }
-            Err(e) => return Err(e),
+            Err(err) if err.code() == Some("NoSuchUpload") => {
+                // Completed by an earlier completer whose answer was lost, or aborted from outside.
+                match c.completed_as(&dkey, &list, o.size).await? {
+                    Some(etag) => (Status::Done, etag, None),
+                    None => {
+                        tracing::warn!(key = %dkey, upload_id, "the upload is gone before its completion: starting the object over");
+                        self.restart_giant(e, run, o, upload_id, COMPLETING).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+            Err(err) => {
+                return Err(self
+                    .part_failed(e, run, o, upload_id, COMPLETING, m, err)
+                    .await)
+            }
         };
         if status == Status::Done {
             self.stats.send(StatEvent::Copied { bytes: o.size });
         }
-        let rec = ObjectRecord {
-            key: o.key.clone(),
+        self.record_giant(
+            run,
+            &giant_count_id(&o.key),
+            o,
             status,
-            size: o.size,
             etag,
-            duration_ms: start.elapsed().as_millis() as u64,
+            error.as_ref(),
+            start.elapsed().as_millis() as u64,
             attempt,
-            error,
-            image: None,
-        };
-        self.ledger
-            .record_objects(run, std::slice::from_ref(&rec))
-            .await?;
-        let t = JobTotals::of(std::slice::from_ref(&rec));
-        self.ledger
-            .count_job(run, &format!("upload-{upload_id}"), t)
-            .await?;
+        )
+        .await?;
         Ok(true)
+    }
+
+    /// A part (or its completion) failed with `err`. Before the last attempt: a completion is given back for
+    /// the retry to claim again. On the last: the object fails, its upload aborted, once.
+    #[allow(clippy::too_many_arguments)]
+    async fn part_failed(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        upload_id: &str,
+        from: &str,
+        m: &Received,
+        err: Error,
+    ) -> Error {
+        let res = async {
+            if m.receive_count < self.max_attempts {
+                if from == COMPLETING {
+                    self.ledger
+                        .release_completion(run, &o.key, upload_id, &m.message_id)
+                        .await?;
+                }
+                return Ok(());
+            }
+            if self.abandon_upload(e, run, o, upload_id, from).await? {
+                self.record_giant(
+                    run,
+                    &giant_count_id(&o.key),
+                    o,
+                    Status::Failed,
+                    String::new(),
+                    Some(&err),
+                    0,
+                    m.receive_count,
+                )
+                .await?;
+            }
+            Ok::<_, Error>(())
+        };
+        if let Err(x) = res.await {
+            tracing::warn!(key = %o.key, upload_id, "settling a failed part: {x}");
+        }
+        err
     }
 
     /// S3 event notifications: created → copy, removed → delete at the destination (when enabled); an event
