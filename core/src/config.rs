@@ -14,6 +14,10 @@ pub const GIB: u64 = 1024 * MIB;
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
 pub const MAX_PART_SIZE: u64 = 5 * GIB;
 pub const MAX_PARTS: u64 = 10_000;
+/// The largest object a multipart upload can make: 10,000 parts of 5 GiB. No S3 object is larger.
+pub const MAX_OBJECT_SIZE: u64 = MAX_PARTS * MAX_PART_SIZE;
+/// S3's limit on a key: 1,024 bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
 /// SQS's limit on a message (and on a SendMessageBatch request).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
