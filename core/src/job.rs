@@ -177,6 +177,9 @@ fn locate(v: &serde_json::Value, e: serde_json::Error) -> String {
     let (Some(kind), Some(fields)) = (v.get("kind").and_then(|k| k.as_str()), v.as_object()) else {
         return format!("kind: {e}");
     };
+    if !["copy", "giant", "part", "image"].contains(&kind) {
+        return format!("kind: {e}");
+    }
     let mut body = fields.clone();
     body.remove("kind");
     let tagged = serde_json::json!({ kind: body });
@@ -800,6 +803,8 @@ mod regressions {
             "objects[1].key",
         );
         refused(r#"{"kind":"copi","id":"1","run":"r","objects":[]}"#, "kind");
+        // Found by a longer exploration: an empty kind was reported without naming `kind`.
+        refused(r#"{"kind":"","id":"1","run":"r","objects":[]}"#, "kind:");
     }
 
     /// Unknown fields of an object were silently dropped, unlike those of the job around it.
