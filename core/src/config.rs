@@ -14,6 +14,10 @@ pub const GIB: u64 = 1024 * MIB;
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
 pub const MAX_PART_SIZE: u64 = 5 * GIB;
 pub const MAX_PARTS: u64 = 10_000;
+/// The largest object a multipart upload can make: 10,000 parts of 5 GiB. No S3 object is larger.
+pub const MAX_OBJECT_SIZE: u64 = MAX_PARTS * MAX_PART_SIZE;
+/// S3's limit on a key: 1,024 bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
 /// SQS's limit on a message (and on a SendMessageBatch request).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
@@ -295,6 +299,10 @@ fn is_default_retention(days: &u32) -> bool {
 /// Longest ledger retention: ten years. Longer is a unit mistake (seconds or hours given as days); to keep
 /// rows forever, say 0.
 pub const MAX_RETENTION_DAYS: u32 = 3650;
+
+/// Longest `worker.shutdown_grace_secs` the engine accepts: a day (the provider holds it lower, to what a drain
+/// lifecycle hook can wait). Bounded so that the waits built on it (`docker stop`, systemd's stop timeout) are.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 86_400;
 
 impl Default for WorkerOptions {
     fn default() -> Self {
@@ -705,6 +713,12 @@ pub(crate) fn check_shared(
             "must be greater than worker.heartbeat_secs and at most 43200 (12 hours, SQS's limit)",
         ));
     }
+    if w.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+        return Err(Error::config(
+            "worker.shutdown_grace_secs",
+            format!("must be at most {MAX_SHUTDOWN_GRACE_SECS} (a day)"),
+        ));
+    }
     if w.ledger_retention_days > MAX_RETENTION_DAYS {
         return Err(Error::config(
             "worker.ledger_retention_days",
@@ -1036,5 +1050,162 @@ pub(crate) mod tests {
         assert_eq!(c.destination_key("a/b"), "backup/a/b");
         c.destination.prefix = "backup/".into();
         assert_eq!(c.destination_key("a/b"), "backup/a/b");
+    }
+}
+
+/// Issue 12's fuzzing of job configs, object and image: no input panics in parsing or validation, and a
+/// refusal starts with the path of a field (`source.bucket: ...`).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{apply, config, json, mutation, Mutation, STRAY};
+
+    fn objects() -> serde_json::Value {
+        let mut v = serde_json::to_value(tests::sample()).unwrap();
+        v["source"]["prefix_list"] =
+            serde_json::json!({"bucket": "list-bucket", "key": "prefixes.txt"});
+        v["filters"] = serde_json::json!({"include": ["**/*.csv"], "exclude": ["tmp/**"]});
+        v
+    }
+
+    fn images() -> serde_json::Value {
+        serde_json::json!({
+            "transfer": "images",
+            "source": {"type": "registry", "registry": "http://127.0.0.1:5000", "images": ["app:1.0", "base:ALL_TAGS"]},
+            "destination": {"prefix": "mirror"},
+            "queue": {"url": "http://127.0.0.1:1/123456789012/jobs"},
+            "ledger": {"table": "ledger"}
+        })
+    }
+
+    /// Every leaf and object of a document, as `/`-paths (array elements included).
+    fn paths(v: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    let p = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}/{k}")
+                    };
+                    out.push(p.clone());
+                    paths(child, &p, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    paths(child, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The field a refusal names: the text before its first `: `, a dotted path with `[i]` indices.
+    fn named_field(e: &Error) -> String {
+        let text = e.to_string();
+        text.split(": ").next().unwrap_or_default().to_owned()
+    }
+
+    /// Whether `field` is a path of the document (or of the valid one it was made from), a stray field, or
+    /// the document itself.
+    fn is_a_field(field: &str, docs: &[&serde_json::Value]) -> bool {
+        let pointer = format!(
+            "/{}",
+            field.replace("[", ".").replace("]", "").replace('.', "/")
+        );
+        field == "config"
+            || field.ends_with(STRAY)
+            || docs.iter().any(|d| d.pointer(&pointer).is_some())
+            // Optional fields left out of the sample: a top-level section's own field.
+            || field.split('.').count() >= 2
+                && field
+                    .split('.')
+                    .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit() || "[]".contains(c)))
+    }
+
+    fn mutated(
+        base: serde_json::Value,
+        picks: &[(prop::sample::Index, Mutation)],
+    ) -> serde_json::Value {
+        let mut all = vec![];
+        paths(&base, "", &mut all);
+        let mut v = base;
+        for (pick, m) in picks {
+            let path = pick.get(&all).clone();
+            match path.rsplit_once('/') {
+                Some((parent, name)) => {
+                    if let Some(p) = v.pointer_mut(&format!("/{parent}")) {
+                        apply(p, name, m);
+                    }
+                }
+                None => {
+                    apply(&mut v, &path, m);
+                }
+            }
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn any_json_is_a_config_or_a_refusal_naming_a_field(v in json()) {
+            if let Err(e) = TransferConfig::from_json(&v.to_string()) {
+                prop_assert_eq!(e.kind(), crate::ErrorKind::Config);
+                prop_assert!(!named_field(&e).is_empty());
+            }
+        }
+
+        #[test]
+        fn any_text_is_a_config_or_a_refusal(text in any::<String>()) {
+            let _ = TransferConfig::from_json(&text);
+        }
+
+        #[test]
+        fn a_mutated_config_is_valid_or_refused_naming_a_field(
+            image in any::<bool>(),
+            picks in prop::collection::vec((any::<prop::sample::Index>(), mutation()), 1..4),
+        ) {
+            let base = if image { images() } else { objects() };
+            let v = mutated(base.clone(), &picks);
+            match TransferConfig::from_json(&v.to_string()) {
+                Ok(c) => {
+                    // What validation let through survives a round trip and validates again.
+                    let again = TransferConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+                    prop_assert_eq!(again, c);
+                }
+                Err(e) => {
+                    let field = named_field(&e);
+                    let text = e.to_string();
+                    // serde names an unknown or missing field itself (a key may hold any character).
+                    let by_serde = text.contains("unknown field `") || text.contains("missing field `");
+                    prop_assert!(by_serde || is_a_field(&field, &[&v, &base]), "{e} names no field");
+                }
+            }
+        }
+    }
+}
+
+/// Defects the fuzzing of job configs found; each test failed before its fix.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// An unbounded grace overflowed `grace + margin` when the user data was rendered from the config.
+    #[test]
+    fn a_shutdown_grace_beyond_a_day_is_refused() {
+        let mut c = tests::sample();
+        c.worker.shutdown_grace_secs = u64::MAX;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string().starts_with("worker.shutdown_grace_secs: "),
+            "{e}"
+        );
+        c.worker.shutdown_grace_secs = MAX_SHUTDOWN_GRACE_SECS;
+        c.validate().unwrap();
     }
 }

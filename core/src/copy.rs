@@ -39,9 +39,13 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The byte range `[start, end)` of `part` (from 1) of an object of `size` bytes; empty past its end. Never
+    /// overflows, whatever a message said (jobs are validated, this holds even when they were not).
     pub fn range(&self, size: u64, part: u32) -> (u64, u64) {
-        let start = (part as u64 - 1) * self.part_size;
-        (start, (start + self.part_size).min(size))
+        let start = u64::from(part.saturating_sub(1))
+            .saturating_mul(self.part_size)
+            .min(size);
+        (start, start.saturating_add(self.part_size).min(size))
     }
 }
 

@@ -23,6 +23,8 @@ pub mod error;
 pub mod events;
 pub mod finder;
 pub mod fleet;
+#[cfg(test)]
+mod fuzz;
 pub mod image_config;
 pub mod images;
 pub mod job;

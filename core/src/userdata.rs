@@ -117,6 +117,22 @@ fn shell_quote(s: &str) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
     {
         s.to_string()
+    } else if s.contains(|c: char| c.is_control()) {
+        // Bash's $'...' keeps the script's lines its own: no value can end a heredoc or start a command.
+        let mut out = String::from("$'");
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                c if c.is_control() && c.is_ascii() => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
@@ -133,7 +149,31 @@ fn unit_word(s: &str) -> String {
     {
         escaped
     } else {
-        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+        let mut out = String::from("\"");
+        for c in escaped.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                // A raw newline would end the unit's line: the rest would be read as directives.
+                c if c.is_control() && c.is_ascii() => {
+                    out.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+}
+
+/// A value of a `# dth:` line as written: itself, or a JSON string when it holds a line break (or anything
+/// that would not read back the same), so that no value can add a line to the script.
+fn comment_value(v: &str) -> String {
+    if v.starts_with('"') || v.contains(|c: char| c.is_control()) {
+        serde_json::Value::from(v).to_string()
+    } else {
+        v.to_owned()
     }
 }
 
@@ -141,7 +181,11 @@ fn unit_word(s: &str) -> String {
 /// systemd in its fixed search path (`/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin`, systemd ≥ 239).
 fn docker_run(spec: &LaunchSpec) -> String {
     let role = spec.role.binary();
-    let grace = spec.config.worker().shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let grace = spec
+        .config
+        .worker()
+        .shutdown_grace_secs
+        .saturating_add(RELEASE_MARGIN_SECS);
     let mut words: Vec<String> = [
         "docker",
         "run",
@@ -197,7 +241,11 @@ fn docker_run(spec: &LaunchSpec) -> String {
 
 fn unit(spec: &LaunchSpec) -> String {
     let role = spec.role.binary();
-    let grace = spec.config.worker().shutdown_grace_secs + RELEASE_MARGIN_SECS;
+    let grace = spec
+        .config
+        .worker()
+        .shutdown_grace_secs
+        .saturating_add(RELEASE_MARGIN_SECS);
     let common_unit = "Wants=network-online.target\n\
                        After=network-online.target docker.service\n\
                        Requires=docker.service";
@@ -212,7 +260,7 @@ fn unit(spec: &LaunchSpec) -> String {
          ExecStop=docker stop --time {grace} dth-{role}\n\
          TimeoutStopSec={stop}",
         run = docker_run(spec),
-        stop = grace + RELEASE_MARGIN_SECS,
+        stop = grace.saturating_add(RELEASE_MARGIN_SECS),
     );
     match spec.role {
         Role::Worker => format!(
@@ -366,10 +414,10 @@ cat > {UNIT_DIR}/{unit_name} <<'DTH_UNIT'
 systemctl daemon-reload
 systemctl enable --now {unit_name}
 "#,
-        group = spec.group,
-        region = spec.region,
-        log_group = spec.log_group.as_deref().unwrap_or(""),
-        image_raw = spec.image,
+        group = comment_value(&spec.group),
+        region = comment_value(&spec.region),
+        log_group = comment_value(spec.log_group.as_deref().unwrap_or("")),
+        image_raw = comment_value(&spec.image),
         uid = IMAGE_USER.split(':').next().unwrap_or("0"),
         gid = IMAGE_USER.split(':').nth(1).unwrap_or("0"),
         pull = pull_script(spec),
@@ -377,11 +425,18 @@ systemctl enable --now {unit_name}
     )
 }
 
-fn comment<'a>(text: &'a str, name: &str) -> Result<&'a str> {
+fn comment(text: &str, name: &str) -> Result<String> {
     let tag = format!("# dth:{name}=");
-    text.lines()
+    let raw = text
+        .lines()
         .find_map(|l| l.strip_prefix(tag.as_str()))
-        .ok_or_else(|| Error::config("user_data", format!("no `{tag}` line")))
+        .ok_or_else(|| Error::config("user_data", format!("no `{tag}` line")))?;
+    if raw.starts_with('"') {
+        serde_json::from_str(raw)
+            .map_err(|e| Error::config("user_data", format!("`{tag}` is not a JSON string: {e}")))
+    } else {
+        Ok(raw.to_owned())
+    }
 }
 
 /// Read back what [`render`] wrote. Accepts the raw script or its base64 form.
@@ -398,7 +453,7 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
             .map_err(|_| Error::config("user_data", "base64 of something that is not UTF-8"))?;
         &decoded
     };
-    let role = match comment(text, "role")? {
+    let role = match comment(text, "role")?.as_str() {
         "finder" => Role::Finder,
         "worker" => Role::Worker,
         other => {
@@ -408,19 +463,18 @@ pub fn parse(user_data: &str) -> Result<LaunchSpec> {
             ))
         }
     };
-    let image = comment(text, "image")?.to_string();
-    let group = comment(text, "group")?.to_string();
-    let region = comment(text, "region")?.to_string();
-    let log_group = Some(comment(text, "log_group")?)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned);
-    let args: Vec<String> = serde_json::from_str(comment(text, "args")?).map_err(|e| {
+    let image = comment(text, "image")?;
+    let group = comment(text, "group")?;
+    let region = comment(text, "region")?;
+    let log_group = Some(comment(text, "log_group")?).filter(|g| !g.is_empty());
+    let args: Vec<String> = serde_json::from_str(&comment(text, "args")?).map_err(|e| {
         Error::config(
             "user_data",
             format!("`# dth:args=` is not a JSON list: {e}"),
         )
     })?;
-    let open = format!("<<'{HEREDOC}'\n");
+    // The whole line, so that no `# dth:` value can pass for it.
+    let open = format!("\ncat > {CONFIG_PATH} <<'{HEREDOC}'\n");
     let start = text
         .find(&open)
         .map(|i| i + open.len())
@@ -517,5 +571,212 @@ mod tests {
         let err = parse("#!/bin/bash\necho hi\n").unwrap_err().to_string();
         assert!(err.contains("dth:role"), "{err}");
         assert!(parse("not base64 !!").is_err());
+    }
+}
+
+/// Issue 12's fuzzing of the user data: whatever the values, the script keeps its shape (no value adds a line,
+/// ends a heredoc or a unit's line) and reads back as what was rendered.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::JobConfig;
+    use crate::fuzz::{config, text};
+
+    fn job_config(prefix: &str) -> TransferConfig {
+        let mut c = JobConfig::from_json(
+            r#"{"source":{"bucket":"src"},"destination":{"bucket":"dst"},
+                "queue":{"url":"http://127.0.0.1:1/123/q"},"ledger":{"table":"ledger"}}"#,
+        )
+        .unwrap();
+        c.source.prefix = prefix.to_owned();
+        c.into()
+    }
+
+    fn spec() -> impl Strategy<Value = LaunchSpec> {
+        (
+            any::<bool>(),
+            text().prop_filter("a valid prefix", |p| {
+                crate::config::check_prefix("source.prefix", p).is_ok()
+            }),
+            prop::collection::vec(text(), 0..4),
+            text(),
+            text(),
+            text(),
+            prop::option::of(text().prop_filter("an empty group reads as none", |g| !g.is_empty())),
+        )
+            .prop_map(|(worker, prefix, args, image, group, region, log_group)| {
+                LaunchSpec {
+                    role: if worker { Role::Worker } else { Role::Finder },
+                    config: job_config(&prefix),
+                    args,
+                    image,
+                    group,
+                    region,
+                    log_group,
+                }
+            })
+    }
+
+    /// The same spec with every value plain.
+    fn plain(spec: &LaunchSpec) -> LaunchSpec {
+        LaunchSpec {
+            args: spec.args.iter().map(|_| "a".to_owned()).collect(),
+            image: "i".into(),
+            group: "g".into(),
+            region: "r".into(),
+            log_group: spec.log_group.as_ref().map(|_| "l".to_owned()),
+            ..spec.clone()
+        }
+    }
+
+    /// systemd's reading of one word of an `Exec*=` line (quotes, C escapes, `%%` and `$$`).
+    fn systemd_word(w: &str) -> String {
+        let unescape = |s: &str| s.replace("%%", "%").replace("$$", "$");
+        let Some(inner) = w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) else {
+            return unescape(w);
+        };
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('x') => {
+                    let hex: String = chars.by_ref().take(2).collect();
+                    out.push(char::from(u8::from_str_radix(&hex, 16).unwrap()));
+                }
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+                }
+                Some(c) => out.push(c),
+                None => panic!("a trailing backslash in {w}"),
+            }
+        }
+        unescape(&out)
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        #[test]
+        fn rendered_user_data_reads_back_and_keeps_its_shape(spec in spec()) {
+            let text = render(&spec);
+            prop_assert_eq!(parse(&text).unwrap(), spec.clone());
+            let reference = render(&plain(&spec));
+            prop_assert_eq!(text.lines().count(), reference.lines().count(), "{}", text);
+            for end in [HEREDOC, "DTH_SYSCTL", "DTH_PULL", "DTH_UNIT"] {
+                let count = |t: &str| t.lines().filter(|l| l.ends_with(end)).count();
+                prop_assert_eq!(count(&text), count(&reference), "{}", end);
+            }
+        }
+
+        #[test]
+        fn unit_words_read_back_as_systemd_splits_them(s in text()) {
+            let w = unit_word(&s);
+            prop_assert!(!w.contains('\n') && !w.is_empty());
+            prop_assert_eq!(systemd_word(&w), s);
+        }
+
+        #[test]
+        fn any_user_data_parses_or_is_refused(s in any::<String>(), cut in any::<prop::sample::Index>()) {
+            let _ = parse(&s);
+            let full = render(&LaunchSpec {
+                role: Role::Worker,
+                config: job_config("p"),
+                args: vec![],
+                image: "i".into(),
+                group: "g".into(),
+                region: "r".into(),
+                log_group: None,
+            });
+            let at = cut.index(full.len());
+            if full.is_char_boundary(at) {
+                let _ = parse(&full[..at]);
+                let _ = parse(&format!("{}{s}{}", &full[..at], &full[at..]));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(32))]
+
+        /// Bash itself reads every quoted word back as the value (NUL aside: no shell word holds one).
+        #[test]
+        fn shell_words_read_back_in_bash(values in prop::collection::vec(text(), 1..8)) {
+            let values: Vec<String> = values.into_iter().map(|v| v.replace('\0', "")).collect();
+            let script = format!(
+                "printf '%s\\0' {}",
+                values.iter().map(|v| shell_quote(v)).collect::<Vec<_>>().join(" ")
+            );
+            let out = std::process::Command::new("bash").arg("-c").arg(&script).output().unwrap();
+            prop_assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let words: Vec<String> = out
+                .stdout
+                .split(|b| *b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            prop_assert_eq!(&words[..values.len()], &values[..]);
+        }
+    }
+}
+
+/// Defects the fuzzing of the user data found; each test failed before its fix.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use crate::config::JobConfig;
+
+    fn spec(image: &str, group: &str) -> LaunchSpec {
+        let config = JobConfig::from_json(
+            r#"{"source":{"bucket":"src"},"destination":{"bucket":"dst"},
+                "queue":{"url":"http://127.0.0.1:1/123/q"},"ledger":{"table":"ledger"}}"#,
+        )
+        .unwrap();
+        LaunchSpec {
+            role: Role::Worker,
+            config: config.into(),
+            args: vec![],
+            image: image.into(),
+            group: group.into(),
+            region: "eu-west-1".into(),
+            log_group: None,
+        }
+    }
+
+    /// A newline in a value was written as is: into the `# dth:` line (a new line of the script, run as root),
+    /// into the pull script's heredoc (a line `DTH_PULL` ended it early) and into the unit (new directives).
+    #[test]
+    fn a_newline_in_a_value_adds_no_line_to_the_script() {
+        let hostile = spec("img\nDTH_PULL\ntouch /tmp/owned\n", "g\ntouch /tmp/owned");
+        let text = render(&hostile);
+        assert!(!text.lines().any(|l| l == "touch /tmp/owned"), "{text}");
+        assert_eq!(
+            text.lines().count(),
+            render(&spec("img", "g")).lines().count(),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), hostile);
+    }
+
+    /// A value holding the config heredoc's opening was taken for it on the way back.
+    #[test]
+    fn a_value_that_looks_like_the_heredoc_reads_back() {
+        let odd = spec("img", &format!("<<'{HEREDOC}'"));
+        assert_eq!(parse(&render(&odd)).unwrap(), odd);
+        let quoted = spec("\"quoted\"", "g");
+        assert_eq!(parse(&render(&quoted)).unwrap(), quoted);
+    }
+
+    /// `shutdown_grace_secs + margin` overflowed (a panic) for a grace near u64::MAX.
+    #[test]
+    fn a_huge_grace_renders_without_overflow() {
+        let mut s = spec("img", "g");
+        s.config.worker_mut().shutdown_grace_secs = u64::MAX;
+        assert!(render(&s).contains(&format!("TimeoutStopSec={}", u64::MAX)));
     }
 }

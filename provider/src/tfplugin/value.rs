@@ -61,6 +61,10 @@ impl ValueError {
 
 static NULL: Value = Value::Null;
 
+/// Deepest nesting of lists, maps and objects a msgpack value may have (rmpv counts a container twice): far
+/// beyond any schema's, and shallow enough that decoding it, which recurses, cannot exhaust a stack.
+const MAX_NESTING: usize = 64;
+
 /// cty's extension code for an unknown value; refined unknowns use other codes.
 const UNKNOWN_EXT: i8 = 0;
 
@@ -445,8 +449,16 @@ fn parse_number(s: &str) -> Option<Number> {
 pub fn decode(bytes: &[u8], ty: &Type) -> Result<Value, ValueError> {
     let root = AttrPath::whole();
     let mut reader = bytes;
-    let raw = rmpv::decode::read_value(&mut reader)
-        .map_err(|e| ValueError::new(&root, format!("malformed msgpack: {e}")))?;
+    let raw =
+        rmpv::decode::read_value_with_max_depth(&mut reader, 2 * MAX_NESTING + 1).map_err(|e| {
+            match e {
+                rmpv::decode::Error::DepthLimitExceeded => ValueError::new(
+                    &root,
+                    format!("msgpack nested deeper than {MAX_NESTING} levels"),
+                ),
+                e => ValueError::new(&root, format!("malformed msgpack: {e}")),
+            }
+        })?;
     if !reader.is_empty() {
         return Err(ValueError::new(
             &root,
@@ -1044,5 +1056,222 @@ mod tests {
         assert_eq!(fresh.get("a").as_i64(), Some(1));
         assert_eq!(Value::from(f64::NAN), Value::Null);
         assert_eq!(Value::from(Some("s")), Value::from("s"));
+    }
+}
+
+/// Issue 12's fuzzing of the msgpack decoder: no bytes panic; a value that does not fit its type is refused at
+/// its attribute's path; every value of a schema type survives encode → decode.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    use super::*;
+
+    /// Fixed seed and modest cases for CI; `PROPTEST_CASES` and `PROPTEST_RNG_SEED` explore further.
+    fn config(cases: u32) -> Config {
+        let env = Config::default();
+        let set = |name: &str| std::env::var_os(name).is_some();
+        Config {
+            cases: if set("PROPTEST_CASES") {
+                env.cases
+            } else {
+                cases
+            },
+            rng_seed: if set("PROPTEST_RNG_SEED") {
+                env.rng_seed
+            } else {
+                RngSeed::Fixed(0x6474_6820_6675_7a7a)
+            },
+            failure_persistence: None,
+            ..env
+        }
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z_]{1,8}", any::<String>()]
+    }
+
+    fn ty() -> impl Strategy<Value = Type> {
+        let leaf = prop_oneof![Just(Type::String), Just(Type::Number), Just(Type::Bool)];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(Type::list),
+                inner.clone().prop_map(Type::set),
+                inner.clone().prop_map(Type::map),
+                prop::collection::btree_map(name(), inner, 0..4).prop_map(Type::Object),
+            ]
+        })
+        .prop_flat_map(|t| prop_oneof![4 => Just(t.clone()), 1 => Just(Type::Dynamic)])
+    }
+
+    fn number() -> impl Strategy<Value = Number> {
+        prop_oneof![
+            any::<i64>().prop_map(Number::from),
+            any::<u64>().prop_map(Number::from),
+            any::<f64>().prop_filter_map("finite", normalize_float),
+        ]
+    }
+
+    /// A value of `ty`, nulls and unknowns included.
+    fn value(ty: &Type) -> BoxedStrategy<Value> {
+        let known: BoxedStrategy<Value> = match ty {
+            Type::String => any::<String>().prop_map(Value::String).boxed(),
+            Type::Number => number().prop_map(Value::Number).boxed(),
+            Type::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
+            Type::List(e) => prop::collection::vec(value(e), 0..4)
+                .prop_map(Value::List)
+                .boxed(),
+            Type::Set(e) => prop::collection::vec(value(e), 0..4)
+                .prop_map(Value::Set)
+                .boxed(),
+            Type::Map(e) => prop::collection::btree_map(name(), value(e), 0..4)
+                .prop_map(Value::Map)
+                .boxed(),
+            Type::Object(attributes) => attributes
+                .iter()
+                .map(|(n, t)| {
+                    let n = n.clone();
+                    value(t).prop_map(move |v| (n.clone(), v))
+                })
+                .collect::<Vec<_>>()
+                .prop_map(|fields| Value::Object(fields.into_iter().collect()))
+                .boxed(),
+            // A dynamic value: any concrete type's value, whose elements agree on a type.
+            Type::Dynamic => ty_known().prop_flat_map(|t| value_known(&t)).boxed(),
+        };
+        prop_oneof![8 => known, 1 => Just(Value::Null), 1 => Just(Value::Unknown)].boxed()
+    }
+
+    fn ty_known() -> impl Strategy<Value = Type> {
+        prop_oneof![Just(Type::String), Just(Type::Number), Just(Type::Bool)].prop_recursive(
+            2,
+            8,
+            3,
+            |inner| {
+                prop_oneof![
+                    inner.clone().prop_map(Type::list),
+                    prop::collection::btree_map("[a-z]{1,4}", inner, 1..3).prop_map(Type::Object),
+                ]
+            },
+        )
+    }
+
+    /// A fully known, non-null value of `ty` (what a dynamic value's inferred type reads back as).
+    fn value_known(ty: &Type) -> BoxedStrategy<Value> {
+        match ty {
+            Type::String => any::<String>().prop_map(Value::String).boxed(),
+            Type::Number => number().prop_map(Value::Number).boxed(),
+            Type::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
+            Type::List(e) => prop::collection::vec(value_known(e), 1..3)
+                .prop_map(Value::List)
+                .boxed(),
+            Type::Object(attributes) => attributes
+                .iter()
+                .map(|(n, t)| {
+                    let n = n.clone();
+                    value_known(t).prop_map(move |v| (n.clone(), v))
+                })
+                .collect::<Vec<_>>()
+                .prop_map(|fields| Value::Object(fields.into_iter().collect()))
+                .boxed(),
+            _ => unreachable!("ty_known makes no {ty}"),
+        }
+    }
+
+    fn typed() -> impl Strategy<Value = (Type, Value)> {
+        ty().prop_flat_map(|t| (Just(t.clone()), value(&t)))
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn values_of_schema_types_round_trip((ty, v) in typed()) {
+            let bytes = encode(&v, &ty).unwrap();
+            prop_assert_eq!(decode(&bytes, &ty).unwrap(), v);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..256), ty in ty()) {
+            let _ = decode(&bytes, &ty);
+            let _ = decode(&bytes, &Type::Dynamic);
+        }
+
+        /// Cut anywhere, or with a byte changed, a valid encoding is refused or read, never a panic.
+        #[test]
+        fn damaged_encodings_are_refused((ty, v) in typed(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = encode(&v, &ty).unwrap();
+            let i = at.index(bytes.len());
+            prop_assert!(decode(&bytes[..i], &ty).is_err());
+            bytes[i] = byte;
+            let _ = decode(&bytes, &ty);
+        }
+
+        /// A wrong kind of value in one attribute is refused at that attribute's path.
+        #[test]
+        fn a_mistyped_attribute_is_named(
+            attrs in prop::collection::btree_map("[a-z]{1,6}", ty(), 1..4),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let ty = Type::Object(attrs.clone());
+            let names: Vec<&String> = attrs.keys().collect();
+            let name = *pick.get(&names);
+            let wrong = match &attrs[name] {
+                Type::String | Type::Number => rmpv::Value::Boolean(true),
+                _ => rmpv::Value::from("x"),
+            };
+            let raw = rmpv::Value::Map(vec![(rmpv::Value::from(name.as_str()), wrong)]);
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, &raw).unwrap();
+            let e = decode(&bytes, &ty).unwrap_err();
+            prop_assert_eq!(e.path.steps().first(), Some(&PathStep::Attr(name.clone())), "{}", e);
+        }
+    }
+}
+
+/// What the fuzzing of the msgpack decoder checks by name: the depth test failed before its fix (a stack
+/// overflow, which aborts the provider); the oversized containers were already refused (rmpv caps what it
+/// preallocates) and stay so.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// A dynamic value nested a few hundred levels deep: each level recursed through the decoder, past what a
+    /// thread's stack holds in a debug build. Now refused at a fixed depth.
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let mut raw = rmpv::Value::from("leaf");
+        for _ in 0..250 {
+            raw = rmpv::Value::Array(vec![
+                rmpv::Value::from(r#"["list","dynamic"]"#),
+                rmpv::Value::Array(vec![raw]),
+            ]);
+        }
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &raw).unwrap();
+        // A small stack, like a runtime's worker thread might have.
+        let res = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || decode(&bytes, &Type::Dynamic))
+            .unwrap()
+            .join()
+            .expect("decoding overflowed its stack");
+        let e = res.unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{e}");
+    }
+
+    /// Containers claiming billions of elements are refused without allocating for them (held before too).
+    #[test]
+    fn oversized_containers_are_refused() {
+        for bytes in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xdf, 0xff, 0xff, 0xff, 0xff],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+            &[0xc6, 0xff, 0xff, 0xff, 0xff],
+        ] {
+            assert!(decode(bytes, &Type::Dynamic).is_err());
+            assert!(decode(bytes, &Type::list(Type::String)).is_err());
+        }
     }
 }
