@@ -470,13 +470,6 @@ impl JobConfig {
                 "is only valid with destination.sse = \"aws:kms\"",
             ));
         }
-        if self.compare == CompareMode::SizeEtag && d.sse == Sse::Kms && !self.skip_compare {
-            return Err(Error::config(
-                "compare",
-                "size-etag cannot be used with destination.sse = \"aws:kms\" (KMS-encrypted objects have no MD5 \
-                 ETag); use \"size\" or \"checksum\"",
-            ));
-        }
         if s.bucket == d.bucket
             && s.endpoint == d.endpoint
             && key_ranges_overlap(&s.prefix, &d.prefix)
@@ -965,7 +958,6 @@ pub(crate) mod tests {
                 json!({"destination": {"kms_key_id": "k"}}),
                 "destination.kms_key_id",
             ),
-            (json!({"destination": {"sse": "aws:kms"}}), "compare"),
             (json!({"destination": {"sse": "rot13"}}), "destination.sse"),
             (json!({"compare": "mtime"}), "compare"),
             (json!({"source": {"type": "Dropbox"}}), "source.type"),

@@ -1,6 +1,8 @@
 //! Copying one object: single PUT below the multipart threshold; multipart above it (or whenever the source
 //! was uploaded in parts, keeping its part layout so the ETags match), resumable from the ledger; every read
-//! pinned to one source version; every write carrying Content-MD5; every result verified.
+//! pinned to one source version; every write carrying Content-MD5 and a CRC64NVME checksum (the whole
+//! object's, for multipart uploads too), conditional on the destination being as the finder saw it; every
+//! result verified as far as the source's and the destination's ETags allow ([`crate::etag`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +14,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{JobConfig, Sse};
 use crate::error::{Error, ErrorKind, Result};
+use crate::etag::{encrypted_without_md5, same_etag, EtagModel, EtagVerdict, Meaning};
 use crate::job::JobObject;
 use crate::ledger::{DynamoLedger, OpenUpload, UploadRecord};
 use crate::limit::MemoryBudget;
 use crate::stats::{StatEvent, Stats};
 use crate::store::{
-    etag_part_count, md5_of, multipart_etag, Head, ObjectStore, PartInfo, Pin, WriteOptions,
+    crc64_b64, crc64_concat, etag_part_count, multipart_etag, Head, ObjectInfo, ObjectStore,
+    PartInfo, Pin, Sums, WriteIf, WriteOptions, Written,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,8 @@ pub enum Outcome {
     },
     /// The source object no longer exists.
     Gone,
+    /// The destination changed since the finder listed it (a newer copy is there): nothing written.
+    Superseded,
 }
 
 /// A part plan: part size and count.
@@ -57,6 +63,36 @@ pub struct Copier {
     pub stats: Stats,
     /// Object and part buffers in flight across the process.
     pub memory: MemoryBudget,
+    /// What the source's and the destination's ETags say.
+    pub model: EtagModel,
+}
+
+/// The precondition of a job's destination write: the destination as the finder saw it.
+pub fn write_condition(obj: &JobObject) -> WriteIf {
+    match obj.dest_etag.as_deref() {
+        None => WriteIf::Always,
+        Some("") => WriteIf::Absent,
+        Some(e) => WriteIf::Matches(e.to_owned()),
+    }
+}
+
+/// The model a job config implies before anything is asked of the buckets.
+pub fn model_for(cfg: &JobConfig) -> EtagModel {
+    EtagModel {
+        dest_md5: cfg.destination.sse != Sse::Kms,
+        ..EtagModel::new(cfg.source.kind)
+    }
+}
+
+/// A [`Head`] as a listing entry, for [`EtagModel::compare`].
+pub fn info_of(key: &str, h: &Head) -> ObjectInfo {
+    ObjectInfo {
+        key: key.to_owned(),
+        size: h.size,
+        etag: h.etag.clone(),
+        storage_class: h.storage_class.clone(),
+        last_modified: h.last_modified,
+    }
 }
 
 /// Bytes read from the source, with the share of the memory budget they occupy until dropped.
@@ -72,8 +108,32 @@ fn is_source_missing(e: &Error) -> bool {
 }
 
 impl Copier {
-    fn dest_etag_is_md5(&self) -> bool {
-        self.cfg.destination.sse != Sse::Kms
+    /// Whether this write's ETag is MD5-based: not when KMS encrypted it (by the job's setting or the
+    /// bucket's default, which the answer tells).
+    fn dest_md5(&self, w: &Written) -> bool {
+        self.model.dest_md5 && !encrypted_without_md5(w.sse.as_deref())
+    }
+
+    /// Check what a write's answer says against what was sent: the CRC64NVME S3 computed, and, where the ETag
+    /// is an MD5, the ETag.
+    fn check_written(&self, what: &str, w: &Written, etag: Option<&str>, crc: Option<u64>) -> Result<()> {
+        if let (Some(got), Some(c)) = (&w.crc64, crc) {
+            if *got != crc64_b64(c) {
+                return Err(Error::integrity(format!(
+                    "{what}: the destination computed CRC64NVME {got}, the bytes sent have {}",
+                    crc64_b64(c)
+                )));
+            }
+        }
+        if let Some(e) = etag {
+            if self.dest_md5(w) && !same_etag(&w.etag, e) {
+                return Err(Error::integrity(format!(
+                    "{what}: destination ETag {} is not the {e} the bytes sent imply",
+                    w.etag
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Copy `obj` (as the finder saw it). If the source changed since, the current version is copied instead;
@@ -81,13 +141,15 @@ impl Copier {
     pub async fn copy(&self, run: &str, obj: &JobObject, final_attempt: bool) -> Result<Outcome> {
         let start = Instant::now();
         let mut pin = Pin::of(&obj.etag, obj.version_id.as_deref());
+        let cond = write_condition(obj);
         let mut single =
             obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
         for _ in 0..3 {
             let res = if single {
-                self.single(&obj.key, &pin, obj.size).await
+                self.single(&obj.key, &pin, obj.size, &cond).await
             } else {
-                self.multipart(run, &obj.key, &pin, final_attempt).await
+                self.multipart(run, &obj.key, &pin, final_attempt, &cond)
+                    .await
             };
             match res {
                 Ok(Some((bytes, etag))) => {
@@ -98,6 +160,10 @@ impl Copier {
                     })
                 }
                 Ok(None) => return Ok(Outcome::Gone),
+                Err(e) if e.kind() == ErrorKind::Superseded => {
+                    tracing::info!(key = %obj.key, "{e}");
+                    return Ok(Outcome::Superseded);
+                }
                 Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
                     tracing::info!(key = %obj.key, "source changed during the copy: copying its current version");
                     let head = match self.src.head(&obj.key, &Pin::Latest).await {
@@ -152,21 +218,28 @@ impl Copier {
     }
 
     /// Whole object in one GET and one PUT. None when the source is gone.
-    async fn single(&self, key: &str, pin: &Pin, size: u64) -> Result<Option<(u64, String)>> {
+    async fn single(
+        &self,
+        key: &str,
+        pin: &Pin,
+        size: u64,
+        cond: &WriteIf,
+    ) -> Result<Option<(u64, String)>> {
         let _budget = self.reserve(size).await?;
         let f = match self.src.get(key, None, pin).await {
             Ok(f) => f,
             Err(e) if is_source_missing(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let md5 = md5_of(&f.body);
-        let md5_hex = hex::encode(md5);
-        if f.head.etag_is_md5() && etag_part_count(&f.head.etag).is_none() && f.head.etag != md5_hex
-        {
-            return Err(Error::integrity(format!(
-                "{key}: read bytes with MD5 {md5_hex}, source ETag is {}",
-                f.head.etag
-            )));
+        let sums = Sums::of(&f.body);
+        let md5_hex = hex::encode(sums.md5);
+        if let Meaning::Md5(m) = self.model.source_head(&f.head) {
+            if m != sums.md5 {
+                return Err(Error::integrity(format!(
+                    "{key}: read bytes with MD5 {md5_hex}, source ETag is {}",
+                    f.head.etag
+                )));
+            }
         }
         let opts = self
             .write_options(
@@ -177,14 +250,10 @@ impl Copier {
             .await?;
         let len = f.body.len() as u64;
         let dkey = self.cfg.destination_key(key);
-        let etag = self.dst.put(&dkey, f.body, md5, &opts).await?;
-        if self.dest_etag_is_md5() && etag != md5_hex {
-            return Err(Error::integrity(format!(
-                "{dkey}: destination ETag {etag} is not the MD5 {md5_hex} we sent"
-            )));
-        }
+        let w = self.dst.put(&dkey, f.body, sums, &opts, cond).await?;
+        self.check_written(&dkey, &w, Some(&md5_hex), Some(sums.crc64))?;
         self.stats.send(StatEvent::Bytes(len));
-        Ok(Some((len, etag)))
+        Ok(Some((len, w.etag)))
     }
 
     /// The source's own part layout when it was uploaded in parts (so ETags match), else max(chunk, size/10,000).
@@ -207,7 +276,7 @@ impl Copier {
         })
     }
 
-    /// Copy one part: pinned ranged GET, MD5, UploadPart with Content-MD5, check the returned ETag.
+    /// Copy one part: pinned ranged GET, MD5 and CRC64NVME, UploadPart with both, check the answer.
     pub async fn copy_part(
         &self,
         key: &str,
@@ -216,7 +285,7 @@ impl Copier {
         layout: Layout,
         upload_id: &str,
         part: u32,
-    ) -> Result<(Reserved, [u8; 16], String)> {
+    ) -> Result<(Reserved, Sums, String)> {
         let (a, b) = layout.range(size, part);
         let permit = self.reserve(b - a).await?;
         let f = self.src.get(key, Some((a, b)), pin).await?;
@@ -227,19 +296,20 @@ impl Copier {
                 b - a
             )));
         }
-        let md5 = md5_of(&f.body);
+        let sums = Sums::of(&f.body);
         let dkey = self.cfg.destination_key(key);
-        let etag = self
+        let w = self
             .dst
-            .upload_part(&dkey, upload_id, part, f.body.clone(), md5)
+            .upload_part(&dkey, upload_id, part, f.body.clone(), sums)
             .await?;
-        if self.dest_etag_is_md5() && etag != hex::encode(md5) {
-            return Err(Error::integrity(format!(
-                "{dkey}: part {part} ETag {etag} is not the MD5 we sent"
-            )));
-        }
+        self.check_written(
+            &format!("{dkey} part {part}"),
+            &w,
+            Some(&hex::encode(sums.md5)),
+            Some(sums.crc64),
+        )?;
         self.stats.send(StatEvent::Bytes(b - a));
-        Ok((Reserved(f.body, permit), md5, etag))
+        Ok((Reserved(f.body, permit), sums, w.etag))
     }
 
     /// Create the destination upload and record it in the ledger: first as one of the transfer's open uploads
@@ -348,7 +418,7 @@ impl Copier {
         head: &Head,
         pin: &Pin,
         layout: Layout,
-    ) -> Result<Option<(String, BTreeMap<u32, [u8; 16]>)>> {
+    ) -> Result<Option<(String, BTreeMap<u32, Sums>)>> {
         let dkey = self.cfg.destination_key(key);
         let record = self.ledger.upload(run, key).await?;
         let Some(uploads) = self.live_uploads(&dkey).await? else {
@@ -393,13 +463,14 @@ impl Copier {
                 tracing::warn!(key = %dkey, upload_id = %r.upload_id, "cannot list kept parts ({e}): using the ledger's record");
                 r.part_etags
                     .iter()
-                    .map(|(n, etag)| PartInfo {
-                        number: *n,
-                        size: layout
-                            .range(head.size, (*n).max(1))
-                            .1
-                            .saturating_sub(layout.range(head.size, (*n).max(1)).0),
-                        etag: etag.clone(),
+                    .map(|(n, etag)| {
+                        let (a, b) = layout.range(head.size, (*n).max(1));
+                        PartInfo {
+                            number: *n,
+                            size: b - a,
+                            etag: etag.clone(),
+                            crc64: r.part_crcs.get(n).map(|c| crc64_b64(*c)),
+                        }
                     })
                     .collect()
             }
@@ -413,13 +484,16 @@ impl Copier {
             if p.size != b - a {
                 continue;
             }
-            // Re-verify: the kept part must hold exactly this source version's bytes.
+            // Re-verify: the kept part must hold exactly this source version's bytes: by its CRC64NVME where
+            // the upload has one (whatever encrypts it), else by its ETag where that is an MD5.
             let f = self.src.get(key, Some((a, b)), pin).await?;
-            let md5 = md5_of(&f.body);
-            if hex::encode(md5) == p.etag
-                || (!self.dest_etag_is_md5() && hex_md5(&p.etag).is_none())
-            {
-                kept.insert(p.number, md5);
+            let sums = Sums::of(&f.body);
+            let same = match &p.crc64 {
+                Some(c) => *c == crc64_b64(sums.crc64),
+                None => self.model.dest_md5 && same_etag(&p.etag, &hex::encode(sums.md5)),
+            };
+            if same {
+                kept.insert(p.number, sums);
             }
         }
         tracing::info!(key = %dkey, upload_id = %r.upload_id, kept = kept.len(), parts = layout.parts, "resuming multipart upload");
@@ -432,6 +506,7 @@ impl Copier {
         key: &str,
         pin: &Pin,
         final_attempt: bool,
+        cond: &WriteIf,
     ) -> Result<Option<(u64, String)>> {
         let head = match self.src.head(key, pin).await {
             Ok(h) => h,
@@ -449,13 +524,15 @@ impl Copier {
             ),
         };
         let result = self
-            .upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept)
+            .upload_and_complete(run, key, &head, &pin, layout, &upload_id, kept, cond)
             .await;
         match &result {
-            // The source changed: these parts are of an old version; never complete them.
+            // The source changed: these parts are of an old version; never complete them. Superseded: a newer
+            // copy is at the destination, this one is not wanted.
             Err(e)
                 if e.kind() == ErrorKind::PreconditionFailed
                     || e.kind() == ErrorKind::Integrity
+                    || e.kind() == ErrorKind::Superseded
                     || final_attempt =>
             {
                 if let Err(abort) = self.abort_upload(&dkey, &upload_id).await {
@@ -476,12 +553,16 @@ impl Copier {
         pin: &Pin,
         layout: Layout,
         upload_id: &str,
-        kept: BTreeMap<u32, [u8; 16]>,
+        kept: BTreeMap<u32, Sums>,
+        cond: &WriteIf,
     ) -> Result<(u64, String)> {
         let dkey = self.cfg.destination_key(key);
-        let whole_md5_check = head.etag_is_md5() && etag_part_count(&head.etag).is_none();
+        let whole_md5 = match self.model.source_head(head) {
+            Meaning::Md5(m) => Some(m),
+            _ => None,
+        };
         let mut full = Md5::new();
-        let mut md5s = Vec::with_capacity(layout.parts as usize);
+        let mut sums = Vec::with_capacity(layout.parts as usize);
         // Parts upload concurrently but are yielded in order, so the whole-object MD5 can be computed on the way
         // (kept parts are re-read for it only when the source has a plain MD5 ETag to check against).
         let mut parts = stream::iter(1..=layout.parts)
@@ -489,92 +570,101 @@ impl Copier {
                 let kept = kept.get(&n).copied();
                 async move {
                     match kept {
-                        Some(md5) if !whole_md5_check => Ok((n, None, md5)),
-                        Some(md5) => {
+                        Some(s) if whole_md5.is_none() => Ok((n, None, s)),
+                        Some(s) => {
                             let (a, b) = layout.range(head.size, n);
                             let permit = self.reserve(b - a).await?;
                             let f = self.src.get(key, Some((a, b)), pin).await?;
-                            Ok((n, Some(Reserved(f.body, permit)), md5))
+                            Ok((n, Some(Reserved(f.body, permit)), s))
                         }
                         None => {
-                            let (body, md5, etag) = self
+                            let (body, s, etag) = self
                                 .copy_part(key, pin, head.size, layout, upload_id, n)
                                 .await?;
                             // Remembered for resume, in case the destination cannot list its parts.
                             self.ledger
-                                .record_part(run, key, upload_id, n, &etag)
+                                .record_part(run, key, upload_id, n, &etag, s.crc64)
                                 .await?;
-                            Ok::<_, Error>((n, Some(body), md5))
+                            Ok::<_, Error>((n, Some(body), s))
                         }
                     }
                 }
             })
             .buffered(self.cfg.worker.part_concurrency as usize);
-        while let Some((_, body, md5)) = parts.try_next().await? {
-            if let (true, Some(b)) = (whole_md5_check, body) {
+        while let Some((_, body, s)) = parts.try_next().await? {
+            if let (true, Some(b)) = (whole_md5.is_some(), body) {
                 full.update(&b.0);
             }
-            md5s.push(md5);
+            sums.push(s);
         }
         drop(parts);
-        if whole_md5_check {
-            let got = hex::encode(full.finalize());
-            if got != head.etag {
+        if let Some(m) = whole_md5 {
+            let got: [u8; 16] = full.finalize().into();
+            if got != m {
                 return Err(Error::integrity(format!(
-                    "{key}: bytes read have MD5 {got}, source ETag is {}",
+                    "{key}: bytes read have MD5 {}, source ETag is {}",
+                    hex::encode(got),
                     head.etag
                 )));
             }
         }
-        let list: Vec<(u32, String)> = md5s
+        let list: Vec<(u32, String)> = sums
             .iter()
             .enumerate()
-            .map(|(i, m)| (i as u32 + 1, hex::encode(m)))
+            .map(|(i, s)| (i as u32 + 1, hex::encode(s.md5)))
             .collect();
-        let etag = self.complete(&dkey, upload_id, &list, head).await?;
+        let crc = sums
+            .iter()
+            .fold(None, |acc: Option<u64>, s| {
+                Some(acc.map_or(s.crc64, |a| crc64_concat(a, s.crc64, s.len)))
+            });
+        let etag = self
+            .complete(&dkey, upload_id, &list, crc, head, cond)
+            .await?;
         Ok((head.size, etag))
     }
 
-    /// Complete and verify: the ETag must be the one the parts imply, and equal the source's when the layout
-    /// was preserved.
+    /// Complete and verify: S3 checks the whole object's CRC64NVME against the one sent; the ETag must be the
+    /// one the parts imply, and equal the source's when the layout was kept (where both are MD5-based).
     pub async fn complete(
         &self,
         dkey: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        crc: Option<u64>,
         head: &Head,
+        cond: &WriteIf,
     ) -> Result<String> {
-        let etag = self.dst.complete_multipart(dkey, upload_id, parts).await?;
+        let w = self
+            .dst
+            .complete_multipart(dkey, upload_id, parts, crc, cond)
+            .await?;
         // Completed: the upload is an object now (whatever the checks below find), nothing to abort.
         self.forget_upload(upload_id).await;
-        if self.dest_etag_is_md5() {
-            let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
-            if let Some(md5s) = md5s {
-                let expected = multipart_etag(&md5s);
-                if etag != expected {
+        let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
+        let expected = md5s.map(|m| multipart_etag(&m));
+        self.check_written(dkey, &w, expected.as_deref(), crc)?;
+        if self.dest_md5(&w) {
+            if let Meaning::Multipart(_) = self.model.source_head(head) {
+                if !same_etag(&w.etag, &head.etag) {
                     return Err(Error::integrity(format!(
-                        "{dkey}: ETag {etag} after completion, parts imply {expected}"
-                    )));
-                }
-                if head.etag_is_md5() && etag_part_count(&head.etag).is_some() && etag != head.etag
-                {
-                    return Err(Error::integrity(format!(
-                        "{dkey}: ETag {etag} differs from the source's {}",
-                        head.etag
+                        "{dkey}: ETag {} differs from the source's {}",
+                        w.etag, head.etag
                     )));
                 }
             }
         }
-        Ok(etag)
+        Ok(w.etag)
     }
 
     /// After `NoSuchUpload` from a completion: whether the destination holds the object that these parts
-    /// make (an earlier completion whose answer was lost), and its ETag. With MD5 ETags at the destination
-    /// the ETag must be the one the parts imply; otherwise size is all there is to go by.
+    /// make (an earlier completion whose answer was lost), and its ETag: by its CRC64NVME where both are known,
+    /// else by the ETag the parts imply where the destination's is MD5-based, else by size.
     pub async fn completed_as(
         &self,
         dkey: &str,
         parts: &[(u32, String)],
+        crc: Option<u64>,
         size: u64,
     ) -> Result<Option<String>> {
         let h = match self.dst.head(dkey, &Pin::Latest).await {
@@ -584,27 +674,48 @@ impl Copier {
         };
         let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
         let same = h.size == size
-            && match md5s {
-                Some(m) if self.dest_etag_is_md5() && h.etag_is_md5() => {
-                    h.etag.eq_ignore_ascii_case(&multipart_etag(&m))
+            && match (h.checksums.get("CRC64NVME"), crc, md5s) {
+                (Some(got), Some(c), _) => *got == crc64_b64(c),
+                (_, _, Some(m)) if self.model.destination_head(&h).is_hash() => {
+                    same_etag(&h.etag, &multipart_etag(&m))
                 }
                 _ => true,
             };
         Ok(same.then_some(h.etag))
     }
 
-    /// On redelivery: is this object already at the destination, as this job wanted it?
+    /// On redelivery: is this object already at the destination, as this job wanted it? Same size and ETag,
+    /// or, where the ETags cannot be compared, a copy no older than the source's last change.
     pub async fn already_copied(&self, obj: &JobObject) -> Result<bool> {
-        match self
+        let dst = match self
             .dst
             .head(&self.cfg.destination_key(&obj.key), &Pin::Latest)
             .await
         {
-            Ok(h) => Ok(h.size == obj.size
-                && (h.etag == obj.etag
-                    || etag_part_count(&h.etag).is_some() != etag_part_count(&obj.etag).is_some())),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if dst.size != obj.size {
+            return Ok(false);
         }
+        if same_etag(&dst.etag, &obj.etag) {
+            return Ok(true);
+        }
+        let src = match self.src.head(&obj.key, &Pin::Latest).await {
+            Ok(h) => h,
+            Err(e) if is_source_missing(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(
+            match self
+                .model
+                .compare(&info_of(&obj.key, &src), &info_of(&obj.key, &dst))
+            {
+                EtagVerdict::Same => true,
+                EtagVerdict::Differs => false,
+                EtagVerdict::NeedsHead => self.model.same_after_head(&src, &dst),
+            },
+        )
     }
 }

@@ -4,7 +4,8 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::config::{CompareMode, Filters};
 use crate::error::{Error, Result};
-use crate::store::{etag_part_count, Head, ObjectInfo};
+use crate::etag::{same_etag, EtagModel, EtagVerdict};
+use crate::store::{Head, ObjectInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -16,6 +17,8 @@ pub enum Verdict {
     Same,
     /// Same size; only the objects' checksums can tell (checksum mode).
     NeedsChecksum,
+    /// Both ETags look like MD5s and differ; only the objects' headers can tell whether KMS made them so.
+    NeedsHead,
 }
 
 impl Verdict {
@@ -24,7 +27,13 @@ impl Verdict {
     }
 }
 
-pub fn compare(mode: CompareMode, src: &ObjectInfo, dst: Option<&ObjectInfo>) -> Verdict {
+/// Whether `src` is at the destination as `dst`, by `mode`, with what `model` says the ETags mean.
+pub fn compare(
+    mode: CompareMode,
+    model: &EtagModel,
+    src: &ObjectInfo,
+    dst: Option<&ObjectInfo>,
+) -> Verdict {
     let Some(dst) = dst else {
         return Verdict::Missing;
     };
@@ -33,15 +42,12 @@ pub fn compare(mode: CompareMode, src: &ObjectInfo, dst: Option<&ObjectInfo>) ->
     }
     match mode {
         CompareMode::Size => Verdict::Same,
-        CompareMode::SizeEtag if src.etag == dst.etag => Verdict::Same,
-        // A single-part source copied in parts (or the reverse) has an ETag of another shape: only size can tell.
-        CompareMode::SizeEtag
-            if etag_part_count(&src.etag).is_some() != etag_part_count(&dst.etag).is_some() =>
-        {
-            Verdict::Same
-        }
-        CompareMode::SizeEtag => Verdict::Differs,
-        CompareMode::Checksum if src.etag == dst.etag && !src.etag.is_empty() => Verdict::Same,
+        CompareMode::SizeEtag => match model.compare(src, dst) {
+            EtagVerdict::Same => Verdict::Same,
+            EtagVerdict::Differs => Verdict::Differs,
+            EtagVerdict::NeedsHead => Verdict::NeedsHead,
+        },
+        CompareMode::Checksum if same_etag(&src.etag, &dst.etag) => Verdict::Same,
         CompareMode::Checksum => Verdict::NeedsChecksum,
     }
 }
@@ -60,7 +66,7 @@ pub fn same_content(src: &Head, dst: &Head) -> bool {
     if !common.is_empty() {
         return common.iter().all(|same| *same);
     }
-    src.etag_is_md5() && dst.etag_is_md5() && src.etag == dst.etag
+    src.etag_is_md5() && dst.etag_is_md5() && same_etag(&src.etag, &dst.etag)
 }
 
 /// Include / exclude globs over source keys.
@@ -109,7 +115,17 @@ mod tests {
             size,
             etag: etag.into(),
             storage_class: None,
+            last_modified: None,
         }
+    }
+
+    fn compare(mode: CompareMode, src: &ObjectInfo, dst: Option<&ObjectInfo>) -> Verdict {
+        super::compare(
+            mode,
+            &EtagModel::new(crate::config::SourceType::AmazonS3),
+            src,
+            dst,
+        )
     }
 
     #[test]
@@ -124,9 +140,18 @@ mod tests {
             compare(Size, &info(1, "a"), Some(&info(1, "b"))),
             Verdict::Same
         );
+        let (a, b) = (
+            "0123456789abcdef0123456789abcdef",
+            "fedcba9876543210fedcba9876543210",
+        );
         assert_eq!(
-            compare(SizeEtag, &info(1, "a"), Some(&info(1, "b"))),
-            Verdict::Differs
+            compare(SizeEtag, &info(1, a), Some(&info(1, b))),
+            Verdict::NeedsHead,
+            "two MD5s that differ: unless KMS made them, different objects"
+        );
+        assert_eq!(
+            compare(SizeEtag, &info(1, a), Some(&info(1, &a.to_uppercase()))),
+            Verdict::Same
         );
         assert_eq!(
             compare(SizeEtag, &info(1, "a"), Some(&info(1, "a"))),

@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Transient,
     /// Bytes did not verify (checksum, ETag or size mismatch).
     Integrity,
+    /// A conditional write found the destination changed since the finder looked: a newer copy is there.
+    Superseded,
     /// A queue message we cannot understand.
     InvalidMessage,
     /// Anything else.

@@ -19,6 +19,7 @@ use crate::job::{new_id, Job, JobObject, Packer};
 use crate::ledger::DynamoLedger;
 use crate::queue::SqsQueue;
 use crate::stats::{StatEvent, Stats};
+use crate::etag::{encrypted_without_md5, EtagModel};
 use crate::store::{etag_part_count, is_archive_class, ObjectInfo, ObjectStore, Pin};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,7 @@ struct Finder<'a> {
     filter: KeyFilter,
     out: mpsc::Sender<JobObject>,
     stats: Stats,
+    model: EtagModel,
 }
 
 impl Finder<'_> {
@@ -146,11 +148,16 @@ impl Finder<'_> {
             let verdict = if self.cfg.skip_compare {
                 Verdict::Missing
             } else {
-                match compare(self.cfg.compare, &s, found.as_ref()) {
-                    Verdict::NeedsChecksum => {
+                match compare(self.cfg.compare, &self.model, &s, found.as_ref()) {
+                    v @ (Verdict::NeedsChecksum | Verdict::NeedsHead) => {
                         let a = self.src.head(&s.key, &Pin::Latest).await?;
                         let b = self.dst.head(&want, &Pin::Latest).await?;
-                        if same_content(&a, &b) {
+                        let same = if v == Verdict::NeedsHead {
+                            self.model.same_after_head(&a, &b)
+                        } else {
+                            same_content(&a, &b)
+                        };
+                        if same {
                             Verdict::Same
                         } else {
                             Verdict::Differs
@@ -171,6 +178,8 @@ impl Finder<'_> {
                 size: s.size,
                 etag: s.etag,
                 version_id: None,
+                // The write is conditional on the destination as listed (nothing there: "").
+                dest_etag: dst.is_some().then(|| found.map(|d| d.etag).unwrap_or_default()),
             };
             self.out
                 .send(job)
@@ -207,6 +216,30 @@ pub fn normalize_roots(mut roots: Vec<String>) -> Vec<String> {
     kept
 }
 
+/// What the ETags of this run say: the job's model, and whether either bucket encrypts with KMS by default
+/// (then its ETags are no MD5s). A bucket that will not say (no permission, a store without the API) is
+/// taken as not: a pair of differing MD5-like ETags is then decided by HEAD of both.
+async fn etag_model(cfg: &JobConfig, src: &dyn ObjectStore, dst: &dyn ObjectStore) -> EtagModel {
+    let mut model = crate::copy::model_for(cfg);
+    if cfg.skip_compare || cfg.compare != crate::config::CompareMode::SizeEtag {
+        return model;
+    }
+    let kms = |side: &str, store: &dyn ObjectStore, r: Result<Option<String>>| match r {
+        Ok(sse) => encrypted_without_md5(sse.as_deref()),
+        Err(e) => {
+            tracing::debug!(bucket = %store.bucket(), "{side} default encryption unknown: {e}");
+            false
+        }
+    };
+    if model.source_trusted() {
+        model.source_md5 = !kms("source", src, src.default_encryption().await);
+    }
+    if model.dest_md5 {
+        model.dest_md5 = !kms("destination", dst, dst.default_encryption().await);
+    }
+    model
+}
+
 /// List `roots` on both sides and send every object that must move to `out`.
 pub async fn find(
     cfg: &JobConfig,
@@ -223,6 +256,7 @@ pub async fn find(
         filter: KeyFilter::new(&cfg.filters)?,
         out,
         stats,
+        model: etag_model(cfg, src, dst).await,
     };
     let depth = cfg.finder.depth;
     let mut queue: VecDeque<Shard> = normalize_roots(roots)
@@ -579,6 +613,7 @@ mod tests {
             size,
             etag: etag.into(),
             version_id: None,
+            dest_etag: None,
         };
         assert!(b.push(o("s1", 1, "e")).is_none());
         assert!(

@@ -15,6 +15,10 @@ pub struct JobObject {
     pub etag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
+    /// The destination's ETag when the finder listed it ("": no object there); the write is conditional on it
+    /// still being so. None: unconditional (event-driven copies, which the sequencer orders instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_etag: Option<String>,
 }
 
 /// A container image as the finder saw it (image transfers); the copy is pinned to `digest`.
@@ -383,6 +387,7 @@ mod tests {
             size,
             etag: "e".into(),
             version_id: None,
+            dest_etag: None,
         }
     }
 

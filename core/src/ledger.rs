@@ -242,6 +242,8 @@ pub struct UploadRecord {
     pub part_size: u64,
     pub parts: u32,
     pub part_etags: BTreeMap<u32, String>,
+    /// Each finished part's CRC64NVME (attributes `crc_<n>`), for the whole object's.
+    pub part_crcs: BTreeMap<u32, u64>,
     pub status: String,
 }
 
@@ -1061,28 +1063,35 @@ impl DynamoLedger {
         upload_id: &str,
         part: u32,
         etag: &str,
+        crc64: u64,
     ) -> Result<Option<UploadRecord>> {
+        let mut set = "SET part_etags.#p = :e, #c = :c".to_owned();
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(run_pk(run)))
             .key("sk", s(object_sk(key)))
-            .update_expression("SET part_etags.#p = :e")
             .condition_expression("upload_id = :u")
             .expression_attribute_names("#p", part.to_string())
+            .expression_attribute_names("#c", format!("crc_{part}"))
             .expression_attribute_values(":e", s(etag))
+            .expression_attribute_values(":c", n(crc64))
             .expression_attribute_values(":u", s(upload_id))
             .return_values(ReturnValue::AllNew);
         if let Some(x) = self.expires() {
             // The row lives as long as its upload is being written, however long a giant object takes.
+            set.push_str(", #x = :x");
             req = req
-                .update_expression("SET part_etags.#p = :e, #x = :x")
                 .expression_attribute_names("#x", EXPIRES_AT)
                 .expression_attribute_values(":x", x);
         }
         count_call();
-        let res = req.send().await.map_err(self.err("recording a part"));
+        let res = req
+            .update_expression(set)
+            .send()
+            .await
+            .map_err(self.err("recording a part"));
         match res {
             Ok(out) => Ok(out.attributes().and_then(upload_from_item)),
             Err(e) if is_condition_failure(&e) => Ok(None),
@@ -1249,8 +1258,16 @@ fn upload_from_item(i: &HashMap<String, Av>) -> Option<UploadRecord> {
                 .collect()
         })
         .unwrap_or_default();
+    let part_crcs = i
+        .iter()
+        .filter_map(|(k, v)| {
+            let n = k.strip_prefix("crc_")?.parse().ok()?;
+            Some((n, v.as_n().ok()?.parse().ok()?))
+        })
+        .collect();
     Some(UploadRecord {
         upload_id,
+        part_crcs,
         source_etag: get_s(i, "source_etag").unwrap_or_default(),
         part_size: get_n(i, "part_size"),
         parts: get_n(i, "parts") as u32,

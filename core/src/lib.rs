@@ -20,6 +20,7 @@ pub mod config;
 pub mod copy;
 pub mod diff;
 pub mod error;
+pub mod etag;
 pub mod events;
 pub mod finder;
 pub mod fleet;

@@ -149,6 +149,7 @@ impl Worker {
             ledger: ledger.clone(),
             stats: stats.clone(),
             memory: MemoryBudget::new(w.concurrency as u64 * cfg.multipart.chunk_size),
+            model: crate::copy::model_for(&cfg),
         });
         Ok(Arc::new(Self {
             slots: Arc::new(Semaphore::new(w.concurrency as usize)),
@@ -494,6 +495,8 @@ impl Worker {
                     ..base
                 }
             }
+            // A newer copy is at the destination: this job's object is as up to date as it gets.
+            Ok(Outcome::Superseded) => base,
             Err(e) => {
                 tracing::warn!(key = %o.key, attempt, "copy failed: {e}");
                 self.stats.send(StatEvent::Failed);
@@ -700,6 +703,7 @@ impl Worker {
                 size: head.size,
                 etag: head.etag.clone(),
                 version_id: head.version_id.clone(),
+                dest_etag: None,
             };
             if c.already_copied(&now).await? {
                 // A redelivery after the object was completed (and counted, under the same id).
@@ -730,6 +734,7 @@ impl Worker {
             size: head.size,
             etag: head.etag.clone(),
             version_id: head.version_id.clone(),
+            dest_etag: o.dest_etag.clone(),
         };
         let bodies: Vec<String> = (1..=layout.parts)
             .filter(|p| !done.contains_key(p))
@@ -897,11 +902,11 @@ impl Worker {
         let pin = Pin::of(&o.etag, o.version_id.as_deref());
         let layout = crate::copy::Layout { part_size, parts };
         let dkey = e.cfg.destination_key(&o.key);
-        let etag = match c
+        let (etag, crc) = match c
             .copy_part(&o.key, &pin, o.size, layout, upload_id, part)
             .await
         {
-            Ok((_, _, etag)) => etag,
+            Ok((_, sums, etag)) => (etag, sums.crc64),
             Err(err)
                 if err.kind() == ErrorKind::PreconditionFailed
                     || (err.is_not_found()
@@ -932,7 +937,7 @@ impl Worker {
         };
         let Some(rec) = self
             .ledger
-            .record_part(run, &o.key, upload_id, part, &etag)
+            .record_part(run, &o.key, upload_id, part, &etag, crc)
             .await?
         else {
             return Ok(true); // the upload was replaced: this part is stale
@@ -952,20 +957,37 @@ impl Worker {
         let list: Vec<(u32, String)> = (1..=parts)
             .map(|p| (p, rec.part_etags.get(&p).cloned().unwrap_or_default()))
             .collect();
+        // The whole object's CRC64NVME from the parts' (all of them recorded by this version).
+        let crc = (1..=parts).try_fold(None, |acc: Option<u64>, p| {
+            let c = *rec.part_crcs.get(&p)?;
+            let (a, b) = layout.range(o.size, p);
+            Some(Some(acc.map_or(c, |x| crate::store::crc64_concat(x, c, b - a))))
+        });
+        let crc = crc.flatten();
         let head = crate::store::Head {
             size: o.size,
             etag: o.etag.clone(),
             ..Default::default()
         };
+        let cond = crate::copy::write_condition(o);
         let start = Instant::now();
-        let (status, etag, error) = match c.complete(&dkey, upload_id, &list, &head).await {
+        let (status, etag, error) = match c
+            .complete(&dkey, upload_id, &list, crc, &head, &cond)
+            .await
+        {
             Ok(etag) => (Status::Done, etag, None),
-            Err(err) if err.kind() == ErrorKind::Integrity => {
-                (Status::Failed, String::new(), Some(err))
+            Err(err) if err.kind() == ErrorKind::Integrity => (Status::Failed, String::new(), Some(err)),
+            Err(err) if err.kind() == ErrorKind::Superseded => {
+                // A newer copy is at the destination: this upload is not wanted.
+                tracing::info!(key = %dkey, "{err}");
+                if let Err(x) = c.abort_upload(&dkey, upload_id).await {
+                    tracing::warn!(key = %dkey, upload_id, "aborting a superseded upload: {x}");
+                }
+                (Status::Done, String::new(), None)
             }
             Err(err) if err.code() == Some("NoSuchUpload") => {
                 // Completed by an earlier completer whose answer was lost, or aborted from outside.
-                match c.completed_as(&dkey, &list, o.size).await? {
+                match c.completed_as(&dkey, &list, crc, o.size).await? {
                     Some(etag) => (Status::Done, etag, None),
                     None => {
                         tracing::warn!(key = %dkey, upload_id, "the upload is gone before its completion: starting the object over");
@@ -974,11 +996,7 @@ impl Worker {
                     }
                 }
             }
-            Err(err) => {
-                return Err(self
-                    .part_failed(e, run, o, upload_id, COMPLETING, m, err)
-                    .await)
-            }
+            Err(err) => return Err(self.part_failed(e, run, o, upload_id, COMPLETING, m, err).await),
         };
         if status == Status::Done {
             self.stats.send(StatEvent::Copied { bytes: o.size });
@@ -1143,6 +1161,7 @@ impl Worker {
             size: r.size,
             etag: r.etag.clone(),
             version_id: r.version_id.clone(),
+            dest_etag: None,
         };
         let row = self.copy_one(e, EVENTS_RUN, &o, attempt).await;
         match row.status {
@@ -1172,6 +1191,7 @@ impl Worker {
                     size: h.size,
                     etag: h.etag,
                     version_id: h.version_id,
+                    dest_etag: None,
                 };
                 Ok(self.copy_one(e, EVENTS_RUN, &o, attempt).await)
             }

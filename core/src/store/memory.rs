@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo,
-    Pin, UploadInfo, WriteOptions,
+    crc64_b64, crc64_concat, md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta,
+    ObjectStore, PartInfo, Pin, Sums, UploadInfo, WriteIf, WriteOptions, Written,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -29,7 +29,7 @@ pub struct MemObject {
 struct Upload {
     key: String,
     opts: WriteOptions,
-    parts: BTreeMap<u32, (Bytes, [u8; 16])>,
+    parts: BTreeMap<u32, (Bytes, Sums)>,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +125,19 @@ impl MemoryStore {
         }
     }
 
+    fn check_condition(s: &State, key: &str, cond: &WriteIf) -> Result<()> {
+        let holds = match cond {
+            WriteIf::Always => true,
+            WriteIf::Absent => !s.objects.contains_key(key),
+            WriteIf::Matches(e) => s.objects.get(key).is_some_and(|o| &o.etag == e),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Superseded, format!("{key}: precondition failed")))
+        }
+    }
+
     fn head_of(o: &MemObject) -> Head {
         Head {
             size: o.body.len() as u64,
@@ -136,6 +149,7 @@ impl MemoryStore {
             restore: None,
             tag_count: Some(o.tags.len() as u32),
             checksums: Default::default(),
+            last_modified: Some(o.version as i64),
         }
     }
 }
@@ -195,6 +209,7 @@ impl ObjectStore for MemoryStore {
                 size: o.body.len() as u64,
                 etag: o.etag.clone(),
                 storage_class: o.storage_class.clone(),
+                last_modified: Some(o.version as i64),
             });
             n += 1;
         }
@@ -243,16 +258,18 @@ impl ObjectStore for MemoryStore {
         &self,
         key: &str,
         body: Bytes,
-        md5: [u8; 16],
+        sums: Sums,
         opts: &WriteOptions,
-    ) -> Result<String> {
-        if md5_of(&body) != md5 {
+        cond: &WriteIf,
+    ) -> Result<Written> {
+        if Sums::of(&body) != sums {
             return Err(Error::new(ErrorKind::Integrity, "BadDigest"));
         }
         let mut s = self.lock();
+        Self::check_condition(&s, key, cond)?;
         s.next_id += 1;
         let version = s.next_id;
-        let etag = hex::encode(md5);
+        let etag = hex::encode(sums.md5);
         s.objects.insert(
             key.into(),
             MemObject {
@@ -265,7 +282,11 @@ impl ObjectStore for MemoryStore {
                 part_sizes: vec![],
             },
         );
-        Ok(etag)
+        Ok(Written {
+            etag,
+            sse: None,
+            crc64: Some(crc64_b64(sums.crc64)),
+        })
     }
 
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String> {
@@ -289,9 +310,9 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         number: u32,
         body: Bytes,
-        md5: [u8; 16],
-    ) -> Result<String> {
-        if md5_of(&body) != md5 {
+        sums: Sums,
+    ) -> Result<Written> {
+        if Sums::of(&body) != sums {
             return Err(Error::new(ErrorKind::Integrity, "BadDigest"));
         }
         let mut s = self.lock();
@@ -299,8 +320,12 @@ impl ObjectStore for MemoryStore {
             .uploads
             .get_mut(upload_id)
             .ok_or_else(|| not_found(upload_id))?;
-        u.parts.insert(number, (body, md5));
-        Ok(hex::encode(md5))
+        u.parts.insert(number, (body, sums));
+        Ok(Written {
+            etag: hex::encode(sums.md5),
+            sse: None,
+            crc64: Some(crc64_b64(sums.crc64)),
+        })
     }
 
     async fn complete_multipart(
@@ -308,8 +333,11 @@ impl ObjectStore for MemoryStore {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
-    ) -> Result<String> {
+        crc64: Option<u64>,
+        cond: &WriteIf,
+    ) -> Result<Written> {
         let mut s = self.lock();
+        Self::check_condition(&s, key, cond)?;
         let u = s
             .uploads
             .remove(upload_id)
@@ -317,20 +345,29 @@ impl ObjectStore for MemoryStore {
         let mut body = Vec::new();
         let mut md5s = Vec::new();
         let mut sizes = Vec::new();
+        let mut crc = 0;
         for (n, etag) in parts {
             let (b, m) = u
                 .parts
                 .get(n)
                 .ok_or_else(|| Error::new(ErrorKind::Integrity, format!("InvalidPart {n}")))?;
-            if &hex::encode(m) != etag {
+            if &hex::encode(m.md5) != etag {
                 return Err(Error::new(
                     ErrorKind::Integrity,
                     format!("InvalidPart {n}: etag"),
                 ));
             }
             body.extend_from_slice(b);
-            md5s.push(*m);
+            md5s.push(m.md5);
             sizes.push(b.len() as u64);
+            crc = if body.len() == b.len() {
+                m.crc64
+            } else {
+                crc64_concat(crc, m.crc64, m.len)
+            };
+        }
+        if crc64.is_some_and(|c| c != crc) {
+            return Err(Error::new(ErrorKind::Integrity, "BadDigest: full-object CRC64NVME"));
         }
         let etag = multipart_etag(&md5s);
         s.next_id += 1;
@@ -347,7 +384,11 @@ impl ObjectStore for MemoryStore {
                 part_sizes: sizes,
             },
         );
-        Ok(etag)
+        Ok(Written {
+            etag,
+            sse: None,
+            crc64: Some(crc64_b64(crc)),
+        })
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<()> {
@@ -384,7 +425,8 @@ impl ObjectStore for MemoryStore {
             .map(|(n, (b, m))| PartInfo {
                 number: *n,
                 size: b.len() as u64,
-                etag: hex::encode(m),
+                etag: hex::encode(m.md5),
+                crc64: Some(crc64_b64(m.crc64)),
             })
             .collect())
     }

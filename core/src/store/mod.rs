@@ -20,6 +20,9 @@ pub struct ObjectInfo {
     pub etag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// Epoch milliseconds (S3 keeps whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,8 @@ pub struct Head {
     pub tag_count: Option<u32>,
     /// Full-object checksums by algorithm (`CRC32`, `SHA256`, ...), when the store keeps them.
     pub checksums: BTreeMap<String, String>,
+    /// Epoch milliseconds.
+    pub last_modified: Option<i64>,
 }
 
 impl Head {
@@ -109,6 +114,60 @@ pub struct WriteOptions {
     pub kms_key_id: Option<String>,
 }
 
+/// Checksums of bytes about to be written, sent with them for the store to check: Content-MD5, and S3's
+/// CRC64NVME additional checksum (checked whatever encrypts the object, and kept with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sums {
+    pub md5: [u8; 16],
+    pub crc64: u64,
+    pub len: u64,
+}
+
+impl Sums {
+    pub fn of(bytes: &[u8]) -> Self {
+        Sums {
+            md5: md5_of(bytes),
+            crc64: crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes),
+            len: bytes.len() as u64,
+        }
+    }
+}
+
+/// The CRC64NVME of two byte runs one after the other, from theirs.
+pub fn crc64_concat(a: u64, b: u64, b_len: u64) -> u64 {
+    if b_len == 0 {
+        return a;
+    }
+    crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, a, b, b_len)
+}
+
+/// A CRC64NVME as S3 writes it: base64 of its 8 big-endian bytes.
+pub fn crc64_b64(crc: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// What a write left at the destination, as its answer says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub etag: String,
+    /// `AES256`, `aws:kms`, …: under KMS the ETag is no MD5.
+    pub sse: Option<String>,
+    /// The CRC64NVME the store computed, when it says.
+    pub crc64: Option<String>,
+}
+
+/// A destination write's precondition (S3 conditional writes): write only if the key is still as the finder
+/// saw it, so that a delayed job never overwrites a newer copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteIf {
+    Always,
+    /// `If-None-Match: *`.
+    Absent,
+    /// `If-Match: <etag>`.
+    Matches(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadInfo {
     pub key: String,
@@ -120,6 +179,8 @@ pub struct PartInfo {
     pub number: u32,
     pub size: u64,
     pub etag: String,
+    /// The part's CRC64NVME (base64), when the upload has one.
+    pub crc64: Option<String>,
 }
 
 /// A body and the headers that came with it.
@@ -154,34 +215,43 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     async fn get_tags(&self, key: &str, pin: &Pin) -> Result<Vec<(String, String)>>;
 
-    /// Single PUT with `Content-MD5`; returns the ETag.
+    /// Single PUT with `Content-MD5` and a CRC64NVME checksum, if `cond` holds (else `Superseded`).
     async fn put(
         &self,
         key: &str,
         body: Bytes,
-        md5: [u8; 16],
+        sums: Sums,
         opts: &WriteOptions,
-    ) -> Result<String>;
+        cond: &WriteIf,
+    ) -> Result<Written>;
 
+    /// Start an upload whose object will carry a full-object CRC64NVME checksum.
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String>;
 
-    /// Upload a part with `Content-MD5`; returns the part's ETag.
+    /// Upload a part with `Content-MD5` and its CRC64NVME.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
         body: Bytes,
-        md5: [u8; 16],
-    ) -> Result<String>;
+        sums: Sums,
+    ) -> Result<Written>;
 
-    /// Returns the object's ETag.
+    /// Complete with the whole object's CRC64NVME (when known), if `cond` holds (else `Superseded`).
     async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
-    ) -> Result<String>;
+        crc64: Option<u64>,
+        cond: &WriteIf,
+    ) -> Result<Written>;
+
+    /// The bucket's default encryption (`AES256`, `aws:kms`, …), or None when it has none or will not say.
+    async fn default_encryption(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
 
@@ -216,4 +286,22 @@ pub fn md5_of(bytes: &[u8]) -> [u8; 16] {
 
 pub fn trim_etag(etag: &str) -> String {
     etag.trim_matches('"').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc64_of_a_whole_is_the_concatenation_of_its_parts() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let whole = Sums::of(&data).crc64;
+        for cut in [0, 1, 4096, 50_000, 99_999, 100_000] {
+            let (a, b) = data.split_at(cut);
+            let joined = crc64_concat(Sums::of(a).crc64, Sums::of(b).crc64, b.len() as u64);
+            assert_eq!(joined, whole, "cut at {cut}");
+        }
+        // S3's test vector for CRC64NVME ("123456789" → 0xAE8B14860A799888).
+        assert_eq!(Sums::of(b"123456789").crc64, 0xAE8B_1486_0A79_9888);
+    }
 }

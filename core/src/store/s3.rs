@@ -6,16 +6,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumMode, CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, RequestPayer,
-    ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+    ObjectCannedAcl, RequestPayer, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use base64::Engine;
 use bytes::Bytes;
 
 use super::{
-    trim_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo, Pin,
-    UploadInfo, WriteOptions,
+    crc64_b64, trim_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta, ObjectStore, PartInfo,
+    Pin, Sums, UploadInfo, WriteIf, WriteOptions, Written,
 };
 use crate::aws::SecretCredentials;
 use crate::error::{Error, ErrorKind, Result};
@@ -44,6 +44,31 @@ fn payer(requester_pays: bool) -> Option<RequestPayer> {
 
 fn b64(md5: [u8; 16]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
+fn millis(t: Option<&aws_smithy_types::DateTime>) -> Option<i64> {
+    t.and_then(|t| t.to_millis().ok())
+}
+
+/// The headers of a conditional write: (If-Match, If-None-Match).
+fn condition(cond: &WriteIf) -> (Option<String>, Option<String>) {
+    match cond {
+        WriteIf::Always => (None, None),
+        WriteIf::Absent => (None, Some("*".to_owned())),
+        WriteIf::Matches(e) => (Some(format!("\"{e}\"")), None),
+    }
+}
+
+/// A conditional write that did not hold: the destination moved on since the finder looked.
+fn superseded(e: Error, cond: &WriteIf) -> Error {
+    if *cond != WriteIf::Always && e.kind() == ErrorKind::PreconditionFailed {
+        Error::new(
+            ErrorKind::Superseded,
+            format!("{e} (the destination changed since it was listed: a newer copy is there)"),
+        )
+    } else {
+        e
+    }
 }
 
 fn pin_parts(pin: &Pin) -> (Option<String>, Option<String>) {
@@ -212,6 +237,7 @@ impl ObjectStore for S3Store {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: trim_etag(o.e_tag().unwrap_or_default()),
                 storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
+                last_modified: millis(o.last_modified()),
             })
             .collect();
         let common_prefixes = out
@@ -270,6 +296,7 @@ impl ObjectStore for S3Store {
             restore: o.restore().map(str::to_owned),
             tag_count: None,
             checksums,
+            last_modified: millis(o.last_modified()),
         })
     }
 
@@ -340,6 +367,7 @@ impl ObjectStore for S3Store {
             // GET reports x-amz-tagging-count only when there are tags.
             tag_count: Some(o.tag_count().unwrap_or(0).max(0) as u32),
             checksums: Default::default(),
+            last_modified: millis(o.last_modified()),
         };
         let expected = o.content_length().unwrap_or(-1);
         // One buffer of the announced size, filled as chunks arrive: collecting and then flattening would hold
@@ -401,9 +429,11 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         body: Bytes,
-        md5: [u8; 16],
+        sums: Sums,
         opts: &WriteOptions,
-    ) -> Result<String> {
+        cond: &WriteIf,
+    ) -> Result<Written> {
+        let (if_match, if_none_match) = condition(cond);
         let o = self
             .call(|| async {
                 let req = self
@@ -412,15 +442,24 @@ impl ObjectStore for S3Store {
                     .bucket(&self.bucket)
                     .key(key)
                     .content_length(body.len() as i64)
-                    .content_md5(b64(md5))
+                    .content_md5(b64(sums.md5))
+                    .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                    .checksum_crc64_nvme(crc64_b64(sums.crc64))
+                    .set_if_match(if_match.clone())
+                    .set_if_none_match(if_none_match.clone())
                     .body(ByteStream::from(body.clone()));
                 write_headers!(req, opts)
                     .send()
                     .await
                     .map_err(|e| Error::from_sdk(self.ctx("PUT", key), e))
             })
-            .await?;
-        Ok(trim_etag(o.e_tag().unwrap_or_default()))
+            .await
+            .map_err(|e| superseded(e, cond))?;
+        Ok(Written {
+            etag: trim_etag(o.e_tag().unwrap_or_default()),
+            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
+            crc64: o.checksum_crc64_nvme().map(str::to_owned),
+        })
     }
 
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String> {
@@ -430,7 +469,9 @@ impl ObjectStore for S3Store {
                     .client
                     .create_multipart_upload()
                     .bucket(&self.bucket)
-                    .key(key);
+                    .key(key)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                    .checksum_type(ChecksumType::FullObject);
                 write_headers!(req, opts)
                     .send()
                     .await
@@ -451,8 +492,8 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: u32,
         body: Bytes,
-        md5: [u8; 16],
-    ) -> Result<String> {
+        sums: Sums,
+    ) -> Result<Written> {
         let o = self
             .call(|| async {
                 self.client
@@ -462,7 +503,9 @@ impl ObjectStore for S3Store {
                     .upload_id(upload_id)
                     .part_number(number as i32)
                     .content_length(body.len() as i64)
-                    .content_md5(b64(md5))
+                    .content_md5(b64(sums.md5))
+                    .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                    .checksum_crc64_nvme(crc64_b64(sums.crc64))
                     .body(ByteStream::from(body.clone()))
                     .send()
                     .await
@@ -471,7 +514,11 @@ impl ObjectStore for S3Store {
                     })
             })
             .await?;
-        Ok(trim_etag(o.e_tag().unwrap_or_default()))
+        Ok(Written {
+            etag: trim_etag(o.e_tag().unwrap_or_default()),
+            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
+            crc64: o.checksum_crc64_nvme().map(str::to_owned),
+        })
     }
 
     async fn complete_multipart(
@@ -479,7 +526,9 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
-    ) -> Result<String> {
+        crc64: Option<u64>,
+        cond: &WriteIf,
+    ) -> Result<Written> {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -493,6 +542,7 @@ impl ObjectStore for S3Store {
                     .collect(),
             ))
             .build();
+        let (if_match, if_none_match) = condition(cond);
         let o = self
             .call(|| async {
                 self.client
@@ -501,14 +551,51 @@ impl ObjectStore for S3Store {
                     .key(key)
                     .upload_id(upload_id)
                     .multipart_upload(completed.clone())
+                    .set_checksum_crc64_nvme(crc64.map(crc64_b64))
+                    .set_checksum_type(crc64.map(|_| ChecksumType::FullObject))
+                    .set_if_match(if_match.clone())
+                    .set_if_none_match(if_none_match.clone())
                     .send()
                     .await
                     .map_err(|e| {
                         Error::from_sdk(self.ctx("completing multipart upload of", key), e)
                     })
             })
-            .await?;
-        Ok(trim_etag(o.e_tag().unwrap_or_default()))
+            .await
+            .map_err(|e| superseded(e, cond))?;
+        Ok(Written {
+            etag: trim_etag(o.e_tag().unwrap_or_default()),
+            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
+            crc64: o.checksum_crc64_nvme().map(str::to_owned),
+        })
+    }
+
+    async fn default_encryption(&self) -> Result<Option<String>> {
+        let res = self
+            .call(|| async {
+                self.client
+                    .get_bucket_encryption()
+                    .bucket(&self.bucket)
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk(self.ctx("reading the default encryption of", ""), e))
+            })
+            .await;
+        let o = match res {
+            Ok(o) => o,
+            // No default encryption configured (buckets made before 2023), or a store without the API.
+            Err(e)
+                if e.code() == Some("ServerSideEncryptionConfigurationNotFoundError")
+                    || e.code() == Some("NotImplemented") =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(o.server_side_encryption_configuration()
+            .and_then(|c| c.rules().first())
+            .and_then(|r| r.apply_server_side_encryption_by_default())
+            .map(|d| d.sse_algorithm().as_str().to_owned()))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
@@ -586,6 +673,7 @@ impl ObjectStore for S3Store {
                     number: p.part_number().unwrap_or(0).max(0) as u32,
                     size: p.size().unwrap_or(0).max(0) as u64,
                     etag: trim_etag(p.e_tag().unwrap_or_default()),
+                    crc64: p.checksum_crc64_nvme().map(str::to_owned),
                 });
             }
             if o.is_truncated() != Some(true) {
