@@ -51,6 +51,15 @@
 //! - [`Fault::ResetBeforeForward`] — the connection is reset (RST) and moto never sees the request;
 //!   [`Fault::ResetAfterForward`] — moto executes the request, then the client's connection is reset: the call
 //!   took effect but the caller sees a transport failure. [`Fault::Delay`] — latency before forwarding.
+//! - Broken bodies. [`Fault::TruncatedBody`] — moto executes the request; its answer goes out with the whole
+//!   body's `Content-Length` but only the first half of the body, then the connection is closed (FIN): the
+//!   client's read ends early (an S3 `GetObject` whose `send()` succeeded fails while its body is read).
+//!   [`Fault::ResetMidBody`] — the same half answer, then a reset (RST). An answer without a body (a
+//!   `PutObject`'s, any HEAD's) is cut inside its head instead. [`Fault::ResetMidRequest`] — the proxy takes
+//!   part of the request's body, then resets the connection without forwarding: an upload broken off midway,
+//!   which moto never sees. Only bodies streamed through (S3 bodies above 1 MiB) can be cut; a body read whole
+//!   (every other one) was sent whole before the rule was decided, so for it this is a reset before forwarding.
+//!   The journal records all three with no status: the client got no whole answer.
 //!
 //! A rule applies to the first N matching calls ([`Rule::first`]), to a deterministic share of them
 //! ([`Rule::share`], seeded), or to all of them until removed ([`Rule::always`], the default).
@@ -246,6 +255,17 @@ pub enum Fault {
     ResetAfterForward,
     /// Wait, then forward.
     Delay(Duration),
+    /// Forward to moto, then send its answer's head (with the whole body's `Content-Length`) and the first half
+    /// of its body, and close the connection: the request took effect, the client's body ends early. An answer
+    /// without a body is cut inside its head.
+    TruncatedBody,
+    /// Forward to moto, then send its answer's head and the first half of its body, and reset the connection
+    /// (RST): the request took effect, the client's read fails mid-body. An answer without a body is cut inside
+    /// its head.
+    ResetMidBody,
+    /// Take part of the request's body, then reset the connection (RST) without forwarding: moto never sees the
+    /// request. A body the proxy reads whole (all but S3 bodies above 1 MiB) has been taken whole by then.
+    ResetMidRequest,
 }
 
 impl fmt::Debug for Fault {
@@ -369,6 +389,9 @@ impl Fault {
             Fault::ResetBeforeForward => "ResetBeforeForward".into(),
             Fault::ResetAfterForward => "ResetAfterForward".into(),
             Fault::Delay(d) => format!("Delay({d:?})"),
+            Fault::TruncatedBody => "TruncatedBody".into(),
+            Fault::ResetMidBody => "ResetMidBody".into(),
+            Fault::ResetMidRequest => "ResetMidRequest".into(),
         }
     }
 }
