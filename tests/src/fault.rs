@@ -694,6 +694,52 @@ impl FaultProxy {
         &self.url
     }
 
+    /// Correct two answers in which moto 5.2's S3 differs from S3's, so that a client behind this proxy sees what
+    /// S3 sends; rules added after those already injected, so that a fault decided first still applies:
+    /// - `UploadPart`, `UploadPartCopy` and `CompleteMultipartUpload` of an upload that no longer exists
+    ///   (completed or aborted): moto fails with a Python `KeyError` — 500 and an HTML page — where S3 answers
+    ///   404 `NoSuchUpload`. A 500 without an S3 error document on these operations becomes that 404.
+    /// - `ListParts`: moto's document is rooted at `ListPartsResponse`, S3's (and the SDK's parser's) at
+    ///   `ListPartsResult`.
+    ///
+    /// The journal labels these calls `Rewrite`, whether or not the answer needed it.
+    pub fn answer_s3_as_aws(&self) {
+        for op in ["UploadPart", "UploadPartCopy", "CompleteMultipartUpload"] {
+            self.inject(Rule::on(
+                "s3",
+                op,
+                Fault::rewrite(|req, res| {
+                    if res.status == 500 && !String::from_utf8_lossy(&res.body).contains("<Error>") {
+                        let upload = req.query("uploadId").unwrap_or_default();
+                        *res = errors::render(
+                            req,
+                            &errors::AwsError {
+                                status: 404,
+                                code: "NoSuchUpload".into(),
+                                message: format!(
+                                    "The specified upload does not exist. The upload ID may be invalid, or the \
+                                     upload may have been aborted or completed. ({upload})"
+                                ),
+                            },
+                        );
+                    }
+                }),
+            ));
+        }
+        self.inject(Rule::on(
+            "s3",
+            "ListParts",
+            Fault::rewrite(|_, res| {
+                if res.status == 200 {
+                    let body = String::from_utf8_lossy(&res.body)
+                        .replace("<ListPartsResponse", "<ListPartsResult")
+                        .replace("</ListPartsResponse>", "</ListPartsResult>");
+                    res.body = body.into_bytes();
+                }
+            }),
+        ));
+    }
+
     /// The job-config patch (for [`crate::World::config`]) that sends the finder's and the worker's every AWS
     /// call through this proxy.
     pub fn config_patch(&self) -> serde_json::Value {
