@@ -438,6 +438,13 @@ async fn read_back(w: &World, key: &str) -> Result<Body, String> {
     })
 }
 
+/// What the harness saw of the fleet: every worker's log, the kills, and every call through the proxy.
+struct Seen<'a> {
+    logs: &'a [PathBuf],
+    kills: &'a [Kill],
+    proxy: &'a FaultProxy,
+}
+
 /// A SIGKILL: when, and the victim's log.
 struct Kill {
     at: time::OffsetDateTime,
@@ -652,7 +659,12 @@ pub async fn run(plan: Plan) -> Figures {
     );
 
     let t = Instant::now();
-    check(&w, &q, &run, &expected, &direct, &logs, &kills, &mut f).await;
+    let seen = Seen {
+        logs: &logs,
+        kills: &kills,
+        proxy: &proxy,
+    };
+    check(&w, &q, &run, &expected, &direct, &seen, &mut f).await;
     f.verify = t.elapsed();
     finish(w, f, proxy)
 }
@@ -763,10 +775,10 @@ async fn check(
     run: &str,
     expected: &BTreeMap<String, Body>,
     direct: &std::path::Path,
-    logs: &[PathBuf],
-    kills: &[Kill],
+    seen: &Seen<'_>,
     f: &mut Figures,
 ) {
+    let (logs, kills) = (seen.logs, seen.kills);
     let ledger = DynamoLedger::new(w.ddb.clone(), TABLE);
     let rows: BTreeMap<String, dth_core::ledger::ObjectRecord> = ledger
         .objects(run)
@@ -978,8 +990,16 @@ async fn check(
                 );
             }
         } else if summary.objects_done > rows_done {
-            why.push_str(" More counted than done: some object counted twice (two jobs, or two uploads, for one key).");
+            let _ = write!(
+                why,
+                " {} objects ({} bytes) more are counted than DONE: a job counted twice — an ADD the SDK sent again \
+                 after its first attempt had taken effect, two markers for one job, or two uploads of one giant \
+                 both counted.",
+                summary.objects_done - rows_done,
+                summary.bytes_done.saturating_sub(rows_bytes)
+            );
         }
+        why.push_str(&counting_calls(seen.proxy, &markers, &rows));
         f.problems.push(why);
     }
 
@@ -1112,6 +1132,112 @@ async fn job_markers(w: &World, run: &str) -> Vec<Marker> {
     markers
 }
 
+/// How the proxy saw the counting of jobs: the marker writes (a conditional PutItem of `job#<id>`) that did not
+/// simply succeed once, and the summary ADDs (UpdateItem) against the markers.
+fn counting_calls(
+    proxy: &FaultProxy,
+    markers: &[Marker],
+    rows: &BTreeMap<String, dth_core::ledger::ObjectRecord>,
+) -> String {
+    let journal = proxy.journal();
+    let answer = |c: &crate::fault::Call| {
+        let status = c
+            .status
+            .map_or("no answer (reset or cut)".into(), |s| s.to_string());
+        match &c.fault {
+            Some(f) => format!("{status} [{f}]"),
+            None => status,
+        }
+    };
+    let mut odd = Vec::new();
+    for m in markers {
+        let needle = format!("\"job#{}\"", m.id);
+        let puts: Vec<String> = journal
+            .iter()
+            .filter(|c| c.operation == "PutItem" && c.subject.contains(&needle))
+            .map(answer)
+            .collect();
+        if puts.is_empty() {
+            odd.push(format!(
+                "job#{}: its marker PutItem never went through the proxy",
+                m.id
+            ));
+        } else if puts.len() != 1 || puts[0] != "200" {
+            odd.push(format!(
+                "job#{} ({} packed objects, {} bytes): its marker PutItem answered {}",
+                m.id,
+                m.packed.0,
+                m.packed.1,
+                puts.join(", then ")
+            ));
+        }
+    }
+    let adds: Vec<&crate::fault::Call> = journal
+        .iter()
+        .filter(|c| c.operation == "UpdateItem" && c.subject.contains("ADD objects_done"))
+        .collect();
+    let mut s = format!(
+        "\n  through the proxy: {} summary ADDs answered 200 (of {} sent) for {} job markers",
+        adds.iter().filter(|c| c.status == Some(200)).count(),
+        adds.len(),
+        markers.len()
+    );
+    // An ADD whose answer never came whole may have taken effect: its values, and the marker they match.
+    let broken: Vec<String> = adds
+        .iter()
+        .filter(|c| c.status != Some(200))
+        .map(|c| {
+            let v: serde_json::Value = serde_json::from_str(&c.subject).unwrap_or_default();
+            let n = |k: &str| {
+                v["ExpressionAttributeValues"][k]["N"]
+                    .as_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let (d, b) = (n(":d"), n(":b"));
+            let mut of: Vec<String> = markers
+                .iter()
+                .filter(|m| m.packed == (d, b))
+                .map(|m| format!("job#{}", m.id))
+                .collect();
+            if of.is_empty() && d == 1 {
+                // A job of one large object: its row is its own, not packed into the marker.
+                of.extend(
+                    rows.values()
+                        .filter(|r| r.size == b && r.status == Status::Done)
+                        .map(|r| format!("the job of {}", r.key)),
+                );
+            }
+            format!(
+                "ADD objects_done {d}, bytes_done {b} answered {}{}",
+                answer(c),
+                if of.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — the totals of {}", of.join(", "))
+                }
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        let _ = write!(
+            s,
+            ". Summary ADDs without a whole answer (one that reached moto took effect; the SDK sends it again):{}",
+            list(&broken, 10)
+        );
+    }
+    if !odd.is_empty() {
+        let _ = write!(
+            s,
+            ". Marker writes that did not succeed at once (a 400 after a call that reached moto is the conditional \
+             put finding the marker its own earlier attempt wrote: count_job then takes the job as counted before \
+             and never sends its ADD):{}",
+            list(&odd, 10)
+        );
+    }
+    s
+}
+
 /// The first SIGKILL after `at`, as a clause.
 fn nearest_kill(kills: &[Kill], at: Option<time::OffsetDateTime>) -> String {
     let Some(at) = at else {
@@ -1207,6 +1333,12 @@ fn worker_complaints(logs: &[PathBuf]) -> String {
                 ));
             }
         }
+    }
+    if by_kind.is_empty() {
+        return format!(
+            "the workers logged no warning or error ({} logs)",
+            logs.len()
+        );
     }
     let mut s = format!(
         "what the workers logged as warnings and errors ({} logs):",

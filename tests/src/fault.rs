@@ -519,6 +519,48 @@ pub struct Call {
     pub status: Option<u16>,
     /// The fault applied, if any ([`Fault::label`]).
     pub fault: Option<String>,
+    /// What the request was about, to tell calls of one operation apart: the body of an AWS JSON request
+    /// (DynamoDB's item keys and update expressions, SQS's queue and receipt) with every string longer than
+    /// [`SUBJECT_STRING_CHARS`] cut short, else the method and target.
+    pub subject: String,
+}
+
+/// The longest string value a [`Call::subject`] keeps whole.
+pub const SUBJECT_STRING_CHARS: usize = 200;
+
+impl Request {
+    /// This request as [`Call::subject`] keeps it.
+    fn subject(&self) -> String {
+        fn cut(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s.chars().count() > SUBJECT_STRING_CHARS => {
+                    let n = s.chars().count();
+                    *s = format!(
+                        "{}…({n} chars)",
+                        s.chars().take(SUBJECT_STRING_CHARS).collect::<String>()
+                    );
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(cut),
+                serde_json::Value::Object(o) => o.values_mut().for_each(cut),
+                _ => {}
+            }
+        }
+        match self.protocol {
+            Protocol::Json { .. } => {
+                match serde_json::from_slice::<serde_json::Value>(&self.body) {
+                    Ok(mut v) => {
+                        cut(&mut v);
+                        v.to_string()
+                    }
+                    Err(_) => String::from_utf8_lossy(&self.body)
+                        .chars()
+                        .take(SUBJECT_STRING_CHARS)
+                        .collect(),
+                }
+            }
+            _ => format!("{} {}", self.method, self.target),
+        }
+    }
 }
 
 impl fmt::Display for Call {

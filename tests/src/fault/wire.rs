@@ -516,6 +516,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) -> anyhow::Res
             shared.record(Call {
                 service: req.service.clone(),
                 operation: req.operation.clone(),
+                subject: req.subject(),
                 status: None,
                 fault: Some(format!("{} proxy error: {e:#}", label.unwrap_or_default())),
             });
@@ -523,6 +524,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) -> anyhow::Res
         }
     };
     shared.record(Call {
+        subject: req.subject(),
         service: req.service,
         operation: req.operation,
         status,
