@@ -8,16 +8,14 @@
 //! both queues empty and the transfer `in_sync`; a failure prints every finding with its diagnosis, and keeps the
 //! world's logs under target/e2e.
 
-use std::sync::Mutex;
-
 use dth_tests::chaos::{run, Plan};
 
 /// One scenario at a time: each wants the machine's two cores to itself, and its timings to mean something.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_killed_at_random_copies_everything_exactly() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let figures = run(Plan::chaos("chaos-kill", 12)).await;
     eprintln!("{}", figures.table());
     assert!(figures.kills > 0, "no worker was killed");
@@ -26,7 +24,7 @@ async fn a_fleet_killed_at_random_copies_everything_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_behind_a_faulty_network_copies_everything_exactly() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let figures = run(Plan::faults("chaos-faults", 12)).await;
     eprintln!("{}", figures.table());
     for svc in ["s3", "sqs", "dynamodb"] {
