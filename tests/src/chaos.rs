@@ -1004,11 +1004,38 @@ async fn check(
     }
 
     // 4. Every ledger row DONE.
-    let not_done: Vec<String> = expected
+    let mut not_done: Vec<String> = Vec::new();
+    for k in expected
         .keys()
         .filter(|k| rows.get(*k).map(|r| r.status) != Some(Status::Done))
-        .map(|k| format!("{k}: {}", row_of(k)))
-        .collect();
+    {
+        // A multipart object's row is its upload's record until the copy is recorded: say where it stopped, and
+        // what the destination holds.
+        let upload = match ledger.upload(run, k).await {
+            Ok(Some(u)) => format!(
+                "; its upload {} is {} with {}/{} parts recorded",
+                u.upload_id,
+                u.status,
+                u.part_etags.len(),
+                u.parts
+            ),
+            _ => String::new(),
+        };
+        let at_dst = match w.s3.head_object().bucket(DST).key(k).send().await {
+            Ok(h) => format!(
+                "; the destination holds {} bytes, ETag {}{}",
+                h.content_length().unwrap_or(-1),
+                h.e_tag().unwrap_or_default(),
+                if at_dst.contains(k) && !wrong.iter().any(|l| l.starts_with(&format!("{k}:"))) {
+                    " (byte-identical to the source)"
+                } else {
+                    ""
+                }
+            ),
+            Err(_) => "; nothing at the destination".into(),
+        };
+        not_done.push(format!("{k}: {}{upload}{at_dst}", row_of(k)));
+    }
     if !not_done.is_empty() {
         f.problems.push(format!(
             "{} objects not DONE in the ledger:{}",
