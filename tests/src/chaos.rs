@@ -967,7 +967,7 @@ async fn check(
                     m.at.is_some_and(|at| {
                         kills.iter().any(|k| {
                             let d = k.at - at;
-                            d >= time::Duration::ZERO && d < time::Duration::seconds(2)
+                            d >= time::Duration::ZERO && d < time::Duration::milliseconds(500)
                         })
                     })
                 })
@@ -985,7 +985,7 @@ async fn check(
             if !close.is_empty() {
                 let _ = write!(
                     why,
-                    "\n  job markers written less than 2 s before a SIGKILL:{}",
+                    "\n  job markers written less than 500 ms before a SIGKILL:{}",
                     list(&close, 10)
                 );
             }
@@ -1179,17 +1179,17 @@ fn counting_calls(
     let mut odd = Vec::new();
     for m in markers {
         let needle = format!("\"job#{}\"", m.id);
-        let puts: Vec<String> = journal
+        let calls: Vec<&crate::fault::Call> = journal
             .iter()
             .filter(|c| c.operation == "PutItem" && c.subject.contains(&needle))
-            .map(answer)
             .collect();
-        if puts.is_empty() {
+        let puts: Vec<String> = calls.iter().map(|c| answer(c)).collect();
+        if calls.is_empty() {
             odd.push(format!(
                 "job#{}: its marker PutItem never went through the proxy",
                 m.id
             ));
-        } else if puts.len() != 1 || puts[0] != "200" {
+        } else if calls.len() != 1 || calls[0].status != Some(200) {
             odd.push(format!(
                 "job#{} ({} packed objects, {} bytes): its marker PutItem answered {}",
                 m.id,
