@@ -51,6 +51,15 @@
 //! - [`Fault::ResetBeforeForward`] — the connection is reset (RST) and moto never sees the request;
 //!   [`Fault::ResetAfterForward`] — moto executes the request, then the client's connection is reset: the call
 //!   took effect but the caller sees a transport failure. [`Fault::Delay`] — latency before forwarding.
+//! - Broken bodies. [`Fault::TruncatedBody`] — moto executes the request; its answer goes out with the whole
+//!   body's `Content-Length` but only the first half of the body, then the connection is closed (FIN): the
+//!   client's read ends early (an S3 `GetObject` whose `send()` succeeded fails while its body is read).
+//!   [`Fault::ResetMidBody`] — the same half answer, then a reset (RST). An answer without a body (a
+//!   `PutObject`'s, any HEAD's) is cut inside its head instead. [`Fault::ResetMidRequest`] — the proxy takes
+//!   part of the request's body, then resets the connection without forwarding: an upload broken off midway,
+//!   which moto never sees. Only bodies streamed through (S3 bodies above 1 MiB) can be cut; a body read whole
+//!   (every other one) was sent whole before the rule was decided, so for it this is a reset before forwarding.
+//!   The journal records all three with no status: the client got no whole answer.
 //!
 //! A rule applies to the first N matching calls ([`Rule::first`]), to a deterministic share of them
 //! ([`Rule::share`], seeded), or to all of them until removed ([`Rule::always`], the default).
@@ -246,6 +255,17 @@ pub enum Fault {
     ResetAfterForward,
     /// Wait, then forward.
     Delay(Duration),
+    /// Forward to moto, then send its answer's head (with the whole body's `Content-Length`) and the first half
+    /// of its body, and close the connection: the request took effect, the client's body ends early. An answer
+    /// without a body is cut inside its head.
+    TruncatedBody,
+    /// Forward to moto, then send its answer's head and the first half of its body, and reset the connection
+    /// (RST): the request took effect, the client's read fails mid-body. An answer without a body is cut inside
+    /// its head.
+    ResetMidBody,
+    /// Take part of the request's body, then reset the connection (RST) without forwarding: moto never sees the
+    /// request. A body the proxy reads whole (all but S3 bodies above 1 MiB) has been taken whole by then.
+    ResetMidRequest,
 }
 
 impl fmt::Debug for Fault {
@@ -369,6 +389,9 @@ impl Fault {
             Fault::ResetBeforeForward => "ResetBeforeForward".into(),
             Fault::ResetAfterForward => "ResetAfterForward".into(),
             Fault::Delay(d) => format!("Delay({d:?})"),
+            Fault::TruncatedBody => "TruncatedBody".into(),
+            Fault::ResetMidBody => "ResetMidBody".into(),
+            Fault::ResetMidRequest => "ResetMidRequest".into(),
         }
     }
 }
@@ -496,6 +519,48 @@ pub struct Call {
     pub status: Option<u16>,
     /// The fault applied, if any ([`Fault::label`]).
     pub fault: Option<String>,
+    /// What the request was about, to tell calls of one operation apart: the body of an AWS JSON request
+    /// (DynamoDB's item keys and update expressions, SQS's queue and receipt) with every string longer than
+    /// [`SUBJECT_STRING_CHARS`] cut short, else the method and target.
+    pub subject: String,
+}
+
+/// The longest string value a [`Call::subject`] keeps whole.
+pub const SUBJECT_STRING_CHARS: usize = 200;
+
+impl Request {
+    /// This request as [`Call::subject`] keeps it.
+    fn subject(&self) -> String {
+        fn cut(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s.chars().count() > SUBJECT_STRING_CHARS => {
+                    let n = s.chars().count();
+                    *s = format!(
+                        "{}…({n} chars)",
+                        s.chars().take(SUBJECT_STRING_CHARS).collect::<String>()
+                    );
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(cut),
+                serde_json::Value::Object(o) => o.values_mut().for_each(cut),
+                _ => {}
+            }
+        }
+        match self.protocol {
+            Protocol::Json { .. } => {
+                match serde_json::from_slice::<serde_json::Value>(&self.body) {
+                    Ok(mut v) => {
+                        cut(&mut v);
+                        v.to_string()
+                    }
+                    Err(_) => String::from_utf8_lossy(&self.body)
+                        .chars()
+                        .take(SUBJECT_STRING_CHARS)
+                        .collect(),
+                }
+            }
+            _ => format!("{} {}", self.method, self.target),
+        }
+    }
 }
 
 impl fmt::Display for Call {
@@ -669,6 +734,52 @@ impl FaultProxy {
     /// `http://127.0.0.1:PORT`, for every endpoint of the provider block or the job config.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Correct two answers in which moto 5.2's S3 differs from S3's, so that a client behind this proxy sees what
+    /// S3 sends; rules added after those already injected, so that a fault decided first still applies:
+    /// - `UploadPart`, `UploadPartCopy` and `CompleteMultipartUpload` of an upload that no longer exists
+    ///   (completed or aborted): moto fails with a Python `KeyError` — 500 and an HTML page — where S3 answers
+    ///   404 `NoSuchUpload`. A 500 without an S3 error document on these operations becomes that 404.
+    /// - `ListParts`: moto's document is rooted at `ListPartsResponse`, S3's (and the SDK's parser's) at
+    ///   `ListPartsResult`.
+    ///
+    /// The journal labels these calls `Rewrite`, whether or not the answer needed it.
+    pub fn answer_s3_as_aws(&self) {
+        for op in ["UploadPart", "UploadPartCopy", "CompleteMultipartUpload"] {
+            self.inject(Rule::on(
+                "s3",
+                op,
+                Fault::rewrite(|req, res| {
+                    if res.status == 500 && !String::from_utf8_lossy(&res.body).contains("<Error>") {
+                        let upload = req.query("uploadId").unwrap_or_default();
+                        *res = errors::render(
+                            req,
+                            &errors::AwsError {
+                                status: 404,
+                                code: "NoSuchUpload".into(),
+                                message: format!(
+                                    "The specified upload does not exist. The upload ID may be invalid, or the \
+                                     upload may have been aborted or completed. ({upload})"
+                                ),
+                            },
+                        );
+                    }
+                }),
+            ));
+        }
+        self.inject(Rule::on(
+            "s3",
+            "ListParts",
+            Fault::rewrite(|_, res| {
+                if res.status == 200 {
+                    let body = String::from_utf8_lossy(&res.body)
+                        .replace("<ListPartsResponse", "<ListPartsResult")
+                        .replace("</ListPartsResponse>", "</ListPartsResult>");
+                    res.body = body.into_bytes();
+                }
+            }),
+        ));
     }
 
     /// The job-config patch (for [`crate::World::config`]) that sends the finder's and the worker's every AWS

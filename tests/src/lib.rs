@@ -3,6 +3,7 @@
 //! ([`ec2`]) from the launch templates of Auto Scaling groups. [`fault`] puts a fault-injecting proxy in front
 //! of moto.
 
+pub mod chaos;
 pub mod cloud;
 pub mod ec2;
 pub mod fault;
@@ -103,6 +104,8 @@ pub struct World {
     pub secrets: aws_sdk_secretsmanager::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub ec2: aws_sdk_ec2::Client,
+    /// Keep `dir` when dropped although no test panicked (see [`World::keep_dir`]).
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for World {
@@ -111,7 +114,7 @@ impl Drop for World {
         let _ = self.moto.wait();
         // A passing test's files go (each world's moto log and job configs; some tests write hundreds of MB);
         // a failing one's stay under target/e2e for a look.
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.keep.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -219,7 +222,14 @@ impl World {
             endpoint,
             moto,
             dir,
+            keep: Default::default(),
         }
+    }
+
+    /// Keep this world's directory (logs, configs) when it is dropped: for a harness that reports a failure
+    /// instead of panicking.
+    pub fn keep_dir(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A [`fault::FaultProxy`] in front of this world's moto.

@@ -5,6 +5,8 @@
 //! - first-N rules fault exactly N calls, then moto answers and the resource exists; a share rule faults a
 //!   fixed set of calls for its seed;
 //! - a reset before forwarding leaves moto untouched, a reset after forwarding leaves the effect behind;
+//! - a truncated answer, an answer reset mid-body and a request reset mid-upload are transport or body errors
+//!   to the SDK (an S3 body breaks only when it is read), never AWS errors;
 //! - S3 bodies (a 5 MiB aws-chunked PutObject, a multipart upload) pass byte-exact; latency delays;
 //! - canned and rewritten answers reach the SDK's parsers;
 //! - with the SDK's standard retries on, throttling, 5xx and resets are retried (each attempt is a call the
@@ -595,6 +597,146 @@ async fn resets_before_and_after_forwarding() {
         .journal()
         .iter()
         .all(|c| c.fault.is_none() || c.status.is_none()));
+}
+
+/// A call broken on the wire: no AWS error in it, and either no answer at all (dispatch) or an answer the SDK
+/// could not read (response).
+fn broken<T: Debug, E: ProvideErrorMetadata + Debug>(
+    what: &str,
+    r: Result<T, SdkError<E, HttpResponse>>,
+    proxy: &FaultProxy,
+) {
+    let e = r.expect_err(what);
+    assert!(
+        matches!(e, SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
+            && e.code().is_none(),
+        "{what}: {e:?}\n{}",
+        proxy.journal_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bodies_are_transport_and_body_errors() {
+    let w = World::start("fault-bodies").await;
+    w.bucket("fp-bucket").await;
+    let object = random_bytes(MIB + 17);
+    w.put("fp-bucket", "object", &object).await;
+    let q = w.queues("fp-q", 5, 30).await;
+    let proxy = w.fault_proxy().await;
+    let c = direct(proxy.url()).await;
+    let get = || c.s3.get_object().bucket("fp-bucket").key("object").send();
+
+    // A truncated GetObject: the head (and its Content-Length) is whole, so `send` succeeds; reading the body
+    // fails. The SDK cannot retry that — whoever reads the body must.
+    proxy.inject(Rule::on("s3", "GetObject", Fault::TruncatedBody).first(1));
+    let answer = get().await.expect("the head is whole");
+    assert_eq!(answer.content_length(), Some(object.len() as i64));
+    let e = answer
+        .body
+        .collect()
+        .await
+        .expect_err("the body ends early");
+    assert!(
+        format!("{e:?}").to_lowercase().contains("incomplete") || format!("{e:?}").contains("Eof"),
+        "{e:?}"
+    );
+    // Reset mid-body: the body fails, or (when the reset overtakes the head) the call itself.
+    proxy.inject(Rule::on("s3", "GetObject", Fault::ResetMidBody).first(1));
+    match get().await {
+        Ok(answer) => assert!(answer.body.collect().await.is_err(), "the body must fail"),
+        Err(e) => broken("GetObject reset mid-body", Err::<(), _>(e), &proxy),
+    }
+    let whole = get()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(md5_hex(&whole), md5_hex(&object), "then it passes whole");
+
+    // Answers read whole by the SDK (AWS JSON): the call fails without an AWS error.
+    proxy.inject(Rule::on("sqs", "ListQueues", Fault::TruncatedBody).first(1));
+    broken(
+        "ListQueues truncated",
+        c.sqs.list_queues().send().await,
+        &proxy,
+    );
+    proxy.inject(Rule::on("dynamodb", "ListTables", Fault::ResetMidBody).first(1));
+    broken(
+        "ListTables reset mid-body",
+        c.ddb.list_tables().send().await,
+        &proxy,
+    );
+
+    // An answer without a body is cut inside its head; the request took effect all the same.
+    let small = random_bytes(1000);
+    proxy.inject(Rule::on("s3", "PutObject", Fault::TruncatedBody).first(1));
+    broken(
+        "PutObject truncated",
+        c.s3.put_object()
+            .bucket("fp-bucket")
+            .key("took-effect")
+            .body(small.clone().into())
+            .send()
+            .await,
+        &proxy,
+    );
+    assert_eq!(w.get("fp-bucket", "took-effect").await, Some(small));
+
+    // An upload broken off midway: moto never sees it.
+    proxy.inject(Rule::on("s3", "PutObject", Fault::ResetMidRequest).first(1));
+    broken(
+        "PutObject reset mid-request",
+        c.s3.put_object()
+            .bucket("fp-bucket")
+            .key("never")
+            .body(random_bytes(3 * MIB).into())
+            .send()
+            .await,
+        &proxy,
+    );
+    assert_eq!(w.get("fp-bucket", "never").await, None);
+    proxy.inject(Rule::on("sqs", "SendMessage", Fault::ResetMidRequest).first(1));
+    broken(
+        "SendMessage reset mid-request",
+        c.sqs
+            .send_message()
+            .queue_url(&q.url)
+            .message_body("lost")
+            .send()
+            .await,
+        &proxy,
+    );
+    assert_eq!(w.depth(&q.url).await, (0, 0), "moto never saw the message");
+    assert_eq!(proxy.injected("*", "*"), 7, "{}", proxy.journal_text());
+    assert!(
+        proxy
+            .journal()
+            .iter()
+            .all(|c| c.fault.is_none() || c.status.is_none()),
+        "{}",
+        proxy.journal_text()
+    );
+
+    // With the SDK's standard retries, a broken answer it reads itself is retried like a reset.
+    let c = sdk(
+        proxy.url(),
+        RetryConfig::standard().with_initial_backoff(Duration::from_millis(5)),
+    )
+    .await;
+    let before = proxy.calls("sqs", "ListQueues");
+    proxy.inject(Rule::on("sqs", "ListQueues", Fault::TruncatedBody).first(1));
+    proxy.inject(Rule::on("dynamodb", "ListTables", Fault::ResetMidBody).first(1));
+    c.sqs.list_queues().send().await.expect("retried");
+    c.ddb.list_tables().send().await.expect("retried");
+    assert_eq!(
+        proxy.calls("sqs", "ListQueues") - before,
+        2,
+        "{}",
+        proxy.journal_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

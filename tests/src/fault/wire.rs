@@ -211,6 +211,18 @@ fn reason(status: u16) -> &'static str {
 /// Write a whole response with `Connection: close`. For HEAD, a `Content-Length` of the response is kept and
 /// no body is sent.
 async fn write_response(w: &mut TcpStream, r: &Response, head_request: bool) -> anyhow::Result<()> {
+    w.write_all(response_head(r, head_request).as_bytes())
+        .await?;
+    if !head_request {
+        w.write_all(&r.body).await?;
+    }
+    w.flush().await?;
+    let _ = w.shutdown().await;
+    Ok(())
+}
+
+/// A response's status line and headers, `Content-Length` of its whole body and `Connection: close` included.
+fn response_head(r: &Response, head_request: bool) -> String {
     let mut head = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
     let has_length = header(&r.headers, "content-length").is_some();
     for (k, v) in &r.headers {
@@ -226,12 +238,80 @@ async fn write_response(w: &mut TcpStream, r: &Response, head_request: bool) -> 
         head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
     }
     head.push_str("Connection: close\r\n\r\n");
-    w.write_all(head.as_bytes()).await?;
+    head
+}
+
+/// How a broken answer ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cut {
+    /// Close the connection (FIN): the body just ends early.
+    Close,
+    /// Reset it (RST).
+    Reset,
+}
+
+/// Forward, then send moto's answer only in part — its head and half its body, or half its head when it has no
+/// body — and end the connection as `cut` says.
+async fn cut_answer(
+    upstream: &str,
+    mut client: Conn,
+    req: &Request,
+    body: &Body,
+    head_request: bool,
+    cut: Cut,
+) -> anyhow::Result<()> {
+    let up = send_upstream(upstream, &mut client, req, body).await?;
+    let answer = fetch(up, head_request).await?;
+    let head = response_head(&answer, head_request);
+    let mut wire = head.clone().into_bytes();
     if !head_request {
-        w.write_all(&r.body).await?;
+        wire.extend_from_slice(&answer.body);
     }
-    w.flush().await?;
-    let _ = w.shutdown().await;
+    let sent = if head_request || answer.body.is_empty() {
+        head.len() / 2
+    } else {
+        head.len() + answer.body.len() / 2
+    };
+    tracing::debug!(
+        "fault proxy: moto answered {} {} with {}; sending {sent} of {} bytes, then {cut:?}",
+        req.service,
+        req.operation,
+        answer.status,
+        wire.len()
+    );
+    let mut stream = client.stream;
+    stream.write_all(&wire[..sent]).await?;
+    stream.flush().await?;
+    match cut {
+        Cut::Close => {
+            let _ = stream.shutdown().await;
+        }
+        Cut::Reset => {
+            // A reset discards what the peer has not read yet: give it a moment to take the part sent, so that it
+            // fails inside the body rather than before the head (either is a transport error to it).
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            reset(stream);
+        }
+    }
+    Ok(())
+}
+
+/// Take part of a request body still on the wire (none of one read whole), then reset the connection.
+async fn reset_mid_request(mut client: Conn, body: &Body) -> anyhow::Result<()> {
+    if body.data.is_none() {
+        match body.framing {
+            Framing::Length(n) => {
+                client
+                    .copy_exact(n / 2, &mut None::<TcpStream>, None)
+                    .await?
+            }
+            Framing::Chunked => {
+                // The first 512 KiB of the framed stream, or what there is of it.
+                while client.buf.len() < 512 * 1024 && client.fill().await? {}
+            }
+        }
+    }
+    reset(client.stream);
     Ok(())
 }
 
@@ -436,6 +516,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) -> anyhow::Res
             shared.record(Call {
                 service: req.service.clone(),
                 operation: req.operation.clone(),
+                subject: req.subject(),
                 status: None,
                 fault: Some(format!("{} proxy error: {e:#}", label.unwrap_or_default())),
             });
@@ -443,6 +524,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) -> anyhow::Res
         }
     };
     shared.record(Call {
+        subject: req.subject(),
         service: req.service,
         operation: req.operation,
         status,
@@ -482,6 +564,18 @@ async fn handle(
                 answer.status
             );
             reset(client.stream);
+            Ok(None)
+        }
+        Some(Fault::TruncatedBody) => {
+            cut_answer(upstream, client, req, body, head_request, Cut::Close).await?;
+            Ok(None)
+        }
+        Some(Fault::ResetMidBody) => {
+            cut_answer(upstream, client, req, body, head_request, Cut::Reset).await?;
+            Ok(None)
+        }
+        Some(Fault::ResetMidRequest) => {
+            reset_mid_request(client, body).await?;
             Ok(None)
         }
         Some(Fault::Rewrite(f)) => {
