@@ -116,7 +116,13 @@ impl Copier {
 
     /// Check what a write's answer says against what was sent: the CRC64NVME S3 computed, and, where the ETag
     /// is an MD5, the ETag.
-    fn check_written(&self, what: &str, w: &Written, etag: Option<&str>, crc: Option<u64>) -> Result<()> {
+    fn check_written(
+        &self,
+        what: &str,
+        w: &Written,
+        etag: Option<&str>,
+        crc: Option<u64>,
+    ) -> Result<()> {
         if let (Some(got), Some(c)) = (&w.crc64, crc) {
             if *got != crc64_b64(c) {
                 return Err(Error::integrity(format!(
@@ -613,11 +619,9 @@ impl Copier {
             .enumerate()
             .map(|(i, s)| (i as u32 + 1, hex::encode(s.md5)))
             .collect();
-        let crc = sums
-            .iter()
-            .fold(None, |acc: Option<u64>, s| {
-                Some(acc.map_or(s.crc64, |a| crc64_concat(a, s.crc64, s.len)))
-            });
+        let crc = sums.iter().fold(None, |acc: Option<u64>, s| {
+            Some(acc.map_or(s.crc64, |a| crc64_concat(a, s.crc64, s.len)))
+        });
         let etag = self
             .complete(&dkey, upload_id, &list, crc, head, cond)
             .await?;

@@ -208,10 +208,7 @@ mod tests {
     #[test]
     fn etags_compare_without_case() {
         let m = EtagModel::new(SourceType::AliyunOss);
-        let v = m.compare(
-            &info(5, &A.to_uppercase(), Some(10)),
-            &info(5, A, Some(20)),
-        );
+        let v = m.compare(&info(5, &A.to_uppercase(), Some(10)), &info(5, A, Some(20)));
         assert_eq!(v, EtagVerdict::Same);
     }
 

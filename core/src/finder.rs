@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use crate::config::JobConfig;
 use crate::diff::{compare, same_content, KeyFilter, Verdict};
 use crate::error::{Error, ErrorKind, Result};
+use crate::etag::{encrypted_without_md5, EtagModel};
 use crate::job::{new_id, Job, JobObject, Packer};
 use crate::ledger::DynamoLedger;
 use crate::queue::SqsQueue;
 use crate::stats::{StatEvent, Stats};
-use crate::etag::{encrypted_without_md5, EtagModel};
 use crate::store::{etag_part_count, is_archive_class, ObjectInfo, ObjectStore, Pin};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,9 @@ impl Finder<'_> {
                 etag: s.etag,
                 version_id: None,
                 // The write is conditional on the destination as listed (nothing there: "").
-                dest_etag: dst.is_some().then(|| found.map(|d| d.etag).unwrap_or_default()),
+                dest_etag: dst
+                    .is_some()
+                    .then(|| found.map(|d| d.etag).unwrap_or_default()),
             };
             self.out
                 .send(job)

@@ -961,7 +961,9 @@ impl Worker {
         let crc = (1..=parts).try_fold(None, |acc: Option<u64>, p| {
             let c = *rec.part_crcs.get(&p)?;
             let (a, b) = layout.range(o.size, p);
-            Some(Some(acc.map_or(c, |x| crate::store::crc64_concat(x, c, b - a))))
+            Some(Some(
+                acc.map_or(c, |x| crate::store::crc64_concat(x, c, b - a)),
+            ))
         });
         let crc = crc.flatten();
         let head = crate::store::Head {
@@ -976,7 +978,9 @@ impl Worker {
             .await
         {
             Ok(etag) => (Status::Done, etag, None),
-            Err(err) if err.kind() == ErrorKind::Integrity => (Status::Failed, String::new(), Some(err)),
+            Err(err) if err.kind() == ErrorKind::Integrity => {
+                (Status::Failed, String::new(), Some(err))
+            }
             Err(err) if err.kind() == ErrorKind::Superseded => {
                 // A newer copy is at the destination: this upload is not wanted.
                 tracing::info!(key = %dkey, "{err}");
@@ -996,7 +1000,11 @@ impl Worker {
                     }
                 }
             }
-            Err(err) => return Err(self.part_failed(e, run, o, upload_id, COMPLETING, m, err).await),
+            Err(err) => {
+                return Err(self
+                    .part_failed(e, run, o, upload_id, COMPLETING, m, err)
+                    .await)
+            }
         };
         if status == Status::Done {
             self.stats.send(StatEvent::Copied { bytes: o.size });

@@ -46,6 +46,8 @@
 //!   [`Fault::provisioned_throughput_exceeded`]); [`Fault::Throttling`], [`Fault::InternalError`] and
 //!   [`Fault::ServiceUnavailable`] pick each service's own code and status (S3 `SlowDown` 503, EC2
 //!   `RequestLimitExceeded` 503, DynamoDB `ThrottlingException` 400, Query `Throttling` 400, …).
+//! - [`Fault::Translate`] — the request altered before moto sees it, and moto's answer after: a store that
+//!   speaks a dialect (its own ETags, accepted back in `If-Match`).
 //! - [`Fault::Respond`] — a canned answer (DescribeTable saying `DELETING`); [`Fault::Rewrite`] — moto's real
 //!   answer, altered.
 //! - [`Fault::ResetBeforeForward`] — the connection is reset (RST) and moto never sees the request;
@@ -208,6 +210,9 @@ impl Request {
     }
 }
 
+/// What to change of a request before moto sees it.
+pub type RequestRewriter = Arc<dyn Fn(&mut Request) + Send + Sync>;
+
 /// What to change of moto's real answer.
 pub type Rewriter = Arc<dyn Fn(&Request, &mut Response) + Send + Sync>;
 
@@ -246,6 +251,9 @@ pub enum Fault {
     },
     /// Forward to moto, then alter its answer before the client sees it.
     Rewrite(Rewriter),
+    /// Alter the request before forwarding it (a header, the target), then moto's answer before the client
+    /// sees it: a store that speaks a dialect (another provider's ETags, accepted back in `If-Match`).
+    Translate(RequestRewriter, Rewriter),
     /// An answer computed from the request, without forwarding it (a token service, an auth check).
     Reply(Replier),
     /// Reset the connection (RST) without forwarding: moto never sees the request.
@@ -376,6 +384,14 @@ impl Fault {
         Fault::Rewrite(Arc::new(f))
     }
 
+    /// Alter the request, forward it, then alter the answer (see [`Fault::Translate`]).
+    pub fn translate(
+        request: impl Fn(&mut Request) + Send + Sync + 'static,
+        response: impl Fn(&Request, &mut Response) + Send + Sync + 'static,
+    ) -> Fault {
+        Fault::Translate(Arc::new(request), Arc::new(response))
+    }
+
     /// A short name for the journal.
     pub fn label(&self) -> String {
         match self {
@@ -385,6 +401,7 @@ impl Fault {
             Fault::ServiceUnavailable => "ServiceUnavailable".into(),
             Fault::Respond { status, .. } => format!("Respond({status})"),
             Fault::Rewrite(_) => "Rewrite".into(),
+            Fault::Translate(..) => "Translate".into(),
             Fault::Reply(_) => "Reply".into(),
             Fault::ResetBeforeForward => "ResetBeforeForward".into(),
             Fault::ResetAfterForward => "ResetAfterForward".into(),

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    crc64_b64, crc64_concat, md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo, ObjectMeta,
-    ObjectStore, PartInfo, Pin, Sums, UploadInfo, WriteIf, WriteOptions, Written,
+    crc64_b64, crc64_concat, md5_of, multipart_etag, Fetched, Head, ListPage, ObjectInfo,
+    ObjectMeta, ObjectStore, PartInfo, Pin, Sums, UploadInfo, WriteIf, WriteOptions, Written,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -134,7 +134,10 @@ impl MemoryStore {
         if holds {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Superseded, format!("{key}: precondition failed")))
+            Err(Error::new(
+                ErrorKind::Superseded,
+                format!("{key}: precondition failed"),
+            ))
         }
     }
 
@@ -367,7 +370,10 @@ impl ObjectStore for MemoryStore {
             };
         }
         if crc64.is_some_and(|c| c != crc) {
-            return Err(Error::new(ErrorKind::Integrity, "BadDigest: full-object CRC64NVME"));
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "BadDigest: full-object CRC64NVME",
+            ));
         }
         let etag = multipart_etag(&md5s);
         s.next_id += 1;

@@ -578,7 +578,9 @@ impl ObjectStore for S3Store {
                     .bucket(&self.bucket)
                     .send()
                     .await
-                    .map_err(|e| Error::from_sdk(self.ctx("reading the default encryption of", ""), e))
+                    .map_err(|e| {
+                        Error::from_sdk(self.ctx("reading the default encryption of", ""), e)
+                    })
             })
             .await;
         let o = match res {

@@ -578,19 +578,11 @@ async fn handle(
             reset_mid_request(client, body).await?;
             Ok(None)
         }
-        Some(Fault::Rewrite(f)) => {
-            let up = send_upstream(upstream, &mut client, req, body).await?;
-            let mut answer = fetch(up, head_request).await?;
-            let before = answer.body.clone();
-            f(req, &mut answer);
-            if answer.body != before {
-                // DynamoDB's CRC32 of the body would no longer match.
-                answer
-                    .headers
-                    .retain(|(k, _)| !k.eq_ignore_ascii_case("x-amz-crc32"));
-            }
-            write_response(&mut client.stream, &answer, head_request).await?;
-            Ok(Some(answer.status))
+        Some(Fault::Rewrite(f)) => rewrite(upstream, client, req, body, head_request, &f).await,
+        Some(Fault::Translate(q, f)) => {
+            let mut req = req.clone();
+            q(&mut req);
+            rewrite(upstream, client, &req, body, head_request, &f).await
         }
         Some(Fault::Reply(f)) => {
             drain(&mut client, body).await?;
@@ -655,6 +647,29 @@ async fn forward(
             Ok(502)
         }
     }
+}
+
+/// Forward `req`, alter moto's answer with `f`, and send that to the client.
+async fn rewrite(
+    upstream: &str,
+    mut client: Conn,
+    req: &Request,
+    body: &Body,
+    head_request: bool,
+    f: &super::Rewriter,
+) -> anyhow::Result<Option<u16>> {
+    let up = send_upstream(upstream, &mut client, req, body).await?;
+    let mut answer = fetch(up, head_request).await?;
+    let before = answer.body.clone();
+    f(req, &mut answer);
+    if answer.body != before {
+        // DynamoDB's CRC32 of the body would no longer match.
+        answer
+            .headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("x-amz-crc32"));
+    }
+    write_response(&mut client.stream, &answer, head_request).await?;
+    Ok(Some(answer.status))
 }
 
 #[cfg(test)]
