@@ -212,7 +212,7 @@ fn speak(
                     res.headers.push((k.to_string(), v.to_string()));
                 }
             }
-            let mut map = |real: &str| {
+            let map = |real: &str| {
                 let d = dialect(real);
                 seen.lock().unwrap().insert(d.clone(), real.to_owned());
                 d

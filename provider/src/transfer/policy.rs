@@ -17,6 +17,7 @@
 //! | worker | PutObject; CreateMultipartUpload; UploadPart; CompleteMultipartUpload (`put`, `create_multipart`, `upload_part`, `complete_multipart`) | `s3:PutObject`, plus `s3:PutObjectAcl` for the `x-amz-acl` header (`destination.acl`) and `s3:PutObjectTagging` for the `x-amz-tagging` header (tags copied with `include_metadata`) | destination object |
 //! | worker | AbortMultipartUpload | `s3:AbortMultipartUpload` | destination object |
 //! | worker | ListMultipartUploads (every multipart copy looks for one to resume; giant objects too) | `s3:ListBucketMultipartUploads` | destination bucket |
+//! | finder | GetBucketEncryption of both buckets, once a run (`default_encryption`: KMS by default means ETags that are no MD5s) | `s3:GetEncryptionConfiguration` | source and destination bucket |
 //! | worker | ListParts (resume) | `s3:ListMultipartUploadParts` | destination object |
 //! | worker | DeleteObject (events `create_and_delete` only) | `s3:DeleteObject` | destination object |
 //! | worker | SSE-KMS at the destination: PutObject needs `kms:GenerateDataKey`; CreateMultipartUpload, UploadPart, CompleteMultipartUpload and ListParts need `kms:Decrypt` as well | `kms:GenerateDataKey`, `kms:Decrypt` | the key |
@@ -260,6 +261,12 @@ pub(crate) fn object_statements(spec: &TransferSpec, at: &Account) -> Vec<Value>
             format!("arn:{p}:s3:::{}/{}*", s.bucket, literal(&source_range)),
         ));
         statements.push(list_statement("ListSource", p, &s.bucket, &source_range));
+        // Whether the bucket encrypts with KMS by default (its ETags are then no MD5s): the finder asks once a run.
+        statements.push(allow(
+            "SourceEncryption",
+            &["s3:GetEncryptionConfiguration"],
+            format!("arn:{p}:s3:::{}", s.bucket),
+        ));
         if let Some(key) = s.kms_key_id.as_deref() {
             let key_region = s.region.as_deref().unwrap_or(region);
             statements.push(kms_statement(
@@ -307,7 +314,10 @@ pub(crate) fn object_statements(spec: &TransferSpec, at: &Account) -> Vec<Value>
         // keys and ids, never data; aborting or completing one still needs the object-level actions above.
         statements.push(allow(
             "ResumeDestinationUploads",
-            &["s3:ListBucketMultipartUploads"],
+            &[
+                "s3:ListBucketMultipartUploads",
+                "s3:GetEncryptionConfiguration",
+            ],
             format!("arn:{p}:s3:::{}", d.bucket),
         ));
         // `sse = "aws:kms"` without a key uses the AWS managed key aws/s3, whose key policy already lets every
@@ -594,10 +604,17 @@ mod tests {
         sorted(vec![
             each(READ, &format!("arn:{p}:s3:::src-bucket/*")),
             each(&["s3:ListBucket"], &format!("arn:{p}:s3:::src-bucket")),
+            each(
+                &["s3:GetEncryptionConfiguration"],
+                &format!("arn:{p}:s3:::src-bucket"),
+            ),
             each(WRITE, &format!("arn:{p}:s3:::dst-bucket/*")),
             each(&["s3:ListBucket"], &format!("arn:{p}:s3:::dst-bucket")),
             each(
-                &["s3:ListBucketMultipartUploads"],
+                &[
+                    "s3:ListBucketMultipartUploads",
+                    "s3:GetEncryptionConfiguration",
+                ],
                 &format!("arn:{p}:s3:::dst-bucket"),
             ),
         ])
@@ -627,6 +644,10 @@ mod tests {
             sorted(vec![
                 each(READ, "arn:aws:s3:::src-bucket/in*"),
                 each_if(&["s3:ListBucket"], "arn:aws:s3:::src-bucket", prefix("in*")),
+                each(
+                    &["s3:GetEncryptionConfiguration"],
+                    "arn:aws:s3:::src-bucket"
+                ),
                 each(WRITE, "arn:aws:s3:::dst-bucket/out/in*"),
                 each_if(
                     &["s3:ListBucket"],
@@ -634,7 +655,10 @@ mod tests {
                     prefix("out/in*")
                 ),
                 each(
-                    &["s3:ListBucketMultipartUploads"],
+                    &[
+                        "s3:ListBucketMultipartUploads",
+                        "s3:GetEncryptionConfiguration"
+                    ],
                     "arn:aws:s3:::dst-bucket"
                 ),
                 control_plane("us-east-1"),
@@ -698,7 +722,10 @@ mod tests {
                 each(WRITE, "arn:aws:s3:::dst-bucket/*"),
                 each(&["s3:ListBucket"], "arn:aws:s3:::dst-bucket"),
                 each(
-                    &["s3:ListBucketMultipartUploads"],
+                    &[
+                        "s3:ListBucketMultipartUploads",
+                        "s3:GetEncryptionConfiguration"
+                    ],
                     "arn:aws:s3:::dst-bucket"
                 ),
                 each(&["secretsmanager:GetSecretValue"], src_secret),
@@ -715,6 +742,10 @@ mod tests {
             sorted(vec![
                 each(READ, "arn:aws:s3:::src-bucket/*"),
                 each(&["s3:ListBucket"], "arn:aws:s3:::src-bucket"),
+                each(
+                    &["s3:GetEncryptionConfiguration"],
+                    "arn:aws:s3:::src-bucket"
+                ),
                 each(&["secretsmanager:GetSecretValue"], dst_secret),
                 control_plane("us-east-1"),
             ])
@@ -835,6 +866,10 @@ mod tests {
                     "arn:aws:s3:::src-bucket",
                     prefix("in/*")
                 ),
+                each(
+                    &["s3:GetEncryptionConfiguration"],
+                    "arn:aws:s3:::src-bucket"
+                ),
                 each(&write, "arn:aws:s3:::dst-bucket/in/*"),
                 each_if(
                     &["s3:ListBucket"],
@@ -842,7 +877,10 @@ mod tests {
                     prefix("in/*")
                 ),
                 each(
-                    &["s3:ListBucketMultipartUploads"],
+                    &[
+                        "s3:ListBucketMultipartUploads",
+                        "s3:GetEncryptionConfiguration"
+                    ],
                     "arn:aws:s3:::dst-bucket"
                 ),
                 control_plane("us-east-1"),
@@ -868,6 +906,10 @@ mod tests {
                 ),
                 each(&["s3:ListBucket"], "arn:aws:s3:::src-bucket"),
                 each(
+                    &["s3:GetEncryptionConfiguration"],
+                    "arn:aws:s3:::src-bucket"
+                ),
+                each(
                     &[
                         "s3:GetObject",
                         "s3:PutObject",
@@ -878,7 +920,10 @@ mod tests {
                 ),
                 each(&["s3:ListBucket"], "arn:aws:s3:::dst-bucket"),
                 each(
-                    &["s3:ListBucketMultipartUploads"],
+                    &[
+                        "s3:ListBucketMultipartUploads",
+                        "s3:GetEncryptionConfiguration"
+                    ],
                     "arn:aws:s3:::dst-bucket"
                 ),
                 control_plane("us-east-1"),
@@ -904,6 +949,10 @@ mod tests {
                     "arn:aws:s3:::src-bucket",
                     prefix("data/*")
                 ),
+                each(
+                    &["s3:GetEncryptionConfiguration"],
+                    "arn:aws:s3:::src-bucket"
+                ),
                 each(&["s3:GetObject"], "arn:aws:s3:::lists/run/prefixes.txt"),
                 each(WRITE, "arn:aws:s3:::dst-bucket/data/*"),
                 each_if(
@@ -912,7 +961,10 @@ mod tests {
                     prefix("data/*")
                 ),
                 each(
-                    &["s3:ListBucketMultipartUploads"],
+                    &[
+                        "s3:ListBucketMultipartUploads",
+                        "s3:GetEncryptionConfiguration"
+                    ],
                     "arn:aws:s3:::dst-bucket"
                 ),
                 control_plane("us-east-1"),
