@@ -2,7 +2,9 @@
 //! in a Secrets Manager secret and re-read when the other side starts refusing them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::{self, error::CredentialsError, ProvideCredentials};
 use aws_credential_types::Credentials;
@@ -26,10 +28,35 @@ pub struct ControlPlane {
     pub s3: aws_sdk_s3::Client,
     /// For the finder to scale its own group in when a scheduled run is done ([`crate::fleet`]).
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// The longest a request may go without progress ([`AwsConfig::io_timeout`]).
+    pub io_timeout: Duration,
 }
 
-async fn load(region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+/// The timeouts of every AWS client, from the longest a request may go without progress (`io`): connecting,
+/// each attempt, and the whole operation with its retries. An attempt may take `io` plus 25 s, so that SQS's
+/// 20-second long polls fit.
+pub fn timeouts(io: Duration) -> TimeoutConfig {
+    let attempt = io + Duration::from_secs(25);
+    TimeoutConfig::builder()
+        .connect_timeout(io.min(Duration::from_secs(10)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt * 3 + Duration::from_secs(30))
+        .build()
+}
+
+/// The timeouts of a request that carries `bytes` (an upload, or a download's answer): `io` plus one second
+/// per 256 KiB (a link down to 256 KiB/s still finishes), per attempt.
+pub fn data_timeouts(io: Duration, bytes: u64) -> TimeoutConfig {
+    let attempt = io + Duration::from_secs(bytes.div_ceil(256 * 1024));
+    TimeoutConfig::builder()
+        .connect_timeout(io.min(Duration::from_secs(10)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt.saturating_mul(3) + Duration::from_secs(30))
+        .build()
+}
+
+async fn load(region: Option<&str>, io: Duration) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts(io));
     if let Some(r) = region {
         loader = loader.region(Region::new(r.to_owned()));
     }
@@ -45,7 +72,7 @@ async fn load(region: Option<&str>) -> SdkConfig {
 
 impl ControlPlane {
     pub async fn new(cfg: &AwsConfig) -> Self {
-        let sdk = load(cfg.region.as_deref()).await;
+        let sdk = load(cfg.region.as_deref(), cfg.io_timeout()).await;
         let e = &cfg.endpoints;
         let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk);
         if let Some(u) = &e.sqs {
@@ -74,17 +101,20 @@ impl ControlPlane {
             secrets: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             sdk,
+            io_timeout: cfg.io_timeout(),
         }
     }
 }
 
 /// Access keys read from a Secrets Manager secret (`{"access_key_id", "secret_access_key"}`), cached until
 /// [`SecretCredentials::invalidate`] is called after a 403, so rotated keys are picked up without a restart.
+/// At most one re-read per [`SecretCredentials::REREAD_AFTER`]: a fleet whose keys are refused (revoked, or
+/// short of a permission) would otherwise call Secrets Manager once per failed request.
 #[derive(Debug, Clone)]
 pub struct SecretCredentials {
     client: aws_sdk_secretsmanager::Client,
     secret_id: String,
-    cached: Arc<Mutex<Option<Credentials>>>,
+    cached: Arc<Mutex<Option<(Credentials, std::time::Instant)>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -104,13 +134,25 @@ impl SecretCredentials {
         }
     }
 
-    pub async fn invalidate(&self) {
-        *self.cached.lock().await = None;
+    /// The shortest time between two reads of the secret.
+    pub const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Forget the keys (they were refused), so that the next request reads the secret again; false, keeping
+    /// them, when they were read less than [`Self::REREAD_AFTER`] ago (a rotation is then not what failed).
+    pub async fn invalidate(&self) -> bool {
+        let mut cached = self.cached.lock().await;
+        match cached.as_ref() {
+            Some((_, at)) if at.elapsed() < Self::REREAD_AFTER => false,
+            _ => {
+                *cached = None;
+                true
+            }
+        }
     }
 
     async fn load(&self) -> Result<Credentials> {
         let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
+        if let Some((c, _)) = cached.as_ref() {
             return Ok(c.clone());
         }
         let out = self
@@ -145,7 +187,7 @@ impl SecretCredentials {
             None,
             "dth-secret",
         );
-        *cached = Some(creds.clone());
+        *cached = Some((creds.clone(), std::time::Instant::now()));
         Ok(creds)
     }
 }
@@ -240,6 +282,7 @@ async fn store_for(side: Side<'_>, cp: &ControlPlane, limits: Arc<Limits>) -> S3
         secret,
         limits,
     )
+    .with_io_timeout(cp.io_timeout)
 }
 
 pub async fn source_store(cfg: &JobConfig, cp: &ControlPlane, limits: Arc<Limits>) -> S3Store {

@@ -338,6 +338,19 @@ pub struct AwsConfig {
     pub region: Option<String>,
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// The longest a request may go without progress, in seconds: to connect, to answer, between two chunks of
+    /// a body; requests carrying data get one more second per 256 KiB of it. Default 60 (1-3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_timeout_secs: Option<u64>,
+}
+
+/// [`AwsConfig::io_timeout_secs`] when not set.
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 60;
+
+impl AwsConfig {
+    pub fn io_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.io_timeout_secs.unwrap_or(DEFAULT_IO_TIMEOUT_SECS))
+    }
 }
 
 /// Endpoint overrides, like the AWS provider's `endpoints {}` block.
@@ -746,6 +759,15 @@ pub(crate) fn check_shared(
     }
     if let Some(r) = &aws.region {
         check_region("aws.region", r)?;
+    }
+    if aws
+        .io_timeout_secs
+        .is_some_and(|t| !(1..=3600).contains(&t))
+    {
+        return Err(Error::config(
+            "aws.io_timeout_secs",
+            "must be between 1 and 3600",
+        ));
     }
     let e = &aws.endpoints;
     for (name, v) in [

@@ -108,6 +108,12 @@ fn is_source_missing(e: &Error) -> bool {
 }
 
 impl Copier {
+    /// The largest object copied with one GET and one PUT, which buffer it whole: the multipart threshold, but
+    /// never more than the memory budget (larger objects stream through in parts, each within the budget).
+    pub fn single_put_limit(&self) -> u64 {
+        self.cfg.multipart.threshold.min(self.memory.total_bytes())
+    }
+
     /// Whether this write's ETag is MD5-based: not when KMS encrypted it (by the job's setting or the
     /// bucket's default, which the answer tells).
     fn dest_md5(&self, w: &Written) -> bool {
@@ -148,8 +154,7 @@ impl Copier {
         let start = Instant::now();
         let mut pin = Pin::of(&obj.etag, obj.version_id.as_deref());
         let cond = write_condition(obj);
-        let mut single =
-            obj.size < self.cfg.multipart.threshold && etag_part_count(&obj.etag).is_none();
+        let mut single = obj.size < self.single_put_limit() && etag_part_count(&obj.etag).is_none();
         for _ in 0..3 {
             let res = if single {
                 self.single(&obj.key, &pin, obj.size, &cond).await
@@ -178,7 +183,7 @@ impl Copier {
                         Err(e) => return Err(e),
                     };
                     pin = Pin::of(&head.etag, head.version_id.as_deref());
-                    single = head.size < self.cfg.multipart.threshold
+                    single = head.size < self.single_put_limit()
                         && etag_part_count(&head.etag).is_none();
                 }
                 Err(e) => return Err(e),

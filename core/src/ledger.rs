@@ -1270,7 +1270,8 @@ fn upload_from_item(i: &HashMap<String, Av>) -> Option<UploadRecord> {
         part_crcs,
         source_etag: get_s(i, "source_etag").unwrap_or_default(),
         part_size: get_n(i, "part_size"),
-        parts: get_n(i, "parts") as u32,
+        // A row no worker wrote (parts beyond u32) reads as no layout: it is never resumed.
+        parts: u32::try_from(get_n(i, "parts")).unwrap_or(0),
         part_etags,
         status: get_s(i, "status").unwrap_or_default(),
     })

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -51,8 +52,8 @@ struct Demand {
 impl Demand {
     fn plus(self, o: Demand) -> Demand {
         Demand {
-            slots: self.slots + o.slots,
-            bytes: self.bytes + o.bytes,
+            slots: self.slots.saturating_add(o.slots),
+            bytes: self.bytes.saturating_add(o.bytes),
         }
     }
     fn minus(self, o: Demand) -> Demand {
@@ -121,6 +122,15 @@ struct ObjectEngine {
     cfg: Arc<JobConfig>,
     copier: Arc<Copier>,
     filter: KeyFilter,
+}
+
+/// A task aborted when this is dropped (on every path out of a scope, unwinding included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Disposition {
@@ -272,8 +282,15 @@ impl Worker {
                 let in_flight = in_flight.clone();
                 tasks.spawn(async move {
                     let id = m.message_id.clone();
-                    me.handle(m, parsed).await;
-                    in_flight.lock().unwrap().remove(&id);
+                    // `handle` contains a job's panic; this holds whatever else might unwind, so that the
+                    // job's share of the capacity always comes back.
+                    let _ = std::panic::AssertUnwindSafe(me.handle(m, parsed))
+                        .catch_unwind()
+                        .await;
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     d
                 });
             }
@@ -338,10 +355,10 @@ impl Worker {
             }
         };
         let per_object = |size: u64| {
-            if size < o.cfg.multipart.threshold {
+            if size < o.copier.single_put_limit() {
                 size
             } else {
-                w.part_concurrency as u64 * o.cfg.part_size_for(size)
+                (w.part_concurrency as u64).saturating_mul(o.cfg.part_size_for(size))
             }
         };
         match parsed {
@@ -351,7 +368,10 @@ impl Worker {
                 let at_once = (w.concurrency as usize).min(sizes.len()).max(1);
                 Demand {
                     slots: at_once as u64,
-                    bytes: sizes.iter().take(at_once).sum(),
+                    bytes: sizes
+                        .iter()
+                        .take(at_once)
+                        .fold(0, |a: u64, b| a.saturating_add(*b)),
                 }
             }
             Ok(Incoming::Job(Job::Part { part_size, .. })) => Demand {
@@ -364,7 +384,9 @@ impl Worker {
     }
 
     async fn handle(self: &Arc<Self>, m: Received, parsed: Result<Incoming>) {
-        let heartbeat = {
+        // Stopped however this ends, a panic included: a heartbeat left running would keep the message
+        // invisible for ever.
+        let _heartbeat = AbortOnDrop({
             let queue = self.queue.clone();
             let receipt = m.receipt.clone();
             let (every, extend) = (self.opts.heartbeat_secs, self.opts.visibility_secs as u32);
@@ -376,24 +398,42 @@ impl Worker {
                     }
                 }
             })
-        };
-        let disposition = match parsed {
-            Err(e) => {
-                // Retrying will not help; release it at once so the redrive policy dead-letters it quickly.
-                tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "malformed message: {e}");
-                Disposition::Retry(0)
-            }
-            Ok(Incoming::TestEvent) => Disposition::Delete,
-            Ok(Incoming::Job(job)) => self.job(job, &m).await,
-            Ok(Incoming::Events(records)) => match &self.engine {
-                Engine::Objects(o) => self.events(o, records, &m).await,
-                Engine::Images(_) => {
-                    tracing::warn!(message_id = %m.message_id, "S3 event received by an image transfer: ignoring it");
-                    Disposition::Delete
+        });
+        let work = async {
+            match parsed {
+                Err(e) => {
+                    // Retrying will not help; release it at once so the redrive policy dead-letters it quickly.
+                    tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "malformed message: {e}");
+                    Disposition::Retry(0)
                 }
-            },
+                Ok(Incoming::TestEvent) => Disposition::Delete,
+                Ok(Incoming::Job(job)) => self.job(job, &m).await,
+                Ok(Incoming::Events(records)) => match &self.engine {
+                    Engine::Objects(o) => self.events(o, records, &m).await,
+                    Engine::Images(_) => {
+                        tracing::warn!(message_id = %m.message_id, "S3 event received by an image transfer: ignoring it");
+                        Disposition::Delete
+                    }
+                },
+            }
         };
-        heartbeat.abort();
+        // A job that panics is contained: its message goes back for redelivery like any failed job's, and the
+        // worker carries on.
+        let disposition = match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(d) => d,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "job panicked, leaving it for redelivery: {what}");
+                self.stats.send(StatEvent::Failed);
+                let final_attempt = m.receive_count >= self.max_attempts;
+                Disposition::Retry(self.retry_delay(m.receive_count, final_attempt))
+            }
+        };
+        drop(_heartbeat);
         let res = match disposition {
             Disposition::Delete => self.queue.delete(&m.receipt).await,
             Disposition::Retry(secs) => self.queue.set_visibility(&m.receipt, secs).await,
@@ -566,7 +606,7 @@ impl Worker {
         attempt: u32,
     ) -> Result<bool> {
         // Multipart objects already have a row (their upload's); it must end up saying DONE.
-        let threshold = e.cfg.multipart.threshold;
+        let threshold = e.copier.single_put_limit();
         self.settle_rows(id, run, records, attempt, false, threshold)
             .await
     }

@@ -304,7 +304,12 @@ impl AwsClients {
         }
         let region = resolve_region(cfg).await;
         let retries = cfg.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+        // The same connect, attempt and operation timeouts as the binaries' clients: a call that hangs fails
+        // (and is retried) instead of holding terraform for ever.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(dth_core::aws::timeouts(std::time::Duration::from_secs(
+                dth_core::config::DEFAULT_IO_TIMEOUT_SECS,
+            )))
             .region(Region::new(region.clone()))
             .retry_config(
                 aws_config::retry::RetryConfig::standard()

@@ -136,14 +136,6 @@ impl Provider for DthProvider {
     /// The SDK's orchestrator and signer print resolved credentials (the access key id) and canonical
     /// requests (the access key id in the config bag and the Authorization header) at debug and trace.
     fn quiet_log_targets(&self) -> &'static [&'static str] {
-        &[
-            "aws_smithy_runtime",
-            "aws_smithy_runtime_api",
-            "aws_smithy_http_client",
-            "aws_sigv4",
-            "aws_config",
-            "aws_credential_types",
-            "aws_runtime",
-        ]
+        dth_core::telemetry::SENSITIVE_TARGETS
     }
 }

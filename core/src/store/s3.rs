@@ -28,6 +28,8 @@ pub struct S3Store {
     requester_pays: bool,
     secret: Option<SecretCredentials>,
     limits: Arc<Limits>,
+    /// The longest a request may go without progress; requests carrying data get more per byte.
+    io_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -170,7 +172,20 @@ impl S3Store {
             requester_pays,
             secret,
             limits,
+            io_timeout: std::time::Duration::from_secs(crate::config::DEFAULT_IO_TIMEOUT_SECS),
         }
+    }
+
+    /// Set the longest a request may go without progress (the client's own timeouts should say the same).
+    pub fn with_io_timeout(mut self, io: std::time::Duration) -> Self {
+        self.io_timeout = io;
+        self
+    }
+
+    /// The per-request timeouts of a request carrying `bytes`.
+    fn data(&self, bytes: u64) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default()
+            .timeout_config(crate::aws::data_timeouts(self.io_timeout, bytes))
     }
 
     pub fn client(&self) -> &Client {
@@ -178,7 +193,7 @@ impl S3Store {
     }
 
     /// Run one request under the request-rate limit; when credentials come from a secret and are refused,
-    /// re-read the secret once and try again.
+    /// re-read the secret (at most every 30 s) and try again.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn() -> Fut,
@@ -186,14 +201,15 @@ impl S3Store {
     {
         self.limits.request().await;
         match f().await {
-            Err(e) if e.kind() == ErrorKind::AccessDenied && self.secret.is_some() => {
-                if let Some(s) = &self.secret {
-                    s.invalidate().await;
+            Err(e) if e.kind() == ErrorKind::AccessDenied => match &self.secret {
+                // Re-read at most every 30 s: a refusal right after a read is not a rotation.
+                Some(s) if s.invalidate().await => {
+                    tracing::info!(bucket = %self.bucket, "access denied: re-reading the credentials secret");
+                    self.limits.request().await;
+                    f().await
                 }
-                tracing::info!(bucket = %self.bucket, "access denied: re-reading the credentials secret");
-                self.limits.request().await;
-                f().await
-            }
+                _ => Err(e),
+            },
             other => other,
         }
     }
@@ -343,6 +359,8 @@ impl ObjectStore for S3Store {
                     .set_version_id(version.clone())
                     .set_if_match(if_match.clone())
                     .set_request_payer(payer(self.requester_pays))
+                    .customize()
+                    .config_override(self.data(0))
                     .send()
                     .await
                     .map_err(|e| Error::from_sdk(self.ctx("GET", key), e))
@@ -374,10 +392,27 @@ impl ObjectStore for S3Store {
         // every part twice for a moment, and memory is budgeted per part.
         let mut buf = bytes::BytesMut::with_capacity(expected.clamp(0, 1 << 30) as usize);
         let mut stream = o.body;
-        while let Some(chunk) = stream.try_next().await.map_err(|e| {
-            Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e)
-        })? {
-            buf.extend_from_slice(&chunk);
+        // The body streams after the request is done: a connection that stalls mid-body is caught here.
+        loop {
+            let next = tokio::time::timeout(self.io_timeout, stream.try_next())
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Transient,
+                        format!(
+                            "{}: no data for {:?}",
+                            self.ctx("reading body of", key),
+                            self.io_timeout
+                        ),
+                    )
+                })?
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Transient, self.ctx("reading body of", key), e)
+                })?;
+            match next {
+                Some(chunk) => buf.extend_from_slice(&chunk),
+                None => break,
+            }
         }
         let body = buf.freeze();
         if expected >= 0 && body.len() as i64 != expected {
@@ -449,6 +484,8 @@ impl ObjectStore for S3Store {
                     .set_if_none_match(if_none_match.clone())
                     .body(ByteStream::from(body.clone()));
                 write_headers!(req, opts)
+                    .customize()
+                    .config_override(self.data(sums.len))
                     .send()
                     .await
                     .map_err(|e| Error::from_sdk(self.ctx("PUT", key), e))
@@ -507,6 +544,8 @@ impl ObjectStore for S3Store {
                     .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
                     .checksum_crc64_nvme(crc64_b64(sums.crc64))
                     .body(ByteStream::from(body.clone()))
+                    .customize()
+                    .config_override(self.data(sums.len))
                     .send()
                     .await
                     .map_err(|e| {
@@ -555,6 +594,9 @@ impl ObjectStore for S3Store {
                     .set_checksum_type(crc64.map(|_| ChecksumType::FullObject))
                     .set_if_match(if_match.clone())
                     .set_if_none_match(if_none_match.clone())
+                    // "Processing of a Complete Multipart Upload request could take several minutes".
+                    .customize()
+                    .config_override(self.data(parts.len() as u64 * 64 * 1024))
                     .send()
                     .await
                     .map_err(|e| {

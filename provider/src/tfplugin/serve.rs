@@ -160,12 +160,9 @@ fn init_logging(quiet: &[&str]) {
             EnvFilter::new(level)
         }
     });
-    // Stdout belongs to the handshake; terraform collects stderr into its own log.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .try_init();
+    // Stdout belongs to the handshake; terraform collects stderr into its own log. The SDK's credential-bearing
+    // lines are dropped whatever the level (the filter the finder and the worker log through too).
+    dth_core::telemetry::init_with(filter, dth_core::telemetry::LogFormat::Text, false);
 }
 
 fn print_reattach(type_name: &str, addr: std::net::SocketAddr) {

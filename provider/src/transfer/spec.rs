@@ -742,6 +742,7 @@ pub(crate) fn control_plane(
                 .then(|| infra.region.clone())
                 .or_else(|| cfg.region.clone()),
             endpoints: control_plane_endpoints(cfg),
+            io_timeout_secs: None,
         },
     )
 }
