@@ -261,7 +261,20 @@ impl Copier {
             .await?;
         let len = f.body.len() as u64;
         let dkey = self.cfg.destination_key(key);
-        let w = self.dst.put(&dkey, f.body, sums, &opts, cond).await?;
+        let w = match self.dst.put(&dkey, f.body, sums, &opts, cond).await {
+            Ok(w) => w,
+            // Superseded: by another job's newer copy, or by this very write, landed by an earlier attempt?
+            Err(e) if e.kind() == ErrorKind::Superseded => {
+                match self.landed(&dkey, Some(&md5_hex), Some(sums.crc64)).await? {
+                    Some(etag) => {
+                        self.stats.send(StatEvent::Bytes(len));
+                        return Ok(Some((len, etag)));
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         self.check_written(&dkey, &w, Some(&md5_hex), Some(sums.crc64))?;
         self.stats.send(StatEvent::Bytes(len));
         Ok(Some((len, w.etag)))
@@ -644,15 +657,50 @@ impl Copier {
         head: &Head,
         cond: &WriteIf,
     ) -> Result<String> {
-        let w = self
-            .dst
-            .complete_multipart(dkey, upload_id, parts, crc, cond)
-            .await?;
-        // Completed: the upload is an object now (whatever the checks below find), nothing to abort.
-        self.forget_upload(upload_id).await;
         let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
         let expected = md5s.map(|m| multipart_etag(&m));
+        let w = match self
+            .dst
+            .complete_multipart(dkey, upload_id, parts, crc, cond)
+            .await
+        {
+            Ok(w) => w,
+            // Superseded: by another job's newer copy, or by these very bytes, completed by an earlier attempt
+            // (then this upload is a spare, aborted).
+            Err(e) if e.kind() == ErrorKind::Superseded => {
+                match self.landed(dkey, expected.as_deref(), crc).await? {
+                    Some(etag) => {
+                        if let Err(x) = self.abort_upload(dkey, upload_id).await {
+                            tracing::warn!(key = %dkey, upload_id, "aborting a spare upload: {x}");
+                        }
+                        return Ok(etag);
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        // Completed: the upload is an object now (whatever the checks below find), nothing to abort.
+        self.forget_upload(upload_id).await;
         self.check_written(dkey, &w, expected.as_deref(), crc)?;
+        if let (None, Some(c)) = (&w.crc64, crc) {
+            // The answer did not say: ask for the checksum the object now carries (this very object: pinned
+            // to the ETag just returned), so that the check holds whatever the store enforces.
+            match self.dst.head(dkey, &Pin::ETag(w.etag.clone())).await {
+                Ok(h) => {
+                    if let Some(got) = h.checksums.get("CRC64NVME") {
+                        if *got != crc64_b64(c) {
+                            return Err(Error::integrity(format!(
+                                "{dkey}: the destination keeps CRC64NVME {got}, the parts sent make {}",
+                                crc64_b64(c)
+                            )));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::PreconditionFailed || e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
         if self.dest_md5(&w) {
             if let Meaning::Multipart(_) = self.model.source_head(head) {
                 if !same_etag(&w.etag, &head.etag) {
@@ -664,6 +712,33 @@ impl Copier {
             }
         }
         Ok(w.etag)
+    }
+
+    /// After a conditional write found the destination changed: whether what is there now is what this write
+    /// carried (an earlier attempt's write landed: its ETag, checked), or another object (None). Same ETag but
+    /// another CRC64NVME than the bytes sent: an integrity failure, not a newer copy.
+    async fn landed(
+        &self,
+        dkey: &str,
+        etag: Option<&str>,
+        crc: Option<u64>,
+    ) -> Result<Option<String>> {
+        let h = match self.dst.head(dkey, &Pin::Latest).await {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let same_etag = etag
+            .is_some_and(|e| self.model.destination_head(&h).is_hash() && same_etag(&h.etag, e));
+        match (h.checksums.get("CRC64NVME"), crc) {
+            (Some(got), Some(c)) if *got == crc64_b64(c) => Ok(Some(h.etag)),
+            (Some(got), Some(c)) if same_etag => Err(Error::integrity(format!(
+                "{dkey}: the destination keeps CRC64NVME {got}, the bytes sent make {}",
+                crc64_b64(c)
+            ))),
+            _ if same_etag => Ok(Some(h.etag)),
+            _ => Ok(None),
+        }
     }
 
     /// After `NoSuchUpload` from a completion: whether the destination holds the object that these parts

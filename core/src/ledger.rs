@@ -1099,6 +1099,37 @@ impl DynamoLedger {
         }
     }
 
+    /// One conditional update of a key's row in `run`: true when it applied, false when `condition` did not
+    /// hold. `#s` names the status attribute.
+    async fn update_if(
+        &self,
+        run: &str,
+        key: &str,
+        what: &str,
+        update: &str,
+        condition: &str,
+        values: &[(&str, &str)],
+    ) -> Result<bool> {
+        count_call();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s(object_sk(key)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#s", "status");
+        for (name, v) in values {
+            req = req.expression_attribute_values(*name, s(*v));
+        }
+        match req.send().await.map_err(self.err(what)) {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Move an upload from `from` to `to` status if it is still `upload_id`; true for the one caller that wins.
     pub async fn claim_upload(
         &self,
@@ -1108,27 +1139,15 @@ impl DynamoLedger {
         from: &str,
         to: &str,
     ) -> Result<bool> {
-        count_call();
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s(object_sk(key)))
-            .update_expression("SET #s = :to")
-            .condition_expression("upload_id = :u AND #s = :from")
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":u", s(upload_id))
-            .expression_attribute_values(":from", s(from))
-            .expression_attribute_values(":to", s(to))
-            .send()
-            .await
-            .map_err(self.err("claiming an upload"));
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.update_if(
+            run,
+            key,
+            "claiming an upload",
+            "SET #s = :to",
+            "upload_id = :u AND #s = :from",
+            &[(":u", upload_id), (":from", from), (":to", to)],
+        )
+        .await
     }
 
     /// Become the one completer of a fleet-split upload whose parts are all recorded: the upload must still be
@@ -1142,31 +1161,27 @@ impl DynamoLedger {
         upload_id: &str,
         me: &str,
     ) -> Result<Completion> {
-        count_call();
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s(object_sk(key)))
-            .update_expression("SET #s = :completing, completer = :me")
-            .condition_expression(
+        let won = self
+            .update_if(
+                run,
+                key,
+                "claiming an upload's completion",
+                "SET #s = :completing, completer = :me",
                 "upload_id = :u AND (#s = :started OR (#s = :completing AND \
                  (completer = :me OR attribute_not_exists(completer))))",
+                &[
+                    (":u", upload_id),
+                    (":started", Status::Started.as_str()),
+                    (":completing", COMPLETING),
+                    (":me", me),
+                ],
             )
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":u", s(upload_id))
-            .expression_attribute_values(":started", s(Status::Started.as_str()))
-            .expression_attribute_values(":completing", s(COMPLETING))
-            .expression_attribute_values(":me", s(me))
-            .send()
-            .await
-            .map_err(self.err("claiming an upload's completion"));
-        match res {
-            Ok(_) => Ok(Completion::Won),
-            Err(e) if is_condition_failure(&e) => Ok(Completion::Lost),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(if won {
+            Completion::Won
+        } else {
+            Completion::Lost
+        })
     }
 
     /// Give back a completion claimed with [`DynamoLedger::claim_completion`] that failed in a way a retry may
@@ -1178,28 +1193,21 @@ impl DynamoLedger {
         upload_id: &str,
         me: &str,
     ) -> Result<()> {
-        count_call();
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s(object_sk(key)))
-            .update_expression("SET #s = :started REMOVE completer")
-            .condition_expression("upload_id = :u AND #s = :completing AND completer = :me")
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":u", s(upload_id))
-            .expression_attribute_values(":started", s(Status::Started.as_str()))
-            .expression_attribute_values(":completing", s(COMPLETING))
-            .expression_attribute_values(":me", s(me))
-            .send()
-            .await
-            .map_err(self.err("releasing an upload's completion"));
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.update_if(
+            run,
+            key,
+            "releasing an upload's completion",
+            "SET #s = :started REMOVE completer",
+            "upload_id = :u AND #s = :completing AND completer = :me",
+            &[
+                (":u", upload_id),
+                (":started", Status::Started.as_str()),
+                (":completing", COMPLETING),
+                (":me", me),
+            ],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Record `seq` as the newest event applied to `key`; false when a newer (or the same) one already was.

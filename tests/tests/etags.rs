@@ -404,3 +404,49 @@ async fn a_destination_kms_encrypts_by_default_and_copies_verify_by_checksum() {
     let again = report(&w.run("finder", &cfg, &["--json"]));
     assert_eq!(again["to_move"], 0, "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_copy_whose_stored_checksum_is_not_its_own_fails_verification() {
+    let (w, q) = world("crc-check").await;
+    w.put("src-bucket", "big.bin", &random_bytes(11 * MIB + 9))
+        .await;
+    w.put("src-bucket", "small.txt", b"fine").await;
+    // The destination says it keeps another CRC64NVME than the parts sent make up (S3 itself refuses such a
+    // completion; moto completes whatever it is sent): the copy must not count as verified.
+    let proxy = FaultProxy::start(&w.endpoint).await;
+    let lie = proxy.inject(
+        Rule::on(
+            "s3",
+            "HeadObject",
+            Fault::rewrite(|_, res| {
+                for (k, v) in res.headers.iter_mut() {
+                    if k.eq_ignore_ascii_case("x-amz-checksum-crc64nvme") {
+                        *v = "AAAAAAAAAAA=".into();
+                    }
+                }
+            }),
+        )
+        .when(|r| r.bucket() == Some("dst-bucket")),
+    );
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"destination": {"endpoint": proxy.url()}, "max_attempts": 1,
+               "multipart": {"threshold": 10 * MIB, "chunk_size": 5 * MIB}}),
+    );
+    let r = report(&w.run("finder", &cfg, &["--json"]));
+    let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
+    assert!(wait(&mut worker, Duration::from_secs(120)).success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(proxy.fired(lie) > 0, "{}", proxy.journal_text());
+    assert!(
+        log.contains("the destination keeps CRC64NVME"),
+        "{log}\n{}",
+        proxy.journal_text()
+    );
+    let s = w.summary("ledger", r["run"].as_str().unwrap()).await;
+    assert_eq!(s["objects_failed"].as_n().unwrap(), "1", "{s:?}");
+    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
+}

@@ -129,6 +129,18 @@ macro_rules! object_meta {
     };
 }
 
+/// What a write's answer (PutObject, UploadPart, CompleteMultipartUpload: same accessors, different types)
+/// says it left.
+macro_rules! written {
+    ($o:expr) => {
+        Written {
+            etag: trim_etag($o.e_tag().unwrap_or_default()),
+            sse: $o.server_side_encryption().map(|s| s.as_str().to_owned()),
+            crc64: $o.checksum_crc64_nvme().map(str::to_owned),
+        }
+    };
+}
+
 /// Apply the common header setters of PutObject / CreateMultipartUpload.
 macro_rules! write_headers {
     ($req:expr, $opts:expr) => {{
@@ -492,11 +504,7 @@ impl ObjectStore for S3Store {
             })
             .await
             .map_err(|e| superseded(e, cond))?;
-        Ok(Written {
-            etag: trim_etag(o.e_tag().unwrap_or_default()),
-            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
-            crc64: o.checksum_crc64_nvme().map(str::to_owned),
-        })
+        Ok(written!(o))
     }
 
     async fn create_multipart(&self, key: &str, opts: &WriteOptions) -> Result<String> {
@@ -553,11 +561,7 @@ impl ObjectStore for S3Store {
                     })
             })
             .await?;
-        Ok(Written {
-            etag: trim_etag(o.e_tag().unwrap_or_default()),
-            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
-            crc64: o.checksum_crc64_nvme().map(str::to_owned),
-        })
+        Ok(written!(o))
     }
 
     async fn complete_multipart(
@@ -605,11 +609,7 @@ impl ObjectStore for S3Store {
             })
             .await
             .map_err(|e| superseded(e, cond))?;
-        Ok(Written {
-            etag: trim_etag(o.e_tag().unwrap_or_default()),
-            sse: o.server_side_encryption().map(|s| s.as_str().to_owned()),
-            crc64: o.checksum_crc64_nvme().map(str::to_owned),
-        })
+        Ok(written!(o))
     }
 
     async fn default_encryption(&self) -> Result<Option<String>> {

@@ -1204,7 +1204,6 @@ pub(crate) mod tests {
                 json!({"filters": {"include": ["a[b"]}}),
                 "filters.include[0]",
             ),
-            (json!({"destination": {"sse": "aws:kms"}}), "compare"),
         ];
         for (patch, path) in cases {
             let s = patched(patch.clone());
