@@ -920,6 +920,67 @@ impl Worker {
         Ok(())
     }
 
+    /// Upload one part and record it; None when the part turned out stale (the upload was completed, failed,
+    /// replaced, or restarted here because the source changed or the upload vanished).
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_part_job(
+        &self,
+        e: &ObjectEngine,
+        run: &str,
+        o: &JobObject,
+        upload_id: &str,
+        part: u32,
+        layout: crate::copy::Layout,
+        m: &Received,
+    ) -> Result<Option<crate::ledger::UploadRecord>> {
+        let c = &e.copier;
+        let started = Status::Started.as_str();
+        let pin = Pin::of(&o.etag, o.version_id.as_deref());
+        let dkey = e.cfg.destination_key(&o.key);
+        let (etag, crc) = match c
+            .copy_part(&o.key, &pin, o.size, layout, upload_id, part)
+            .await
+        {
+            Ok((_, sums, etag)) => (etag, sums.crc64),
+            Err(err)
+                if err.kind() == ErrorKind::PreconditionFailed
+                    || (err.is_not_found()
+                        && err.code() != Some("NoSuchBucket")
+                        && err.code() != Some("NoSuchUpload")) =>
+            {
+                self.restart_giant(e, run, o, upload_id, started).await?;
+                return Ok(None);
+            }
+            Err(err) if err.code() == Some("NoSuchUpload") => {
+                let listed = self
+                    .ledger
+                    .upload(run, &o.key)
+                    .await?
+                    .is_some_and(|u| u.upload_id == upload_id && u.status == started);
+                if listed {
+                    tracing::warn!(key = %dkey, upload_id, "the upload is gone though the ledger lists it (aborted outside the transfer): starting the object over");
+                    self.restart_giant(e, run, o, upload_id, started).await?;
+                }
+                // Otherwise it was completed, failed or replaced: this part is stale.
+                return Ok(None);
+            }
+            Err(err) => {
+                return Err(self
+                    .part_failed(e, run, o, upload_id, started, m, err)
+                    .await)
+            }
+        };
+        let Some(rec) = self
+            .ledger
+            .record_part(run, &o.key, upload_id, part, &etag, crc)
+            .await?
+        else {
+            return Ok(None); // the upload was replaced: this part is stale
+        };
+        tracing::info!(key = %dkey, upload_id, part, parts = rec.part_etags.len(), "part recorded");
+        Ok(Some(rec))
+    }
+
     /// Copy one part of a fleet-split upload; whoever records the last part completes the upload. The source
     /// changed or gone, or the upload aborted from outside while the ledger still lists it: the object starts
     /// over. A last attempt that fails fails the object: FAILED, its upload aborted.
@@ -937,50 +998,28 @@ impl Worker {
     ) -> Result<bool> {
         let c = &e.copier;
         let attempt = m.receive_count;
-        let started = Status::Started.as_str();
         let _slot = self.slots.acquire().await;
-        let pin = Pin::of(&o.etag, o.version_id.as_deref());
         let layout = crate::copy::Layout { part_size, parts };
         let dkey = e.cfg.destination_key(&o.key);
-        let (etag, crc) = match c
-            .copy_part(&o.key, &pin, o.size, layout, upload_id, part)
-            .await
-        {
-            Ok((_, sums, etag)) => (etag, sums.crc64),
-            Err(err)
-                if err.kind() == ErrorKind::PreconditionFailed
-                    || (err.is_not_found()
-                        && err.code() != Some("NoSuchBucket")
-                        && err.code() != Some("NoSuchUpload")) =>
-            {
-                self.restart_giant(e, run, o, upload_id, started).await?;
-                return Ok(true);
-            }
-            Err(err) if err.code() == Some("NoSuchUpload") => {
-                let listed = self
-                    .ledger
-                    .upload(run, &o.key)
-                    .await?
-                    .is_some_and(|u| u.upload_id == upload_id && u.status == started);
-                if listed {
-                    tracing::warn!(key = %dkey, upload_id, "the upload is gone though the ledger lists it (aborted outside the transfer): starting the object over");
-                    self.restart_giant(e, run, o, upload_id, started).await?;
-                }
-                // Otherwise it was completed, failed or replaced: this part is stale.
-                return Ok(true);
-            }
-            Err(err) => {
-                return Err(self
-                    .part_failed(e, run, o, upload_id, started, m, err)
-                    .await)
-            }
+        // A redelivery whose part is already recorded (its worker died after recording it, or while completing
+        // the upload) goes straight on: uploading it again could find the upload completed (NoSuchUpload).
+        let recorded = if m.receive_count > 1 {
+            self.ledger
+                .upload(run, &o.key)
+                .await?
+                .filter(|u| u.upload_id == upload_id && u.part_etags.contains_key(&part))
+        } else {
+            None
         };
-        let Some(rec) = self
-            .ledger
-            .record_part(run, &o.key, upload_id, part, &etag, crc)
-            .await?
-        else {
-            return Ok(true); // the upload was replaced: this part is stale
+        let rec = match recorded {
+            Some(rec) => rec,
+            None => match self
+                .upload_part_job(e, run, o, upload_id, part, layout, m)
+                .await?
+            {
+                Some(rec) => rec,
+                None => return Ok(true),
+            },
         };
         if rec.part_etags.len() < parts as usize {
             return Ok(true);

@@ -244,3 +244,29 @@ async fn exactly_one_worker_completes_an_upload_however_often_its_parts_come_bac
     assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
     assert_eq!(w.depth(&q.url).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completer_that_fails_after_completing_is_finished_by_its_redelivery() {
+    let (w, q, body) = world("giant-recomplete", 5).await;
+    let proxy = w.fault_proxy().await;
+    proxy.answer_s3_as_aws();
+    let run = run_id(&w.run("finder", &config(&w, &q, 5, json!({})), &["--json"]));
+    // The upload is completed, then recording it fails (every attempt of the SDK): the completer's message
+    // comes back, to an upload S3 no longer has.
+    let lost = proxy.inject(
+        Rule::on("dynamodb", "BatchWriteItem", Fault::ResetBeforeForward)
+            .mentioning(KEY)
+            .first(3),
+    );
+    let cfg = config(&w, &q, 5, via(&proxy, json!({})));
+    let logs = work(&w, &cfg, 1, 15);
+    assert_eq!(proxy.fired(lost), 3, "{}", proxy.journal_text());
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", KEY).await.unwrap()),
+        md5_hex(&body)
+    );
+    assert_eq!(row(&w, &run, KEY).await.0, "DONE", "{logs:#?}");
+    assert_eq!(counts(&w, &run).await, (1, 0, body.len() as u64));
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+}
