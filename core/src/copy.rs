@@ -114,6 +114,11 @@ impl Copier {
         self.cfg.multipart.threshold.min(self.memory.total_bytes())
     }
 
+    /// Whether `obj` is copied as a multipart upload: a source of parts, or one too large for a single PUT.
+    pub fn is_multipart(&self, obj: &JobObject) -> bool {
+        obj.size >= self.single_put_limit() || etag_part_count(&obj.etag).is_some()
+    }
+
     /// Whether this write's ETag is MD5-based: not when KMS encrypted it (by the job's setting or the
     /// bucket's default, which the answer tells).
     fn dest_md5(&self, w: &Written) -> bool {
@@ -154,7 +159,7 @@ impl Copier {
         let start = Instant::now();
         let mut pin = Pin::of(&obj.etag, obj.version_id.as_deref());
         let cond = write_condition(obj);
-        let mut single = obj.size < self.single_put_limit() && etag_part_count(&obj.etag).is_none();
+        let mut single = !self.is_multipart(obj);
         for _ in 0..3 {
             let res = if single {
                 self.single(&obj.key, &pin, obj.size, &cond).await
@@ -393,9 +398,22 @@ impl Copier {
         Ok(())
     }
 
+    /// After a redelivered job found its object copied already: close the upload the ledger still lists for
+    /// `key` (its completer died between completing it and forgetting it, or a spare): aborted if S3 still
+    /// has it, forgotten either way.
+    pub async fn close_listed_upload(&self, run: &str, key: &str) -> Result<()> {
+        match self.ledger.upload(run, key).await? {
+            Some(r) if r.status == "STARTED" => {
+                self.abort_upload(&self.cfg.destination_key(key), &r.upload_id)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Take a completed or aborted upload off the open ones. A failure only warns: the upload is closed
     /// either way, and destroy finds it gone (NoSuchUpload) and forgets it then.
-    async fn forget_upload(&self, upload_id: &str) {
+    pub async fn forget_upload(&self, upload_id: &str) {
         if let Err(e) = self.ledger.close_upload(upload_id).await {
             tracing::warn!(upload_id, "forgetting a closed upload: {e}");
         }

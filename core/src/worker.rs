@@ -4,7 +4,7 @@
 //! `max_attempts` receives). A heartbeat keeps in-flight jobs invisible. On SIGTERM the worker takes no new
 //! jobs, finishes the ones in flight within the grace period, and releases the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
+#[derive(Debug)]
 enum Disposition {
     /// Done: delete the message.
     Delete,
@@ -434,6 +435,7 @@ impl Worker {
             }
         };
         drop(_heartbeat);
+        tracing::debug!(message_id = %m.message_id, receive_count = m.receive_count, ?disposition, "message settled");
         let res = match disposition {
             Disposition::Delete => self.queue.delete(&m.receipt).await,
             Disposition::Retry(secs) => self.queue.set_visibility(&m.receipt, secs).await,
@@ -452,6 +454,7 @@ impl Worker {
     }
 
     async fn job(self: &Arc<Self>, job: Job, m: &Received) -> Disposition {
+        tracing::debug!(job = %job.id(), message_id = %m.message_id, receive_count = m.receive_count, "job received");
         let final_attempt = m.receive_count >= self.max_attempts;
         let res = match (&self.engine, &job) {
             (Engine::Objects(o), Job::Copy { id, run, objects }) => {
@@ -568,7 +571,15 @@ impl Worker {
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        self.settle(e, id, run, &records, attempt).await
+        let multipart: HashSet<&str> = objects
+            .iter()
+            .filter(|o| e.copier.is_multipart(o))
+            .map(|o| o.key.as_str())
+            .collect();
+        self.settle(id, run, &records, attempt, false, &|r| {
+            multipart.contains(r.key.as_str())
+        })
+        .await
     }
 
     async fn copy_or_skip(
@@ -580,6 +591,11 @@ impl Worker {
     ) -> ObjectRecord {
         if attempt > 1 {
             if let Ok(true) = e.copier.already_copied(o).await {
+                if e.copier.is_multipart(o) {
+                    if let Err(x) = e.copier.close_listed_upload(run, &o.key).await {
+                        tracing::warn!(key = %o.key, "closing the upload of an object already copied: {x}");
+                    }
+                }
                 return ObjectRecord {
                     key: o.key.clone(),
                     status: Status::Done,
@@ -595,34 +611,19 @@ impl Worker {
         self.copy_one(e, run, o, attempt).await
     }
 
-    /// Record the rows of an object job; count the job once it is over (all good, or failed on its last
-    /// attempt).
-    async fn settle(
-        &self,
-        e: &ObjectEngine,
-        id: &str,
-        run: &str,
-        records: &[ObjectRecord],
-        attempt: u32,
-    ) -> Result<bool> {
-        // Multipart objects already have a row (their upload's); it must end up saying DONE.
-        let threshold = e.copier.single_put_limit();
-        self.settle_rows(id, run, records, attempt, false, threshold)
-            .await
-    }
-
     /// Record the rows; count the job once it is over (all good, `over` already, or its last attempt).
-    /// Outcomes of `own_row_from` bytes or more get a row of their own even when they went well (0: all).
-    async fn settle_rows(
+    /// Outcomes `own_row` picks get a row of their own even when they went well: those of multipart objects,
+    /// whose upload's row exists already and must end up saying how it went.
+    async fn settle(
         &self,
         id: &str,
         run: &str,
         records: &[ObjectRecord],
         attempt: u32,
         over: bool,
-        own_row_from: u64,
+        own_row: &(dyn Fn(&ObjectRecord) -> bool + Sync),
     ) -> Result<bool> {
-        let has_row = |r: &ObjectRecord| r.size >= own_row_from;
+        let has_row = |r: &ObjectRecord| own_row(r);
         let failed = records
             .iter()
             .filter(|r| r.status == Status::Failed)
@@ -704,7 +705,7 @@ impl Worker {
             }
         }
         let done = self
-            .settle_rows(id, run, &[rec], attempt, permanent, 0)
+            .settle(id, run, &[rec], attempt, permanent, &|_| true)
             .await?;
         Ok(done || permanent)
     }
@@ -723,7 +724,9 @@ impl Worker {
             Ok(h) => h,
             Err(err) if err.is_not_found() => {
                 let rec = ObjectRecord::new(&o.key, Status::Gone, o.size, 1);
-                return self.settle(e, &count_id, run, &[rec], 1).await;
+                return self
+                    .settle(&count_id, run, &[rec], 1, false, &|_| true)
+                    .await;
             }
             Err(err) => return Err(err),
         };
@@ -751,7 +754,9 @@ impl Worker {
                     etag: head.etag.clone(),
                     ..ObjectRecord::new(&o.key, Status::Done, head.size, attempt)
                 };
-                return self.settle(e, &count_id, run, &[rec], attempt).await;
+                return self
+                    .settle(&count_id, run, &[rec], attempt, false, &|_| true)
+                    .await;
             }
         }
         let live = c.live_uploads(&dkey).await?.unwrap_or_default();
@@ -960,8 +965,10 @@ impl Worker {
                 if listed {
                     tracing::warn!(key = %dkey, upload_id, "the upload is gone though the ledger lists it (aborted outside the transfer): starting the object over");
                     self.restart_giant(e, run, o, upload_id, started).await?;
+                } else {
+                    // Completed, failed or replaced: this part is stale.
+                    tracing::info!(key = %dkey, upload_id, part, "part of an upload that is over: dropped");
                 }
-                // Otherwise it was completed, failed or replaced: this part is stale.
                 return Ok(None);
             }
             Err(err) => {
@@ -975,7 +982,9 @@ impl Worker {
             .record_part(run, &o.key, upload_id, part, &etag, crc)
             .await?
         else {
-            return Ok(None); // the upload was replaced: this part is stale
+            // The upload was replaced: this part is stale.
+            tracing::info!(key = %dkey, upload_id, part, "part of a replaced upload: dropped");
+            return Ok(None);
         };
         tracing::info!(key = %dkey, upload_id, part, parts = rec.part_etags.len(), "part recorded");
         Ok(Some(rec))
@@ -1071,7 +1080,11 @@ impl Worker {
             Err(err) if err.code() == Some("NoSuchUpload") => {
                 // Completed by an earlier completer whose answer was lost, or aborted from outside.
                 match c.completed_as(&dkey, &list, crc, o.size).await? {
-                    Some(etag) => (Status::Done, etag, None),
+                    Some(etag) => {
+                        // Its completer died before forgetting it.
+                        c.forget_upload(upload_id).await;
+                        (Status::Done, etag, None)
+                    }
                     None => {
                         tracing::warn!(key = %dkey, upload_id, "the upload is gone before its completion: starting the object over");
                         self.restart_giant(e, run, o, upload_id, COMPLETING).await?;
@@ -1177,13 +1190,18 @@ impl Worker {
                 }
             }
         }
+        // Objects copied in parts (too large for one PUT, or written so at the destination) have their upload's row.
+        let limit = e.copier.single_put_limit();
+        let in_parts =
+            |r: &ObjectRecord| r.size >= limit || crate::store::etag_part_count(&r.etag).is_some();
         match self
             .settle(
-                e,
                 &format!("msg-{}", m.message_id),
                 EVENTS_RUN,
                 &rows,
                 m.receive_count,
+                false,
+                &in_parts,
             )
             .await
         {

@@ -379,6 +379,18 @@ impl Fault {
         Fault::Reply(Arc::new(f))
     }
 
+    /// SIGKILL the process whose pid `pid` holds (set once it is spawned) as its request arrives, and answer
+    /// 500 to a caller that is no more: a crash at exactly that point of its work.
+    pub fn kill_caller(pid: Arc<std::sync::atomic::AtomicU32>) -> Fault {
+        Fault::reply(move |_| {
+            let raw = pid.load(std::sync::atomic::Ordering::SeqCst) as i32;
+            if let Some(p) = rustix::process::Pid::from_raw(raw) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            Response::text(500, "killed")
+        })
+    }
+
     /// Alter moto's answer.
     pub fn rewrite(f: impl Fn(&Request, &mut Response) + Send + Sync + 'static) -> Fault {
         Fault::Rewrite(Arc::new(f))
@@ -812,6 +824,16 @@ impl FaultProxy {
 
     /// Add a rule after the existing ones (the first rule that matches and fires decides).
     pub fn inject(&self, rule: Rule) -> RuleId {
+        self.add(rule, false)
+    }
+
+    /// Like [`FaultProxy::inject`], but ahead of every rule already there (the first rule that matches and
+    /// fires decides): to override, for a while, a standing rule such as [`FaultProxy::answer_s3_as_aws`]'s.
+    pub fn inject_first(&self, rule: Rule) -> RuleId {
+        self.add(rule, true)
+    }
+
+    fn add(&self, rule: Rule, first: bool) -> RuleId {
         let mut st = self.shared.state();
         st.next_id += 1;
         let id = RuleId(st.next_id);
@@ -819,12 +841,17 @@ impl FaultProxy {
             Times::Share { seed, .. } => seed,
             _ => 0,
         };
-        st.rules.push(Active {
+        let active = Active {
             id,
             rule,
             fired: 0,
             rng: SplitMix64(seed),
-        });
+        };
+        if first {
+            st.rules.insert(0, active);
+        } else {
+            st.rules.push(active);
+        }
         id
     }
 

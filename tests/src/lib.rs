@@ -584,7 +584,10 @@ impl World {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", REGION)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DTH_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("AWS_CA_BUNDLE")
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_PROFILE")

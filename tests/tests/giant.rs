@@ -270,3 +270,49 @@ async fn a_completer_that_fails_after_completing_is_finished_by_its_redelivery()
     assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
     assert_eq!(w.depth(&q.url).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completer_killed_before_forgetting_its_upload_leaves_none_open() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let (w, q, body) = world("giant-killed-completer", 5).await;
+    let proxy = w.fault_proxy().await;
+    proxy.answer_s3_as_aws();
+    let run = run_id(&w.run("finder", &config(&w, &q, 5, json!({})), &["--json"]));
+    // The completer dies as it asks the ledger to forget the upload it has just completed.
+    let pid = Arc::new(AtomicU32::new(0));
+    let forget = proxy.inject(
+        Rule::on("dynamodb", "DeleteItem", Fault::kill_caller(pid.clone()))
+            .mentioning("uploads")
+            .first(1),
+    );
+    let cfg = config(&w, &q, 5, via(&proxy, json!({})));
+    let (mut first, log) = w.spawn_worker(&cfg, &[]);
+    pid.store(first.id(), Ordering::SeqCst);
+    let status = wait(&mut first, Duration::from_secs(120));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "the completer was not killed: {log}");
+    assert_eq!(proxy.fired(forget), 1, "{}", proxy.journal_text());
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    assert_eq!(ledger.open_uploads().await.unwrap().len(), 1);
+    // The completing part's redelivery finds the upload completed: S3 says so with NoSuchUpload ("the upload
+    // ID might be invalid, or the multipart upload might have been aborted or completed"), which moto, keeping
+    // completed uploads, does not. The object is DONE, its upload closed.
+    let gone = proxy.inject_first(Rule::on(
+        "s3",
+        "CompleteMultipartUpload",
+        Fault::error(404, "NoSuchUpload", "The specified upload does not exist."),
+    ));
+    let logs = work(&w, &cfg, 1, 5);
+    assert!(proxy.fired(gone) >= 1, "{}", proxy.journal_text());
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", KEY).await.unwrap()),
+        md5_hex(&body)
+    );
+    assert_eq!(row(&w, &run, KEY).await.0, "DONE", "{logs:#?}");
+    assert_eq!(counts(&w, &run).await, (1, 0, body.len() as u64));
+    let open = ledger.open_uploads().await.unwrap();
+    assert!(open.is_empty(), "{open:?}\n{logs:#?}");
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+}

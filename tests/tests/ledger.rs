@@ -576,3 +576,47 @@ async fn a_job_is_counted_exactly_once_whatever_fails() {
     }
     assert_eq!(counted(&w, "r").await, (46, 321 + (0..40).sum::<u64>()));
 }
+
+/// An object below the multipart threshold whose source was written in parts is copied in parts too (to keep
+/// its ETag), so its upload has a row of its own: that row must end up DONE, not STARTED behind the job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_object_copied_in_parts_ends_up_done_in_the_ledger() {
+    let w = World::start("small-parts").await;
+    w.bucket("src-bucket").await;
+    w.bucket("dst-bucket").await;
+    let q = w.queues("jobs", 3, 30).await;
+    w.table("ledger").await;
+    let parts = random_bytes(6 * MIB + 3);
+    w.put_multipart("src-bucket", "parts.bin", &parts, 5 * MIB)
+        .await;
+    w.put("src-bucket", "plain.bin", &random_bytes(1000)).await;
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"multipart": {"threshold": 64 * MIB, "chunk_size": 5 * MIB}}),
+    );
+    let run = run_id(&w.run("finder", &cfg, &["--json"]));
+    let out = w.run("worker", &cfg, &["--exit-when-idle", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "parts.bin").await.unwrap()),
+        md5_hex(&parts)
+    );
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    let rows: Vec<(String, String)> = ledger
+        .objects(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, r.status.as_str().to_owned()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("parts.bin".to_owned(), "DONE".to_owned()),
+            ("plain.bin".to_owned(), "DONE".to_owned())
+        ]
+    );
+}

@@ -363,3 +363,60 @@ async fn no_log_level_prints_credentials() {
         );
     }
 }
+
+/// A worker SIGKILLed after completing a multipart upload and before the ledger forgets the upload: the
+/// redelivery finds the object copied and closes the upload's record too. Left open, the record would stay for
+/// ever (open uploads never expire) and every later destroy would try to abort it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_completing_an_upload_leaves_no_upload_open() {
+    use dth_core::ledger::DynamoLedger;
+    use std::sync::atomic::AtomicU32;
+    let (w, q) = world("killed-completer", 3).await;
+    // Uploaded in the parts the copy keeps, so that the redelivery finds the same ETag at the destination.
+    let body = random_bytes(12 * MIB + 7);
+    w.put_multipart("src-bucket", "big.bin", &body, 5 * MIB)
+        .await;
+    let proxy = w.fault_proxy().await;
+    proxy.answer_s3_as_aws();
+    // The worker's call to forget its completed upload (a DeleteItem under `uploads`) is its last: the proxy
+    // kills it as the call arrives.
+    let pid = Arc::new(AtomicU32::new(0));
+    let forget = proxy.inject(
+        Rule::on("dynamodb", "DeleteItem", Fault::kill_caller(pid.clone()))
+            .mentioning("uploads")
+            .first(1),
+    );
+    let mut patch = proxy.config_patch();
+    merge(
+        &mut patch,
+        json!({
+            "multipart": {"threshold": 8 * MIB, "chunk_size": 5 * MIB},
+            "worker": {"heartbeat_secs": 1, "visibility_secs": 3}
+        }),
+    );
+    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", patch);
+    let run = finder(&w, &cfg);
+    let (mut first, log) = w.spawn_worker(&cfg, &[]);
+    pid.store(first.id(), Ordering::SeqCst);
+    let status = wait(&mut first, Duration::from_secs(120));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "the first worker was not killed: {log}");
+    assert_eq!(proxy.fired(forget), 1, "{}", proxy.journal_text());
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    assert_eq!(ledger.open_uploads().await.unwrap().len(), 1);
+    // The redelivery: the object is there already, its upload closed.
+    let (mut second, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
+    let status = wait(&mut second, Duration::from_secs(120));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "big.bin").await.unwrap()),
+        md5_hex(&body)
+    );
+    let open = ledger.open_uploads().await.unwrap();
+    assert!(open.is_empty(), "{open:?}\n{log}");
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    let s = w.summary("ledger", &run).await;
+    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+}
