@@ -168,9 +168,11 @@ pub struct Queues {
 
 impl World {
     pub async fn start(name: &str) -> World {
-        let moto_bin = repo_root().join(".venv/bin/moto_server");
+        // moto with DynamoDB's isolation (see the script).
+        let moto_bin = repo_root().join(".venv/bin/python");
+        let moto_script = repo_root().join("tests/moto/moto_server.py");
         assert!(
-            moto_bin.exists(),
+            repo_root().join(".venv/bin/moto_server").exists(),
             "moto is not installed: run `scripts/dev-env install` (the README's test command does)"
         );
         let dir = target_dir()
@@ -186,6 +188,7 @@ impl World {
             let port = free_port();
             let log = std::fs::File::create(dir.join("moto.log")).unwrap();
             let mut moto = Command::new(&moto_bin)
+                .arg(&moto_script)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

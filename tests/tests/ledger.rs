@@ -620,3 +620,120 @@ async fn a_small_object_copied_in_parts_ends_up_done_in_the_ledger() {
         ]
     );
 }
+
+/// The stand-in itself: moto as the harness starts it keeps DynamoDB's isolation. Stock moto, when a
+/// transaction's condition fails, puts back the copy of the table it took before applying it, undoing every
+/// write that landed meanwhile (see tests/moto/moto_server.py): a redelivered job's marker then wiped out other
+/// jobs' markers and part records. DynamoDB: writes are atomic, transactions serializable with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_next_to_failing_transactions_are_kept() {
+    use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+    use futures::{FutureExt, StreamExt};
+    let w = World::start("ddb-isolation").await;
+    w.table("ledger").await;
+    let key = |sk: &str| {
+        HashMap::from([
+            ("pk".to_owned(), Av::S("p".into())),
+            ("sk".to_owned(), Av::S(sk.into())),
+        ])
+    };
+    // A table of some size (the copy takes a while), and a marker every transaction below tries again.
+    for chunk in 0..80 {
+        let writes = (0..25)
+            .map(|i| {
+                let mut item = key(&format!("filler-{chunk}-{i}"));
+                item.insert("blob".into(), Av::S("x".repeat(2000)));
+                aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(
+                        aws_sdk_dynamodb::types::PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        w.ddb
+            .batch_write_item()
+            .request_items("ledger", writes)
+            .send()
+            .await
+            .unwrap();
+    }
+    w.ddb
+        .put_item()
+        .table_name("ledger")
+        .set_item(Some(key("marker")))
+        .send()
+        .await
+        .unwrap();
+    let failing = (0..200).map(|_| {
+        let ddb = w.ddb.clone();
+        let (marker, counter) = (key("marker"), key("counter"));
+        async move {
+            let put = Put::builder()
+                .table_name("ledger")
+                .set_item(Some(marker))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .unwrap();
+            let add = Update::builder()
+                .table_name("ledger")
+                .set_key(Some(counter))
+                .update_expression("ADD n :one")
+                .expression_attribute_values(":one", Av::N("1".into()))
+                .build()
+                .unwrap();
+            let res = ddb
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(put).build())
+                .transact_items(TransactWriteItem::builder().update(add).build())
+                .send()
+                .await;
+            assert!(res.is_err(), "the marker exists: the transaction must fail");
+        }
+        .boxed()
+    });
+    let writes = (0..400).map(|i| {
+        let ddb = w.ddb.clone();
+        let item = key(&format!("written-{i}"));
+        async move {
+            ddb.put_item()
+                .table_name("ledger")
+                .set_item(Some(item))
+                .send()
+                .await
+                .unwrap();
+        }
+        .boxed()
+    });
+    // Interleaved, 16 at a time.
+    let mut all: Vec<_> = failing.chain(writes).collect();
+    fastrand::shuffle(&mut all);
+    futures::stream::iter(all)
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let mut kept = 0;
+    let mut start = None;
+    loop {
+        let out = w
+            .ddb
+            .query()
+            .table_name("ledger")
+            .key_condition_expression("pk = :p AND begins_with(sk, :w)")
+            .expression_attribute_values(":p", Av::S("p".into()))
+            .expression_attribute_values(":w", Av::S("written-".into()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        kept += out.items().len();
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    assert_eq!(kept, 400, "writes lost next to failing transactions");
+}
