@@ -68,6 +68,28 @@ pub struct Copier {
 }
 
 /// The precondition of a job's destination write: the destination as the finder saw it.
+/// A part at the destination: the ETag S3 gave it (what the completion names) and its bytes' CRC64NVME.
+#[derive(Debug, Clone)]
+pub struct DonePart {
+    pub etag: String,
+    pub crc64: u64,
+    pub len: u64,
+}
+
+/// The CRC64NVME its worker recorded for part `p` of upload `r`, when the destination's part is that one: the
+/// same CRC64NVME, or, where the store keeps none, the same ETag.
+fn record_crc(r: &UploadRecord, p: &PartInfo) -> Option<u64> {
+    let c = *r.part_crcs.get(&p.number)?;
+    let same = match &p.crc64 {
+        Some(listed) => *listed == crc64_b64(c),
+        None => r
+            .part_etags
+            .get(&p.number)
+            .is_some_and(|e| same_etag(e, &p.etag)),
+    };
+    same.then_some(c)
+}
+
 pub fn write_condition(obj: &JobObject) -> WriteIf {
     match obj.dest_etag.as_deref() {
         None => WriteIf::Always,
@@ -460,7 +482,7 @@ impl Copier {
         head: &Head,
         pin: &Pin,
         layout: Layout,
-    ) -> Result<Option<(String, BTreeMap<u32, Sums>)>> {
+    ) -> Result<Option<(String, BTreeMap<u32, DonePart>)>> {
         let dkey = self.cfg.destination_key(key);
         let record = self.ledger.upload(run, key).await?;
         let Some(uploads) = self.live_uploads(&dkey).await? else {
@@ -518,6 +540,7 @@ impl Copier {
             }
         };
         let mut kept = BTreeMap::new();
+        let mut reread = 0;
         for p in listed {
             if p.number == 0 || p.number > layout.parts {
                 continue;
@@ -526,8 +549,24 @@ impl Copier {
             if p.size != b - a {
                 continue;
             }
-            // Re-verify: the kept part must hold exactly this source version's bytes: by its CRC64NVME where
-            // the upload has one (whatever encrypts it), else by its ETag where that is an MD5.
+            // A part its worker recorded holds the bytes that worker read from this very source version
+            // (pinned), checked by S3 on arrival: the same CRC64NVME (else, where the store keeps none, the
+            // same ETag) at the destination is that part, kept without reading it again.
+            if let Some(c) = record_crc(&r, &p) {
+                kept.insert(
+                    p.number,
+                    DonePart {
+                        etag: p.etag,
+                        crc64: c,
+                        len: b - a,
+                    },
+                );
+                continue;
+            }
+            // Not recorded (its worker died between uploading and recording it): read again and compared, by
+            // its CRC64NVME where the upload has one (whatever encrypts it), else by its ETag where that is
+            // an MD5.
+            reread += 1;
             let f = self.src.get(key, Some((a, b)), pin).await?;
             let sums = Sums::of(&f.body);
             let same = match &p.crc64 {
@@ -535,10 +574,17 @@ impl Copier {
                 None => self.model.dest_md5 && same_etag(&p.etag, &hex::encode(sums.md5)),
             };
             if same {
-                kept.insert(p.number, sums);
+                kept.insert(
+                    p.number,
+                    DonePart {
+                        etag: p.etag,
+                        crc64: sums.crc64,
+                        len: sums.len,
+                    },
+                );
             }
         }
-        tracing::info!(key = %dkey, upload_id = %r.upload_id, kept = kept.len(), parts = layout.parts, "resuming multipart upload");
+        tracing::info!(key = %dkey, upload_id = %r.upload_id, kept = kept.len(), reread, parts = layout.parts, "resuming multipart upload");
         Ok(Some((r.upload_id, kept)))
     }
 
@@ -595,7 +641,7 @@ impl Copier {
         pin: &Pin,
         layout: Layout,
         upload_id: &str,
-        kept: BTreeMap<u32, Sums>,
+        kept: BTreeMap<u32, DonePart>,
         cond: &WriteIf,
     ) -> Result<(u64, String)> {
         let dkey = self.cfg.destination_key(key);
@@ -604,40 +650,46 @@ impl Copier {
             _ => None,
         };
         let mut full = Md5::new();
-        let mut sums = Vec::with_capacity(layout.parts as usize);
+        let mut done = Vec::with_capacity(layout.parts as usize);
         // Parts upload concurrently but are yielded in order, so the whole-object MD5 can be computed on the way
         // (kept parts are re-read for it only when the source has a plain MD5 ETag to check against).
         let mut parts = stream::iter(1..=layout.parts)
             .map(|n| {
-                let kept = kept.get(&n).copied();
+                let kept = kept.get(&n).cloned();
                 async move {
                     match kept {
-                        Some(s) if whole_md5.is_none() => Ok((n, None, s)),
-                        Some(s) => {
+                        Some(k) if whole_md5.is_none() => Ok((None, k)),
+                        Some(k) => {
                             let (a, b) = layout.range(head.size, n);
                             let permit = self.reserve(b - a).await?;
                             let f = self.src.get(key, Some((a, b)), pin).await?;
-                            Ok((n, Some(Reserved(f.body, permit)), s))
+                            Ok((Some(Reserved(f.body, permit)), k))
                         }
                         None => {
                             let (body, s, etag) = self
                                 .copy_part(key, pin, head.size, layout, upload_id, n)
                                 .await?;
-                            // Remembered for resume, in case the destination cannot list its parts.
+                            // Remembered for resume: what it holds, and its ETag where the destination
+                            // cannot list its parts.
                             self.ledger
                                 .record_part(run, key, upload_id, n, &etag, s.crc64)
                                 .await?;
-                            Ok::<_, Error>((n, Some(body), s))
+                            let part = DonePart {
+                                etag,
+                                crc64: s.crc64,
+                                len: s.len,
+                            };
+                            Ok::<_, Error>((Some(body), part))
                         }
                     }
                 }
             })
             .buffered(self.cfg.worker.part_concurrency as usize);
-        while let Some((_, body, s)) = parts.try_next().await? {
+        while let Some((body, part)) = parts.try_next().await? {
             if let (true, Some(b)) = (whole_md5.is_some(), body) {
                 full.update(&b.0);
             }
-            sums.push(s);
+            done.push(part);
         }
         drop(parts);
         if let Some(m) = whole_md5 {
@@ -650,13 +702,14 @@ impl Copier {
                 )));
             }
         }
-        let list: Vec<(u32, String)> = sums
+        // The ETags S3 gave the parts (MD5s, unless KMS encrypts them), as CompleteMultipartUpload must name them.
+        let list: Vec<(u32, String)> = done
             .iter()
             .enumerate()
-            .map(|(i, s)| (i as u32 + 1, hex::encode(s.md5)))
+            .map(|(i, p)| (i as u32 + 1, p.etag.clone()))
             .collect();
-        let crc = sums.iter().fold(None, |acc: Option<u64>, s| {
-            Some(acc.map_or(s.crc64, |a| crc64_concat(a, s.crc64, s.len)))
+        let crc = done.iter().fold(None, |acc: Option<u64>, p| {
+            Some(acc.map_or(p.crc64, |a| crc64_concat(a, p.crc64, p.len)))
         });
         let etag = self
             .complete(&dkey, upload_id, &list, crc, head, cond)

@@ -205,6 +205,26 @@ fn speak(
                     }
                 }
             }
+            // A completion names each part by the ETag the store gave it: its own are read back; any other
+            // (an MD5 the caller computed itself, say) names no part the store has: InvalidPart.
+            if req.operation == "CompleteMultipartUpload" {
+                let text = String::from_utf8_lossy(&req.body).into_owned();
+                let seen = seen_q.lock().unwrap();
+                let mut out = String::new();
+                let mut rest = text.as_str();
+                while let Some(i) = rest.find("<ETag>") {
+                    let j = rest[i..].find("</ETag>").unwrap() + i;
+                    out.push_str(&rest[..i + 6]);
+                    let given = rest[i + 6..j]
+                        .trim_matches('"')
+                        .trim_start_matches("&quot;")
+                        .trim_end_matches("&quot;");
+                    out.push_str(seen.get(given).map_or("not-a-part", String::as_str));
+                    rest = &rest[j..];
+                }
+                out.push_str(rest);
+                req.body = out.into_bytes();
+            }
         },
         move |_req: &Request, res: &mut Response| {
             for (k, v) in headers {

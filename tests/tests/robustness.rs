@@ -420,3 +420,62 @@ async fn a_worker_killed_after_completing_an_upload_leaves_no_upload_open() {
     assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
     assert_eq!(w.depth(&q.url).await, (0, 0));
 }
+
+/// A resumed multipart copy keeps the parts its killed worker recorded without reading them from the source
+/// again (the ledger holds their CRC64NVME, the destination lists the same): only a part uploaded but not
+/// recorded is read again, then the missing ones are copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_copy_reads_again_only_what_was_not_recorded() {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+    let (w, q) = world("resume-reads", 3).await;
+    let body = random_bytes(27 * MIB + 11);
+    w.put_multipart("src-bucket", "big.bin", &body, 5 * MIB)
+        .await;
+    let proxy = w.fault_proxy().await;
+    proxy.answer_s3_as_aws();
+    // The worker dies as it records its third part: parts 1 and 2 recorded, 3 uploaded only, 4–6 not yet.
+    let pid = Arc::new(AtomicU32::new(0));
+    let recorded = Arc::new(AtomicUsize::new(0));
+    let seen = recorded.clone();
+    let kill = proxy.inject(
+        Rule::on("dynamodb", "UpdateItem", Fault::kill_caller(pid.clone()))
+            .when(move |r| r.mentions("part_etags") && seen.fetch_add(1, Ordering::SeqCst) == 2)
+            .first(1),
+    );
+    let mut patch = proxy.config_patch();
+    merge(
+        &mut patch,
+        json!({
+            "multipart": {"threshold": 8 * MIB, "chunk_size": 5 * MIB},
+            "worker": {"heartbeat_secs": 1, "visibility_secs": 3, "part_concurrency": 1}
+        }),
+    );
+    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", patch);
+    let run = finder(&w, &cfg);
+    let (mut first, log) = w.spawn_worker(&cfg, &[]);
+    pid.store(first.id(), Ordering::SeqCst);
+    let status = wait(&mut first, Duration::from_secs(120));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "the worker was not killed: {log}");
+    assert_eq!(proxy.fired(kill), 1, "{}", proxy.journal_text());
+    let gets_before = proxy.calls("s3", "GetObject");
+    let (mut second, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
+    let status = wait(&mut second, Duration::from_secs(120));
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resuming multipart upload"), "{log}");
+    assert_eq!(
+        proxy.calls("s3", "GetObject") - gets_before,
+        4,
+        "part 3 read again, parts 4-6 copied: {}",
+        proxy.journal_text()
+    );
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "big.bin").await.unwrap()),
+        md5_hex(&body)
+    );
+    let s = w.summary("ledger", &run).await;
+    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+}

@@ -580,9 +580,21 @@ async fn handle(
         }
         Some(Fault::Rewrite(f)) => rewrite(upstream, client, req, body, head_request, &f).await,
         Some(Fault::Translate(q, f)) => {
-            let mut req = req.clone();
-            q(&mut req);
-            rewrite(upstream, client, &req, body, head_request, &f).await
+            let mut translated = req.clone();
+            q(&mut translated);
+            // A body read whole may be translated too (a streamed one is not in `req`).
+            let owned;
+            let body = match &body.data {
+                Some(_) if translated.body != req.body => {
+                    owned = Body {
+                        framing: body.framing,
+                        data: Some(translated.body.clone()),
+                    };
+                    &owned
+                }
+                _ => body,
+            };
+            rewrite(upstream, client, &translated, body, head_request, &f).await
         }
         Some(Fault::Reply(f)) => {
             drain(&mut client, body).await?;
