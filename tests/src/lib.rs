@@ -609,6 +609,27 @@ impl World {
     }
 
     /// Start a worker in the background with its stderr in a log file; it is killed if the test fails.
+    /// Run a worker that a [`fault::Fault::kill_caller`] rule kills (its pid goes into `pid`), and return its
+    /// log once it is dead.
+    pub fn worker_killed(&self, config: &Path, pid: &std::sync::atomic::AtomicU32) -> String {
+        let (mut worker, log) = self.spawn_worker(config, &[]);
+        pid.store(worker.id(), std::sync::atomic::Ordering::SeqCst);
+        let status = wait(&mut worker, Duration::from_secs(120));
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(!status.success(), "the worker was not killed: {log}");
+        log
+    }
+
+    /// Run a worker until the queue has been idle `idle_secs`; check it exited cleanly and return its log.
+    pub fn worker_until_idle(&self, config: &Path, idle_secs: u32) -> String {
+        let (mut worker, log) =
+            self.spawn_worker(config, &["--exit-when-idle", &idle_secs.to_string()]);
+        let status = wait(&mut worker, Duration::from_secs(180));
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(status.success(), "worker failed: {log}");
+        log
+    }
+
     pub fn spawn_worker(&self, config: &Path, args: &[&str]) -> (Proc, PathBuf) {
         let log = self.dir.join(format!("worker-{}.log", fastrand::u32(..)));
         let f = std::fs::File::create(&log).unwrap();

@@ -273,7 +273,7 @@ async fn a_completer_that_fails_after_completing_is_finished_by_its_redelivery()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completer_killed_before_forgetting_its_upload_leaves_none_open() {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
     let (w, q, body) = world("giant-killed-completer", 5).await;
     let proxy = w.fault_proxy().await;
@@ -287,11 +287,7 @@ async fn a_completer_killed_before_forgetting_its_upload_leaves_none_open() {
             .first(1),
     );
     let cfg = config(&w, &q, 5, via(&proxy, json!({})));
-    let (mut first, log) = w.spawn_worker(&cfg, &[]);
-    pid.store(first.id(), Ordering::SeqCst);
-    let status = wait(&mut first, Duration::from_secs(120));
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(!status.success(), "the completer was not killed: {log}");
+    w.worker_killed(&cfg, &pid);
     assert_eq!(proxy.fired(forget), 1, "{}", proxy.journal_text());
     let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
     assert_eq!(ledger.open_uploads().await.unwrap().len(), 1);

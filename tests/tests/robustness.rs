@@ -364,84 +364,26 @@ async fn no_log_level_prints_credentials() {
     }
 }
 
-/// A worker SIGKILLed after completing a multipart upload and before the ledger forgets the upload: the
-/// redelivery finds the object copied and closes the upload's record too. Left open, the record would stay for
-/// ever (open uploads never expire) and every later destroy would try to abort it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_after_completing_an_upload_leaves_no_upload_open() {
-    use dth_core::ledger::DynamoLedger;
-    use std::sync::atomic::AtomicU32;
-    let (w, q) = world("killed-completer", 3).await;
-    // Uploaded in the parts the copy keeps, so that the redelivery finds the same ETag at the destination.
-    let body = random_bytes(12 * MIB + 7);
+/// `big.bin` of `size` bytes in the source, written in 5 MiB parts (the layout the copy keeps, so a copy has
+/// its ETag); the fault proxy answering as S3 does; a config through it copying in 5 MiB parts from 8 MiB,
+/// with a 3 s visibility; and the finder's run.
+async fn multipart_world(
+    name: &str,
+    size: usize,
+) -> (
+    World,
+    Queues,
+    Vec<u8>,
+    dth_tests::fault::FaultProxy,
+    std::path::PathBuf,
+    String,
+) {
+    let (w, q) = world(name, 3).await;
+    let body = random_bytes(size);
     w.put_multipart("src-bucket", "big.bin", &body, 5 * MIB)
         .await;
     let proxy = w.fault_proxy().await;
     proxy.answer_s3_as_aws();
-    // The worker's call to forget its completed upload (a DeleteItem under `uploads`) is its last: the proxy
-    // kills it as the call arrives.
-    let pid = Arc::new(AtomicU32::new(0));
-    let forget = proxy.inject(
-        Rule::on("dynamodb", "DeleteItem", Fault::kill_caller(pid.clone()))
-            .mentioning("uploads")
-            .first(1),
-    );
-    let mut patch = proxy.config_patch();
-    merge(
-        &mut patch,
-        json!({
-            "multipart": {"threshold": 8 * MIB, "chunk_size": 5 * MIB},
-            "worker": {"heartbeat_secs": 1, "visibility_secs": 3}
-        }),
-    );
-    let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", patch);
-    let run = finder(&w, &cfg);
-    let (mut first, log) = w.spawn_worker(&cfg, &[]);
-    pid.store(first.id(), Ordering::SeqCst);
-    let status = wait(&mut first, Duration::from_secs(120));
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(!status.success(), "the first worker was not killed: {log}");
-    assert_eq!(proxy.fired(forget), 1, "{}", proxy.journal_text());
-    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
-    assert_eq!(ledger.open_uploads().await.unwrap().len(), 1);
-    // The redelivery: the object is there already, its upload closed.
-    let (mut second, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
-    let status = wait(&mut second, Duration::from_secs(120));
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(status.success(), "{log}");
-    assert_eq!(
-        md5_hex(&w.get("dst-bucket", "big.bin").await.unwrap()),
-        md5_hex(&body)
-    );
-    let open = ledger.open_uploads().await.unwrap();
-    assert!(open.is_empty(), "{open:?}\n{log}");
-    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
-    let s = w.summary("ledger", &run).await;
-    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
-    assert_eq!(w.depth(&q.url).await, (0, 0));
-}
-
-/// A resumed multipart copy keeps the parts its killed worker recorded without reading them from the source
-/// again (the ledger holds their CRC64NVME, the destination lists the same): only a part uploaded but not
-/// recorded is read again, then the missing ones are copied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_copy_reads_again_only_what_was_not_recorded() {
-    use std::sync::atomic::{AtomicU32, AtomicUsize};
-    let (w, q) = world("resume-reads", 3).await;
-    let body = random_bytes(27 * MIB + 11);
-    w.put_multipart("src-bucket", "big.bin", &body, 5 * MIB)
-        .await;
-    let proxy = w.fault_proxy().await;
-    proxy.answer_s3_as_aws();
-    // The worker dies as it records its third part: parts 1 and 2 recorded, 3 uploaded only, 4–6 not yet.
-    let pid = Arc::new(AtomicU32::new(0));
-    let recorded = Arc::new(AtomicUsize::new(0));
-    let seen = recorded.clone();
-    let kill = proxy.inject(
-        Rule::on("dynamodb", "UpdateItem", Fault::kill_caller(pid.clone()))
-            .when(move |r| r.mentions("part_etags") && seen.fetch_add(1, Ordering::SeqCst) == 2)
-            .first(1),
-    );
     let mut patch = proxy.config_patch();
     merge(
         &mut patch,
@@ -452,17 +394,67 @@ async fn a_resumed_copy_reads_again_only_what_was_not_recorded() {
     );
     let cfg = w.config("src-bucket", "dst-bucket", &q, "ledger", patch);
     let run = finder(&w, &cfg);
-    let (mut first, log) = w.spawn_worker(&cfg, &[]);
-    pid.store(first.id(), Ordering::SeqCst);
-    let status = wait(&mut first, Duration::from_secs(120));
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(!status.success(), "the worker was not killed: {log}");
+    (w, q, body, proxy, cfg, run)
+}
+
+/// `big.bin` copied whole, counted once, nothing left open or queued.
+async fn assert_big_copied(w: &World, q: &Queues, body: &[u8], run: &str) {
+    assert_eq!(
+        md5_hex(&w.get("dst-bucket", "big.bin").await.unwrap()),
+        md5_hex(body)
+    );
+    let s = w.summary("ledger", run).await;
+    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    assert_eq!(w.depth(&q.url).await, (0, 0));
+}
+
+/// A worker SIGKILLed after completing a multipart upload and before the ledger forgets the upload: the
+/// redelivery finds the object copied and closes the upload's record too. Left open, the record would stay for
+/// ever (open uploads never expire) and every later destroy would try to abort it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_completing_an_upload_leaves_no_upload_open() {
+    use dth_core::ledger::DynamoLedger;
+    use std::sync::atomic::AtomicU32;
+    let (w, q, body, proxy, cfg, run) = multipart_world("killed-completer", 12 * MIB + 7).await;
+    // The worker's call to forget its completed upload (a DeleteItem under `uploads`) is its last: the proxy
+    // kills it as the call arrives.
+    let pid = Arc::new(AtomicU32::new(0));
+    let forget = proxy.inject(
+        Rule::on("dynamodb", "DeleteItem", Fault::kill_caller(pid.clone()))
+            .mentioning("uploads")
+            .first(1),
+    );
+    w.worker_killed(&cfg, &pid);
+    assert_eq!(proxy.fired(forget), 1, "{}", proxy.journal_text());
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    assert_eq!(ledger.open_uploads().await.unwrap().len(), 1);
+    // The redelivery: the object is there already, its upload closed.
+    let log = w.worker_until_idle(&cfg, 3);
+    let open = ledger.open_uploads().await.unwrap();
+    assert!(open.is_empty(), "{open:?}\n{log}");
+    assert_big_copied(&w, &q, &body, &run).await;
+}
+
+/// A resumed multipart copy keeps the parts its killed worker recorded without reading them from the source
+/// again (the ledger holds their CRC64NVME, the destination lists the same): only a part uploaded but not
+/// recorded is read again, then the missing ones are copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_copy_reads_again_only_what_was_not_recorded() {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+    let (w, q, body, proxy, cfg, run) = multipart_world("resume-reads", 27 * MIB + 11).await;
+    // The worker dies as it records its third part: parts 1 and 2 recorded, 3 uploaded only, 4–6 not yet.
+    let pid = Arc::new(AtomicU32::new(0));
+    let recorded = Arc::new(AtomicUsize::new(0));
+    let kill = proxy.inject(
+        Rule::on("dynamodb", "UpdateItem", Fault::kill_caller(pid.clone()))
+            .when(move |r| r.mentions("part_etags") && recorded.fetch_add(1, Ordering::SeqCst) == 2)
+            .first(1),
+    );
+    w.worker_killed(&cfg, &pid);
     assert_eq!(proxy.fired(kill), 1, "{}", proxy.journal_text());
     let gets_before = proxy.calls("s3", "GetObject");
-    let (mut second, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
-    let status = wait(&mut second, Duration::from_secs(120));
-    let log = std::fs::read_to_string(log).unwrap();
-    assert!(status.success(), "{log}");
+    let log = w.worker_until_idle(&cfg, 3);
     assert!(log.contains("resuming multipart upload"), "{log}");
     assert_eq!(
         proxy.calls("s3", "GetObject") - gets_before,
@@ -470,12 +462,5 @@ async fn a_resumed_copy_reads_again_only_what_was_not_recorded() {
         "part 3 read again, parts 4-6 copied: {}",
         proxy.journal_text()
     );
-    assert_eq!(
-        md5_hex(&w.get("dst-bucket", "big.bin").await.unwrap()),
-        md5_hex(&body)
-    );
-    let s = w.summary("ledger", &run).await;
-    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
-    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
-    assert_eq!(w.depth(&q.url).await, (0, 0));
+    assert_big_copied(&w, &q, &body, &run).await;
 }
