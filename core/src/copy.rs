@@ -67,7 +67,6 @@ pub struct Copier {
     pub model: EtagModel,
 }
 
-/// The precondition of a job's destination write: the destination as the finder saw it.
 /// A part at the destination: the ETag S3 gave it (what the completion names) and its bytes' CRC64NVME.
 #[derive(Debug, Clone)]
 pub struct DonePart {
@@ -90,6 +89,7 @@ fn record_crc(r: &UploadRecord, p: &PartInfo) -> Option<u64> {
     same.then_some(c)
 }
 
+/// The precondition of a job's destination write: the destination as the finder saw it.
 pub fn write_condition(obj: &JobObject) -> WriteIf {
     match obj.dest_etag.as_deref() {
         None => WriteIf::Always,
@@ -138,7 +138,12 @@ impl Copier {
 
     /// Whether `obj` is copied as a multipart upload: a source of parts, or one too large for a single PUT.
     pub fn is_multipart(&self, obj: &JobObject) -> bool {
-        obj.size >= self.single_put_limit() || etag_part_count(&obj.etag).is_some()
+        self.in_parts(obj.size, &obj.etag)
+    }
+
+    /// Whether an object of `size` bytes with ETag `etag` (written in parts, or not) is copied in parts.
+    pub fn in_parts(&self, size: u64, etag: &str) -> bool {
+        size >= self.single_put_limit() || etag_part_count(etag).is_some()
     }
 
     /// Whether this write's ETag is MD5-based: not when KMS encrypted it (by the job's setting or the

@@ -623,18 +623,17 @@ impl Worker {
         over: bool,
         own_row: &(dyn Fn(&ObjectRecord) -> bool + Sync),
     ) -> Result<bool> {
-        let has_row = |r: &ObjectRecord| own_row(r);
         let failed = records
             .iter()
             .filter(|r| r.status == Status::Failed)
             .count();
         if failed == 0 || over || attempt >= self.max_attempts {
-            self.ledger.finish_job(run, id, records, has_row).await?;
+            self.ledger.finish_job(run, id, records, own_row).await?;
         } else {
             // Not over: name the failures (and settle the rows that exist) now; the rest waits for the retry.
             let now: Vec<ObjectRecord> = records
                 .iter()
-                .filter(|r| r.status == Status::Failed || has_row(r))
+                .filter(|r| r.status == Status::Failed || own_row(r))
                 .cloned()
                 .collect();
             self.ledger.record_objects(run, &now).await?;
@@ -1191,9 +1190,7 @@ impl Worker {
             }
         }
         // Objects copied in parts (too large for one PUT, or written so at the destination) have their upload's row.
-        let limit = e.copier.single_put_limit();
-        let in_parts =
-            |r: &ObjectRecord| r.size >= limit || crate::store::etag_part_count(&r.etag).is_some();
+        let in_parts = |r: &ObjectRecord| e.copier.in_parts(r.size, &r.etag);
         match self
             .settle(
                 &format!("msg-{}", m.message_id),
