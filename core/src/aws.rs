@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use crate::config::{AwsConfig, DestinationConfig, JobConfig, SourceConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limit::Limits;
+use crate::requests::{Count, Service};
 use crate::store::s3::S3Store;
 
 /// The region used when none is configured anywhere (the SDK's chain found none either).
@@ -74,23 +75,26 @@ impl ControlPlane {
     pub async fn new(cfg: &AwsConfig) -> Self {
         let sdk = load(cfg.region.as_deref(), cfg.io_timeout()).await;
         let e = &cfg.endpoints;
-        let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk);
+        let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk).interceptor(Count(Service::Sqs));
         if let Some(u) = &e.sqs {
             sqs = sqs.endpoint_url(u);
         }
-        let mut ddb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        let mut ddb =
+            aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(Count(Service::DynamoDb));
         if let Some(u) = &e.dynamodb {
             ddb = ddb.endpoint_url(u);
         }
-        let mut sm = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+        let mut sm = aws_sdk_secretsmanager::config::Builder::from(&sdk)
+            .interceptor(Count(Service::SecretsManager));
         if let Some(u) = &e.secretsmanager {
             sm = sm.endpoint_url(u);
         }
-        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk);
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).interceptor(Count(Service::S3));
         if let Some(u) = &e.s3 {
             s3 = s3.endpoint_url(u).force_path_style(true);
         }
-        let mut asg = aws_sdk_autoscaling::config::Builder::from(&sdk);
+        let mut asg =
+            aws_sdk_autoscaling::config::Builder::from(&sdk).interceptor(Count(Service::Other));
         if let Some(u) = &e.autoscaling {
             asg = asg.endpoint_url(u);
         }
@@ -257,6 +261,7 @@ async fn store_for(side: Side<'_>, cp: &ControlPlane, limits: Arc<Limits>) -> S3
         None => cp.sdk.clone(),
     };
     let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+        .interceptor(Count(Service::S3))
         .force_path_style(side.path_style)
         // We send Content-MD5 ourselves and verify ETags; skip the SDK's extra CRC pass over every body.
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
@@ -310,7 +315,7 @@ pub fn ecr_client(
             .build(),
         None => cp.sdk.clone(),
     };
-    let mut b = aws_sdk_ecr::config::Builder::from(&sdk);
+    let mut b = aws_sdk_ecr::config::Builder::from(&sdk).interceptor(Count(Service::Other));
     if let Some(e) = endpoint {
         b = b.endpoint_url(e);
     }

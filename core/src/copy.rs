@@ -5,6 +5,7 @@
 //! result verified as far as the source's and the destination's ETags allow ([`crate::etag`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +21,8 @@ use crate::ledger::{DynamoLedger, OpenUpload, UploadRecord};
 use crate::limit::MemoryBudget;
 use crate::stats::{StatEvent, Stats};
 use crate::store::{
-    crc64_b64, crc64_concat, etag_part_count, multipart_etag, Head, ObjectInfo, ObjectStore,
-    PartInfo, Pin, Sums, WriteIf, WriteOptions, Written,
+    crc64_b64, crc64_concat, etag_part_count, md5_of, multipart_etag, Head, ObjectInfo,
+    ObjectStore, PartInfo, Pin, Sums, WriteIf, WriteOptions, Written,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,11 @@ pub struct Copier {
     pub memory: MemoryBudget,
     /// What the source's and the destination's ETags say.
     pub model: EtagModel,
+    /// Whether the destination was seen to check a part's CRC64NVME and to name the part by the MD5 of what
+    /// it received (an answer that gave back our CRC64NVME, and our MD5 as the ETag). From then on parts are
+    /// sent without an MD5 of ours: the CRC64NVME proves the bytes arrived whole, and the store's part ETags
+    /// still make the multipart ETag that is checked against the source's before completing.
+    pub dest_checks_parts: AtomicBool,
 }
 
 /// A part at the destination: the ETag S3 gave it (what the completion names) and its bytes' CRC64NVME.
@@ -274,10 +280,15 @@ impl Copier {
             Err(e) if is_source_missing(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let sums = Sums::of(&f.body);
-        let md5_hex = hex::encode(sums.md5);
+        // A single PUT is its own commit: the bytes are checked against the source's MD5 before it, not after.
+        let md5 = md5_of(&f.body);
+        let sums = Sums {
+            md5: Some(md5),
+            ..Sums::crc_only(&f.body)
+        };
+        let md5_hex = hex::encode(md5);
         if let Meaning::Md5(m) = self.model.source_head(&f.head) {
-            if m != sums.md5 {
+            if m != md5 {
                 return Err(Error::integrity(format!(
                     "{key}: read bytes with MD5 {md5_hex}, source ETag is {}",
                     f.head.etag
@@ -352,18 +363,31 @@ impl Copier {
                 b - a
             )));
         }
-        let sums = Sums::of(&f.body);
+        let trusted = self.dest_checks_parts.load(Ordering::Relaxed);
+        let sums = if trusted {
+            Sums::crc_only(&f.body)
+        } else {
+            Sums::of(&f.body)
+        };
         let dkey = self.cfg.destination_key(key);
         let w = self
             .dst
             .upload_part(&dkey, upload_id, part, f.body.clone(), sums)
             .await?;
-        self.check_written(
-            &format!("{dkey} part {part}"),
-            &w,
-            Some(&hex::encode(sums.md5)),
-            Some(sums.crc64),
-        )?;
+        let what = format!("{dkey} part {part}");
+        let md5 = sums.md5.map(hex::encode);
+        self.check_written(&what, &w, md5.as_deref(), Some(sums.crc64))?;
+        match (&w.crc64, md5) {
+            (None, None) => {
+                return Err(Error::integrity(format!(
+                    "{what}: the destination no longer confirms the CRC64NVME it was sent"
+                )))
+            }
+            (Some(_), Some(m)) if !trusted && same_etag(&w.etag, &m) => {
+                self.dest_checks_parts.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         self.stats.send(StatEvent::Bytes(b - a));
         Ok((Reserved(f.body, permit), sums, w.etag))
     }
@@ -576,7 +600,12 @@ impl Copier {
             let sums = Sums::of(&f.body);
             let same = match &p.crc64 {
                 Some(c) => *c == crc64_b64(sums.crc64),
-                None => self.model.dest_md5 && same_etag(&p.etag, &hex::encode(sums.md5)),
+                None => {
+                    self.model.dest_md5
+                        && sums
+                            .md5
+                            .is_some_and(|m| same_etag(&p.etag, &hex::encode(m)))
+                }
             };
             if same {
                 kept.insert(
@@ -716,6 +745,23 @@ impl Copier {
         let crc = done.iter().fold(None, |acc: Option<u64>, p| {
             Some(acc.map_or(p.crc64, |a| crc64_concat(a, p.crc64, p.len)))
         });
+        // The parts' ETags are the destination's MD5s of what it received: with the source's part layout they
+        // make its ETag, checked here, before the completion makes the object.
+        if let (Meaning::Multipart(_), true) = (
+            self.model.source_head(head),
+            self.dest_checks_parts.load(Ordering::Relaxed),
+        ) {
+            let md5s: Option<Vec<[u8; 16]>> = list.iter().map(|(_, e)| hex_md5(e)).collect();
+            if let Some(m) = md5s {
+                let etag = multipart_etag(&m);
+                if !same_etag(&etag, &head.etag) {
+                    return Err(Error::integrity(format!(
+                        "{key}: the parts received make ETag {etag}, the source's is {}",
+                        head.etag
+                    )));
+                }
+            }
+        }
         let etag = self
             .complete(&dkey, upload_id, &list, crc, head, cond)
             .await?;

@@ -338,7 +338,10 @@ pub struct FinderReport {
     pub jobs: u64,
     /// The first keys that would move (dry run).
     pub sample_keys: Vec<String>,
+    /// SQS and DynamoDB requests: `requests.sqs + requests.dynamodb`.
     pub control_plane_calls: u64,
+    /// Every request sent, per service (retries included).
+    pub requests: crate::requests::Requests,
     pub seconds: f64,
 }
 
@@ -362,7 +365,7 @@ pub async fn run(
     stats: Stats,
 ) -> Result<FinderReport> {
     let start = std::time::Instant::now();
-    let calls_before = crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+    let sent_before = crate::requests::Requests::now();
     let run = run_id.unwrap_or_else(new_run_id);
     let dry_run = matches!(sink, Sink::DryRun);
     if let Sink::Queue { ledger, .. } = &sink {
@@ -421,15 +424,15 @@ pub async fn run(
             .finish_run(&run, counts.to_move, counts.bytes_to_move)
             .await?;
     }
+    let sent = crate::requests::Requests::since(sent_before);
     Ok(FinderReport {
         run,
         dry_run,
         counts,
         jobs,
         sample_keys,
-        control_plane_calls: crate::queue::CONTROL_PLANE_CALLS
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - calls_before,
+        control_plane_calls: sent.control_plane(),
+        requests: sent,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -210,7 +210,10 @@ pub struct ImageFinderReport {
     /// Requests to the source and the destination registry.
     pub source_requests: u64,
     pub destination_requests: u64,
+    /// SQS and DynamoDB requests: `requests.sqs + requests.dynamodb`.
     pub control_plane_calls: u64,
+    /// Every AWS request sent, per service (retries included; registry requests are counted above).
+    pub requests: crate::requests::Requests,
     pub seconds: f64,
 }
 
@@ -432,7 +435,7 @@ pub async fn find(
     stats: Stats,
 ) -> Result<ImageFinderReport> {
     let start = std::time::Instant::now();
-    let calls_before = crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+    let sent_before = crate::requests::Requests::now();
     let (src_before, dst_before) = (sides.source.requests(), sides.destination.requests());
     let run = run_id.unwrap_or_else(new_run_id);
     let dry_run = matches!(sink, Sink::DryRun);
@@ -524,8 +527,8 @@ pub async fn find(
     report.failures = failures;
     report.source_requests = sides.source.requests() - src_before;
     report.destination_requests = sides.destination.requests() - dst_before;
-    report.control_plane_calls =
-        crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed) - calls_before;
+    report.requests = crate::requests::Requests::since(sent_before);
+    report.control_plane_calls = report.requests.control_plane();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

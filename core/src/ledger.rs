@@ -37,7 +37,6 @@ use aws_sdk_dynamodb::types::{AttributeValue as Av, PutRequest, ReturnValue, Wri
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::queue::count_call;
 
 /// The attribute holding when a row may go (epoch seconds): the name to give DynamoDB's UpdateTimeToLive.
 pub const EXPIRES_AT: &str = "expires_at";
@@ -377,7 +376,6 @@ impl DynamoLedger {
 
     /// Check that the table is there and reachable: a clear error before any work starts.
     pub async fn check(&self) -> Result<()> {
-        count_call();
         self.client
             .describe_table()
             .table_name(&self.table)
@@ -389,7 +387,6 @@ impl DynamoLedger {
 
     /// The item at (`pk`, `sk`), read consistently; `what` names the read in errors.
     async fn get(&self, pk: Av, sk: Av, what: &'static str) -> Result<Option<HashMap<String, Av>>> {
-        count_call();
         let out = self
             .client
             .get_item()
@@ -441,7 +438,6 @@ impl DynamoLedger {
         for (alias, v) in values {
             req = req.expression_attribute_values(alias, v);
         }
-        count_call();
         match req.send().await.map_err(self.err("moving the run pointer")) {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
@@ -463,7 +459,6 @@ impl DynamoLedger {
     /// can put that one back. A failure recorded earlier stays on the pointer until a run finishes.
     pub async fn start_run(&self, run: &str) -> Result<()> {
         let at = now();
-        count_call();
         self.client
             .put_item()
             .table_name(&self.table)
@@ -517,7 +512,6 @@ impl DynamoLedger {
     /// a run that started after it and failed first.
     pub async fn finish_run(&self, run: &str, objects_found: u64, bytes_found: u64) -> Result<()> {
         let at = now();
-        count_call();
         self.client
             .update_item()
             .table_name(&self.table)
@@ -551,7 +545,6 @@ impl DynamoLedger {
     /// last good run, until a later run finishes.
     pub async fn fail_run(&self, run: &str, error: &str) -> Result<()> {
         let at = now();
-        count_call();
         self.client
             .update_item()
             .table_name(&self.table)
@@ -721,7 +714,6 @@ impl DynamoLedger {
         for chunk in requests.chunks(25) {
             let mut pending = chunk.to_vec();
             for attempt in 0..10u32 {
-                count_call();
                 let out = self
                     .client
                     .batch_write_item()
@@ -789,7 +781,6 @@ impl DynamoLedger {
         let mut packed: Vec<ObjectRecord> = Vec::new();
         let mut start = None;
         loop {
-            count_call();
             let out = self
                 .client
                 .query()
@@ -912,7 +903,6 @@ impl DynamoLedger {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            count_call();
             let res = self
                 .client
                 .transact_write_items()
@@ -981,7 +971,6 @@ impl DynamoLedger {
         if let Some(x) = self.expires() {
             req = req.item(EXPIRES_AT, x);
         }
-        count_call();
         req.send().await.map_err(self.err("recording an upload"))?;
         Ok(())
     }
@@ -990,7 +979,6 @@ impl DynamoLedger {
     /// the transfer's to resume, complete or abort. Kept until [`DynamoLedger::close_upload`], never expired:
     /// an open upload costs storage until someone aborts it.
     pub async fn record_open_upload(&self, u: &OpenUpload) -> Result<()> {
-        count_call();
         self.client
             .put_item()
             .table_name(&self.table)
@@ -1016,7 +1004,6 @@ impl DynamoLedger {
 
     /// Forget an upload that was completed or aborted (or is gone): there is nothing left of it to abort.
     pub async fn close_upload(&self, upload_id: &str) -> Result<()> {
-        count_call();
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -1034,7 +1021,6 @@ impl DynamoLedger {
         let mut uploads = Vec::new();
         let mut start = None;
         loop {
-            count_call();
             let out = self
                 .client
                 .query()
@@ -1086,7 +1072,6 @@ impl DynamoLedger {
                 .expression_attribute_names("#x", EXPIRES_AT)
                 .expression_attribute_values(":x", x);
         }
-        count_call();
         let res = req
             .update_expression(set)
             .send()
@@ -1110,7 +1095,6 @@ impl DynamoLedger {
         condition: &str,
         values: &[(&str, &str)],
     ) -> Result<bool> {
-        count_call();
         let mut req = self
             .client
             .update_item()
@@ -1212,7 +1196,6 @@ impl DynamoLedger {
 
     /// Record `seq` as the newest event applied to `key`; false when a newer (or the same) one already was.
     pub async fn advance_sequencer(&self, key: &str, seq: &str) -> Result<bool> {
-        count_call();
         let res = self
             .client
             .update_item()

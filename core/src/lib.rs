@@ -33,6 +33,7 @@ pub mod ledger;
 pub mod limit;
 pub mod queue;
 pub mod registry;
+pub mod requests;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

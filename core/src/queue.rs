@@ -1,20 +1,11 @@
 //! The SQS job queue: batched sends within SQS's limits, long-poll receives, heartbeats.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::error::{Error, ErrorKind, Result};
-
-/// SQS and DynamoDB requests made by this process: the control-plane cost per object.
-pub static CONTROL_PLANE_CALLS: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) fn count_call() {
-    CONTROL_PLANE_CALLS.fetch_add(1, Ordering::Relaxed);
-}
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -80,7 +71,6 @@ impl SqsQueue {
                 })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| Error::with_source(ErrorKind::Other, "building SQS batch", e))?;
-            count_call();
             let out = self
                 .client
                 .send_message_batch()
@@ -120,7 +110,6 @@ impl SqsQueue {
     }
 
     pub async fn receive(&self, max: u32, wait_secs: u32) -> Result<Vec<Received>> {
-        count_call();
         let out = self
             .client
             .receive_message()
@@ -148,7 +137,6 @@ impl SqsQueue {
     }
 
     pub async fn delete(&self, receipt: &str) -> Result<()> {
-        count_call();
         self.client
             .delete_message()
             .queue_url(&self.url)
@@ -161,7 +149,6 @@ impl SqsQueue {
 
     /// Keep an in-flight job invisible for `secs` more seconds (0 releases it for redelivery now).
     pub async fn set_visibility(&self, receipt: &str, secs: u32) -> Result<()> {
-        count_call();
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -175,7 +162,6 @@ impl SqsQueue {
 
     /// (visible, in flight) message counts.
     pub async fn depth(&self) -> Result<(u64, u64)> {
-        count_call();
         let out = self
             .client
             .get_queue_attributes()

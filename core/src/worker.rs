@@ -95,7 +95,10 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorkerReport {
     pub messages: u64,
+    /// SQS and DynamoDB requests: `requests.sqs + requests.dynamodb`.
     pub control_plane_calls: u64,
+    /// Every request sent, per service (retries included).
+    pub requests: crate::requests::Requests,
     pub seconds: f64,
 }
 
@@ -161,6 +164,7 @@ impl Worker {
             stats: stats.clone(),
             memory: MemoryBudget::new(w.concurrency as u64 * cfg.multipart.chunk_size),
             model: crate::copy::model_for(&cfg),
+            dest_checks_parts: Default::default(),
         });
         Ok(Arc::new(Self {
             slots: Arc::new(Semaphore::new(w.concurrency as usize)),
@@ -203,8 +207,7 @@ impl Worker {
         opts: RunOptions,
     ) -> Result<WorkerReport> {
         let start = Instant::now();
-        let calls_before =
-            crate::queue::CONTROL_PLANE_CALLS.load(std::sync::atomic::Ordering::Relaxed);
+        let sent_before = crate::requests::Requests::now();
         let in_flight: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let mut tasks: JoinSet<Demand> = JoinSet::new();
         let mut messages = 0u64;
@@ -321,11 +324,11 @@ impl Worker {
                 }
             }
         }
+        let sent = crate::requests::Requests::since(sent_before);
         Ok(WorkerReport {
             messages,
-            control_plane_calls: crate::queue::CONTROL_PLANE_CALLS
-                .load(std::sync::atomic::Ordering::Relaxed)
-                - calls_before,
+            control_plane_calls: sent.control_plane(),
+            requests: sent,
             seconds: start.elapsed().as_secs_f64(),
         })
     }

@@ -257,8 +257,8 @@ fn print_report(report: &finder::FinderReport, json: bool) {
         }
     } else {
         println!(
-            "control-plane calls: {} in {:.1}s",
-            report.control_plane_calls, report.seconds
+            "requests: {} S3, {} SQS, {} DynamoDB in {:.1}s",
+            report.requests.s3, report.requests.sqs, report.requests.dynamodb, report.seconds
         );
     }
 }

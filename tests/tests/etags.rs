@@ -470,3 +470,69 @@ async fn a_multipart_copy_whose_stored_checksum_is_not_its_own_fails_verificatio
     assert_eq!(s["objects_failed"].as_n().unwrap(), "1", "{s:?}");
     assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
 }
+
+/// Parts go without an MD5 of ours once the destination has shown that it checks CRC64NVME and names parts by
+/// the MD5 of what it received: then a part read wrong from the source (same length, other bytes: what no
+/// checksum of ours can see) is caught by the parts' ETags, which no longer make the source's, before the
+/// completion, so nothing reaches the destination and the upload is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_read_wrong_from_the_source_is_caught_before_the_upload_completes() {
+    let (w, q) = world("part-read-wrong").await;
+    w.put_multipart("src-bucket", "big.bin", &random_bytes(16 * MIB), 5 * MIB)
+        .await;
+    w.put("src-bucket", "small.txt", b"fine").await;
+    let proxy = FaultProxy::start(&w.endpoint).await;
+    // The parts sent without an MD5 of ours (moto, like S3, answers a part with the CRC64NVME it checked).
+    let without_md5 = proxy.inject(
+        Rule::on("s3", "UploadPart", Fault::rewrite(|_, _| {}))
+            .when(|r| r.bucket() == Some("dst-bucket") && r.header("content-md5").is_none()),
+    );
+    // The third part as the source sends it: one byte flipped.
+    let third = format!("bytes={}-", 10 * MIB);
+    let flip = proxy.inject(
+        Rule::on(
+            "s3",
+            "GetObject",
+            Fault::rewrite(|_, res| {
+                if let Some(b) = res.body.get_mut(100) {
+                    *b ^= 0xff;
+                }
+            }),
+        )
+        .when(move |r| {
+            r.bucket() == Some("src-bucket")
+                && r.header("range").is_some_and(|h| h.starts_with(&third))
+        }),
+    );
+    let cfg = w.config(
+        "src-bucket",
+        "dst-bucket",
+        &q,
+        "ledger",
+        json!({"source": {"endpoint": proxy.url()}, "destination": {"endpoint": proxy.url()},
+               "max_attempts": 1, "worker": {"part_concurrency": 1},
+               "multipart": {"threshold": 10 * MIB, "chunk_size": 5 * MIB}}),
+    );
+    let r = report(&w.run("finder", &cfg, &["--json"]));
+    let (mut worker, log) = w.spawn_worker(&cfg, &["--exit-when-idle", "3"]);
+    assert!(wait(&mut worker, Duration::from_secs(120)).success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(proxy.fired(flip) > 0, "{log}\n{}", proxy.journal_text());
+    // The first part with an MD5 of ours (the destination's answer to it shows the rest need none), the
+    // rest (of this attempt and of the redeliveries) without.
+    let parts = proxy.calls("s3", "UploadPart");
+    assert!(proxy.fired(without_md5) >= 3, "{}", proxy.journal_text());
+    assert_eq!(
+        proxy.fired(without_md5),
+        parts - 1,
+        "{}",
+        proxy.journal_text()
+    );
+    assert!(log.contains("the parts received make ETag"), "{log}");
+    assert!(w.get("dst-bucket", "big.bin").await.is_none(), "{log}");
+    assert_eq!(w.incomplete_uploads("dst-bucket").await, 0);
+    assert_eq!(w.get("dst-bucket", "small.txt").await.unwrap(), b"fine");
+    let s = w.summary("ledger", r["run"].as_str().unwrap()).await;
+    assert_eq!(s["objects_failed"].as_n().unwrap(), "1", "{s:?}");
+    assert_eq!(s["objects_done"].as_n().unwrap(), "1", "{s:?}");
+}

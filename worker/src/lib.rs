@@ -190,6 +190,7 @@ async fn run(args: Args) -> dth_core::Result<()> {
             failed = t.failed,
             gone = t.gone,
             control_plane_calls = report.control_plane_calls,
+            s3_requests = report.requests.s3,
             "worker finished"
         );
     }

@@ -114,11 +114,11 @@ pub struct WriteOptions {
     pub kms_key_id: Option<String>,
 }
 
-/// Checksums of bytes about to be written, sent with them for the store to check: Content-MD5, and S3's
-/// CRC64NVME additional checksum (checked whatever encrypts the object, and kept with it).
+/// Checksums of bytes about to be written, sent with them for the store to check: Content-MD5 (when computed),
+/// and S3's CRC64NVME additional checksum (checked whatever encrypts the object, and kept with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sums {
-    pub md5: [u8; 16],
+    pub md5: Option<[u8; 16]>,
     pub crc64: u64,
     pub len: u64,
 }
@@ -126,10 +126,27 @@ pub struct Sums {
 impl Sums {
     pub fn of(bytes: &[u8]) -> Self {
         Sums {
-            md5: md5_of(bytes),
+            md5: Some(md5_of(bytes)),
+            ..Self::crc_only(bytes)
+        }
+    }
+
+    /// CRC64NVME only: for a store shown to check it and to name what it received by its own MD5 (the ETag),
+    /// which then makes ours redundant. MD5 is most of the copy path's CPU (no instructions for it on arm64).
+    pub fn crc_only(bytes: &[u8]) -> Self {
+        Sums {
+            md5: None,
             crc64: crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes),
             len: bytes.len() as u64,
         }
+    }
+
+    /// Whether `bytes` have these sums (an MD5 left out is not compared).
+    pub fn fit(&self, bytes: &[u8]) -> bool {
+        let real = Sums::of(bytes);
+        real.crc64 == self.crc64
+            && real.len == self.len
+            && self.md5.is_none_or(|m| real.md5 == Some(m))
     }
 }
 

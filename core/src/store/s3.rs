@@ -489,7 +489,7 @@ impl ObjectStore for S3Store {
                     .bucket(&self.bucket)
                     .key(key)
                     .content_length(body.len() as i64)
-                    .content_md5(b64(sums.md5))
+                    .set_content_md5(sums.md5.map(b64))
                     .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
                     .checksum_crc64_nvme(crc64_b64(sums.crc64))
                     .set_if_match(if_match.clone())
@@ -497,6 +497,9 @@ impl ObjectStore for S3Store {
                     .body(ByteStream::from(body.clone()));
                 write_headers!(req, opts)
                     .customize()
+                    // The body is vouched for by the signed Content-MD5 and CRC64NVME headers: no SHA-256 of
+                    // it on either side (UNSIGNED-PAYLOAD).
+                    .disable_payload_signing()
                     .config_override(self.data(sums.len))
                     .send()
                     .await
@@ -548,11 +551,12 @@ impl ObjectStore for S3Store {
                     .upload_id(upload_id)
                     .part_number(number as i32)
                     .content_length(body.len() as i64)
-                    .content_md5(b64(sums.md5))
+                    .set_content_md5(sums.md5.map(b64))
                     .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
                     .checksum_crc64_nvme(crc64_b64(sums.crc64))
                     .body(ByteStream::from(body.clone()))
                     .customize()
+                    .disable_payload_signing()
                     .config_override(self.data(sums.len))
                     .send()
                     .await
