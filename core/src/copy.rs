@@ -745,23 +745,6 @@ impl Copier {
         let crc = done.iter().fold(None, |acc: Option<u64>, p| {
             Some(acc.map_or(p.crc64, |a| crc64_concat(a, p.crc64, p.len)))
         });
-        // The parts' ETags are the destination's MD5s of what it received: with the source's part layout they
-        // make its ETag, checked here, before the completion makes the object.
-        if let (Meaning::Multipart(_), true) = (
-            self.model.source_head(head),
-            self.dest_checks_parts.load(Ordering::Relaxed),
-        ) {
-            let md5s: Option<Vec<[u8; 16]>> = list.iter().map(|(_, e)| hex_md5(e)).collect();
-            if let Some(m) = md5s {
-                let etag = multipart_etag(&m);
-                if !same_etag(&etag, &head.etag) {
-                    return Err(Error::integrity(format!(
-                        "{key}: the parts received make ETag {etag}, the source's is {}",
-                        head.etag
-                    )));
-                }
-            }
-        }
         let etag = self
             .complete(&dkey, upload_id, &list, crc, head, cond)
             .await?;
@@ -781,6 +764,20 @@ impl Copier {
     ) -> Result<String> {
         let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, e)| hex_md5(e)).collect();
         let expected = md5s.map(|m| multipart_etag(&m));
+        // Where the parts' ETags are known to be the destination's MD5s of what it received, they make the
+        // source's ETag (its part layout kept): checked before the completion makes the object, not after.
+        if let (Some(e), Meaning::Multipart(_), true) = (
+            &expected,
+            self.model.source_head(head),
+            self.dest_checks_parts.load(Ordering::Relaxed),
+        ) {
+            if !same_etag(e, &head.etag) {
+                return Err(Error::integrity(format!(
+                    "{dkey}: the parts received make ETag {e}, the source's is {}",
+                    head.etag
+                )));
+            }
+        }
         let w = match self
             .dst
             .complete_multipart(dkey, upload_id, parts, crc, cond)

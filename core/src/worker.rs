@@ -1069,6 +1069,11 @@ impl Worker {
         {
             Ok(etag) => (Status::Done, etag, None),
             Err(err) if err.kind() == ErrorKind::Integrity => {
+                // Refused before completing (the parts do not make the source's ETag): the upload is not
+                // wanted; after completing there is none left, which counts as aborted.
+                if let Err(x) = c.abort_upload(&dkey, upload_id).await {
+                    tracing::warn!(key = %dkey, upload_id, "aborting an upload that failed verification: {x}");
+                }
                 (Status::Failed, String::new(), Some(err))
             }
             Err(err) if err.kind() == ErrorKind::Superseded => {
