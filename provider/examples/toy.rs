@@ -2,14 +2,16 @@
 //!
 //! `toy_thing` keeps each thing as a JSON file in a directory (provider attribute `dir`), so that
 //! state outlives the provider process between terraform commands, and things can be deleted or
-//! edited behind terraform's back. `toy --docs` prints the generated resource doc page.
+//! edited behind terraform's back; `data "toy_thing"` reads one by id. `toy --docs` prints the
+//! generated resource doc page.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use dth_provider::tfplugin::{
-    docs, Attribute, Block, Ctx, Diagnostic, Diagnostics, Provider, Resource, Schema, Value,
+    docs, AttrPath, Attribute, Block, Ctx, DataSource, Diagnostic, Diagnostics, Provider, Resource,
+    Schema, Value,
 };
 
 struct Toy;
@@ -50,6 +52,10 @@ impl Provider for Toy {
 
     fn resources(&self) -> Vec<Box<dyn Resource<Store>>> {
         vec![Box::new(Thing)]
+    }
+
+    fn data_sources(&self) -> Vec<Box<dyn DataSource<Store>>> {
+        vec![Box::new(ThingById)]
     }
 }
 
@@ -185,6 +191,56 @@ impl Resource<Store> for Thing {
         self.load(&ctx.client, id).await?.ok_or_else(|| {
             Diagnostic::error("Cannot import", format!("there is no toy_thing {id:?}")).into()
         })
+    }
+}
+
+/// `data "toy_thing"`: an existing thing, by id.
+struct ThingById;
+
+#[async_trait]
+impl DataSource<Store> for ThingById {
+    fn type_name(&self) -> &'static str {
+        "toy_thing"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(
+            0,
+            Block::new()
+                .description("An existing thing, by id.")
+                .attribute(
+                    Attribute::string("id")
+                        .required()
+                        .description("The thing's id")
+                        .validator(|v| match v.as_str() {
+                            Some(s)
+                                if !s.is_empty()
+                                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                            {
+                                Ok(())
+                            }
+                            _ => Err("not a thing id".into()),
+                        }),
+                )
+                .attribute(Attribute::string("name").computed().description("Its name"))
+                .attribute(Attribute::number("size").computed().description("Its size")),
+        )
+    }
+
+    async fn read(&self, ctx: &Ctx<Store>, config: &Value) -> Result<Value, Diagnostics> {
+        let id = config.get("id").as_str().unwrap_or_default();
+        let Some(thing) = Thing.load(&ctx.client, id).await? else {
+            return Err(Diagnostic::error_at(
+                AttrPath::root("id"),
+                "No such thing",
+                format!("There is no toy_thing {id:?}."),
+            )
+            .into());
+        };
+        let mut state = config.clone();
+        state.set("name", thing.get("name").clone());
+        state.set("size", thing.get("size").clone());
+        Ok(state)
     }
 }
 

@@ -7,8 +7,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::provider::DthProvider;
 use crate::resources::{ecr_transfer, s3_transfer};
-use crate::tfplugin::docs::{provider_markdown, resource_markdown};
+use crate::tfplugin::docs::{data_source_markdown, provider_markdown, resource_markdown};
+use crate::tfplugin::{DataSource, Provider as _};
 use crate::transfer::cost;
 
 /// The provider block example (`docs/index.md`); it carries the `required_providers` block as well.
@@ -20,9 +22,12 @@ pub const S3_TRANSFER_EXAMPLE: &str =
 pub const S3_TRANSFER_IMPORT: &str =
     include_str!("../../examples/resources/dth_s3_transfer/import.sh");
 
+/// The data sources' examples by type name, each from `examples/data-sources/<type name>/data-source.tf`.
+pub const DATA_SOURCE_EXAMPLES: &[(&str, &str)] = &[];
+
 /// The example files, relative to the repository root, with their text (for checks that parse or validate them).
 pub fn examples() -> Vec<(PathBuf, &'static str)> {
-    vec![
+    let mut examples = vec![
         ("examples/provider/provider.tf".into(), PROVIDER_EXAMPLE),
         (
             "examples/resources/dth_s3_transfer/resource.tf".into(),
@@ -40,7 +45,14 @@ pub fn examples() -> Vec<(PathBuf, &'static str)> {
             "examples/resources/dth_ecr_transfer/import.sh".into(),
             ECR_TRANSFER_IMPORT,
         ),
-    ]
+    ];
+    for (type_name, example) in DATA_SOURCE_EXAMPLES {
+        examples.push((
+            format!("examples/data-sources/{type_name}/data-source.tf").into(),
+            example,
+        ));
+    }
+    examples
 }
 
 /// The `dth_ecr_transfer` example (`docs/resources/ecr_transfer.md`).
@@ -52,11 +64,43 @@ pub const ECR_TRANSFER_IMPORT: &str =
 
 /// Every docs file: (path relative to the repository root, contents).
 pub fn render() -> Vec<(PathBuf, String)> {
-    vec![
+    let mut pages = vec![
         ("docs/index.md".into(), index_page()),
         ("docs/resources/s3_transfer.md".into(), s3_transfer_page()),
         ("docs/resources/ecr_transfer.md".into(), ecr_transfer_page()),
-    ]
+    ];
+    let provider = DthProvider;
+    pages.extend(data_source_pages(
+        provider.type_name(),
+        &provider.data_sources(),
+        DATA_SOURCE_EXAMPLES,
+    ));
+    pages
+}
+
+/// A page per data source, `docs/data-sources/<type name without the provider prefix>.md`, with its example from
+/// `examples` (by type name).
+fn data_source_pages<C: Send + Sync + 'static>(
+    provider_name: &str,
+    data_sources: &[Box<dyn DataSource<C>>],
+    examples: &[(&str, &str)],
+) -> Vec<(PathBuf, String)> {
+    let prefix = format!("{provider_name}_");
+    data_sources
+        .iter()
+        .map(|data_source| {
+            let type_name = data_source.type_name();
+            let name = type_name.strip_prefix(&prefix).unwrap_or(type_name);
+            let example = examples
+                .iter()
+                .find(|(n, _)| *n == type_name)
+                .map_or("", |(_, e)| e);
+            (
+                format!("docs/data-sources/{name}.md").into(),
+                data_source_markdown(type_name, &data_source.schema(), example),
+            )
+        })
+        .collect()
 }
 
 fn index_page() -> String {
@@ -143,6 +187,7 @@ fn transfer_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tfplugin::{Attribute, Block, Ctx, Diagnostics, Schema, Value};
 
     #[test]
     fn pages_carry_their_examples_and_the_price_table() {
@@ -168,5 +213,54 @@ mod tests {
         assert!(images.contains("terraform import dth_ecr_transfer.example mirror"));
         assert!(images.contains("to = dth_ecr_transfer.example"));
         assert!(images.contains("`images_found`"));
+    }
+
+    #[test]
+    fn every_data_source_has_an_example() {
+        for data_source in DthProvider.data_sources() {
+            let name = data_source.type_name();
+            assert!(
+                DATA_SOURCE_EXAMPLES.iter().any(|(n, _)| *n == name),
+                "{name} has no entry in DATA_SOURCE_EXAMPLES (examples/data-sources/{name}/data-source.tf)"
+            );
+        }
+    }
+
+    struct Lookup;
+
+    #[async_trait::async_trait]
+    impl DataSource<()> for Lookup {
+        fn type_name(&self) -> &'static str {
+            "dth_lookup"
+        }
+
+        fn schema(&self) -> Schema {
+            Schema::new(
+                0,
+                Block::new()
+                    .description("Looks a thing up.")
+                    .attribute(Attribute::string("name").required())
+                    .attribute(Attribute::string("arn").computed().description("Its ARN")),
+            )
+        }
+
+        async fn read(&self, _ctx: &Ctx<()>, config: &Value) -> Result<Value, Diagnostics> {
+            Ok(config.clone())
+        }
+    }
+
+    #[test]
+    fn data_sources_get_registry_pages() {
+        let example = "data \"dth_lookup\" \"x\" {\n  name = \"a\"\n}\n";
+        let data_sources: Vec<Box<dyn DataSource<()>>> = vec![Box::new(Lookup)];
+        let pages = data_source_pages("dth", &data_sources, &[("dth_lookup", example)]);
+        assert_eq!(pages.len(), 1);
+        let (path, page) = &pages[0];
+        assert_eq!(path, &PathBuf::from("docs/data-sources/lookup.md"));
+        assert!(page.contains("# dth_lookup (Data Source)\n\nLooks a thing up.\n"));
+        assert!(page.contains("```terraform\ndata \"dth_lookup\" \"x\" {"));
+        assert!(page.contains("- `name` (String)\n"));
+        assert!(page.contains("## Attribute Reference"));
+        assert!(page.contains("- `arn` (String) Its ARN.\n"));
     }
 }

@@ -1,5 +1,6 @@
 //! One in-process test per plugin-protocol RPC: requests are built and responses read the way
-//! terraform does (msgpack DynamicValues), against a toy provider with an in-memory store.
+//! terraform does (msgpack DynamicValues), against a toy provider with an in-memory store and a
+//! data source that looks things up in it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use dth_provider::tfplugin::proto::tfplugin6 as pb;
 use dth_provider::tfplugin::proto::tfplugin6::provider_server::Provider as _;
 use dth_provider::tfplugin::value::{decode, encode};
 use dth_provider::tfplugin::{
-    Attribute, Block, Ctx, Diagnostic, Diagnostics, NestedBlock, PlanChange, Provider,
+    Attribute, Block, Ctx, DataSource, Diagnostic, Diagnostics, NestedBlock, PlanChange, Provider,
     ProviderService, Resource, Schema, Type, Value,
 };
 use tonic::Request;
@@ -23,6 +24,7 @@ use tonic::Request;
 struct World {
     things: Mutex<BTreeMap<String, Value>>,
     next_id: AtomicUsize,
+    lookups: AtomicUsize,
     configured_region: Mutex<Option<String>>,
 }
 
@@ -70,6 +72,10 @@ impl Provider for Toy {
 
     fn resources(&self) -> Vec<Box<dyn Resource<Arc<World>>>> {
         vec![Box::new(Thing)]
+    }
+
+    fn data_sources(&self) -> Vec<Box<dyn DataSource<Arc<World>>>> {
+        vec![Box::new(Lookup)]
     }
 }
 
@@ -250,6 +256,92 @@ impl Resource<Arc<World>> for Thing {
             1 => Ok(state),
             other => Err(Diagnostic::error("Unsupported state version", other.to_string()).into()),
         }
+    }
+}
+
+/// `data "toy_lookup"`: finds a thing by name.
+struct Lookup;
+
+fn lookup_schema() -> Schema {
+    Schema::new(
+        0,
+        Block::new()
+            .description("Looks a thing up by name.")
+            .attribute(
+                Attribute::string("name")
+                    .required()
+                    .validator(|v| match v.as_str() {
+                        Some(s) if s == s.to_lowercase() => Ok(()),
+                        _ => Err("must be lowercase".into()),
+                    }),
+            )
+            .attribute(Attribute::string("kind").optional().one_of(&["any", "big"]))
+            .attribute(Attribute::number("limit").optional().default(10u64))
+            .attribute(Attribute::string("label").optional().computed())
+            .attribute(Attribute::string("id").computed())
+            .attribute(Attribute::number("size").computed())
+            .block(NestedBlock::list(
+                "filter",
+                Block::new()
+                    .attribute(Attribute::string("prefix").optional().one_of(&["a/", "b/"]))
+                    .attribute(Attribute::bool("matched").computed()),
+            )),
+    )
+}
+
+#[async_trait]
+impl DataSource<Arc<World>> for Lookup {
+    fn type_name(&self) -> &'static str {
+        "toy_lookup"
+    }
+
+    fn schema(&self) -> Schema {
+        lookup_schema()
+    }
+
+    fn validate(&self, config: &Value, diags: &mut Diagnostics) {
+        if config.get("name").as_str() == Some("forbidden") {
+            diags.error("Forbidden name", "pick another");
+        }
+    }
+
+    async fn read(&self, ctx: &Ctx<Arc<World>>, config: &Value) -> Result<Value, Diagnostics> {
+        ctx.client.lookups.fetch_add(1, Ordering::SeqCst);
+        let name = config.get("name").as_str().unwrap_or_default();
+        let mut state = config.clone();
+        match name {
+            "panic" => panic!("lookup exploded"),
+            "nothing" => return Ok(Value::Null),
+            "half" => {
+                state.set("id", Value::string("t-half"));
+                state.set("size", Value::Unknown);
+                return Ok(state);
+            }
+            _ => {}
+        }
+        let found = ctx
+            .client
+            .things()
+            .iter()
+            .find(|(_, thing)| thing.get("name").as_str() == Some(name))
+            .map(|(id, thing)| (id.clone(), thing.get("size").clone()));
+        let Some((id, size)) = found else {
+            return Err(
+                Diagnostic::error("No such thing", format!("no thing named {name}")).into(),
+            );
+        };
+        state.set("id", Value::string(id));
+        state.set("size", size);
+        if state.get("label").is_null() {
+            state.set("label", Value::string(format!("thing {name}")));
+        }
+        if let Some(Value::List(filters)) = state.get_mut("filter") {
+            for filter in filters {
+                let matched = filter.get("prefix").as_str() == Some("a/");
+                filter.set("matched", Value::from(matched));
+            }
+        }
+        Ok(state)
     }
 }
 
@@ -1006,6 +1098,291 @@ async fn stop_provider_cancels_work_in_flight_only() {
     // Later operations get a fresh token.
     let state = create(&service, &config("after")).await;
     assert_eq!(state.get("name").as_str(), Some("after"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data sources: GetProviderSchema, ValidateDataResourceConfig, ReadDataSource
+
+fn lookup_type() -> Type {
+    lookup_schema().value_type()
+}
+
+fn lookup_of(dynamic: &Option<pb::DynamicValue>) -> Value {
+    match dynamic {
+        Some(dynamic) => decode(&dynamic.msgpack, &lookup_type()).unwrap(),
+        None => Value::Null,
+    }
+}
+
+async fn validate_lookup(
+    service: &ProviderService<Toy>,
+    type_name: &str,
+    config: Option<pb::DynamicValue>,
+) -> pb::validate_data_resource_config::Response {
+    service
+        .validate_data_resource_config(Request::new(pb::validate_data_resource_config::Request {
+            type_name: type_name.into(),
+            config,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn read_lookup(
+    service: &ProviderService<Toy>,
+    config: &Value,
+) -> pb::read_data_source::Response {
+    service
+        .read_data_source(Request::new(pb::read_data_source::Request {
+            type_name: "toy_lookup".into(),
+            config: Some(dv(config, &lookup_type())),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn data_sources_are_in_the_schema_and_metadata() {
+    let (service, _) = service();
+    let schema = service
+        .get_provider_schema(Request::new(pb::get_provider_schema::Request {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        schema.data_source_schemas.keys().collect::<Vec<_>>(),
+        ["toy_lookup"]
+    );
+    assert!(!schema.resource_schemas.contains_key("toy_lookup"));
+    let block = schema.data_source_schemas["toy_lookup"]
+        .block
+        .as_ref()
+        .unwrap();
+    assert_eq!(block.description, "Looks a thing up by name.");
+    let attr = |name: &str| block.attributes.iter().find(|a| a.name == name).unwrap();
+    assert!(attr("name").required);
+    assert!(attr("id").computed && !attr("id").optional);
+    assert!(attr("label").optional && attr("label").computed);
+    assert_eq!(attr("size").r#type, b"\"number\"");
+    assert_eq!(block.block_types[0].type_name, "filter");
+
+    let metadata = service
+        .get_metadata(Request::new(pb::get_metadata::Request {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = metadata
+        .data_sources
+        .iter()
+        .map(|d| d.type_name.as_str())
+        .collect();
+    assert_eq!(names, ["toy_lookup"]);
+}
+
+#[tokio::test]
+async fn validate_data_resource_config_points_at_the_offending_attribute() {
+    let (service, _) = service();
+    let ty = lookup_type();
+    let invalid = Value::object([
+        ("name", Value::from("Upper")),
+        ("kind", Value::from("small")),
+        (
+            "filter",
+            Value::list([
+                Value::object([("prefix", Value::from("a/"))]),
+                Value::object([("prefix", Value::from("c/"))]),
+            ]),
+        ),
+    ]);
+    let response = validate_lookup(&service, "toy_lookup", Some(dv(&invalid, &ty))).await;
+    let paths: Vec<String> = response
+        .diagnostics
+        .iter()
+        .map(|d| path_string(&d.attribute))
+        .collect();
+    assert_eq!(paths, [".name", ".kind", ".filter[1].prefix"]);
+    assert!(response.diagnostics[0]
+        .detail
+        .contains("name: must be lowercase"));
+
+    let forbidden = Value::object([("name", Value::from("forbidden"))]);
+    let hook = validate_lookup(&service, "toy_lookup", Some(dv(&forbidden, &ty))).await;
+    assert_eq!(
+        errors(&hook.diagnostics),
+        [" | Forbidden name | pick another"]
+    );
+
+    // `terraform validate` sends unknowns for anything from variables or other resources.
+    let unknown = Value::object([("name", Value::Unknown), ("kind", Value::Unknown)]);
+    let fine = validate_lookup(&service, "toy_lookup", Some(dv(&unknown, &ty))).await;
+    assert!(fine.diagnostics.is_empty(), "{:?}", fine.diagnostics);
+
+    let unknown_type = validate_lookup(&service, "toy_thing", Some(dv(&forbidden, &ty))).await;
+    assert_eq!(
+        errors(&unknown_type.diagnostics),
+        [" | Unknown data source type | The toy provider has no data source type \"toy_thing\"."]
+    );
+    let garbled = validate_lookup(&service, "toy_lookup", Some(garbage())).await;
+    assert!(errors(&garbled.diagnostics)[0].contains("Invalid configuration"));
+}
+
+#[tokio::test]
+async fn read_data_source_returns_the_state_it_computed() {
+    let (service, world) = configured().await;
+    let mut thing = config("a");
+    thing.set("size", Value::from(5u64));
+    let created = create(&service, &thing).await;
+
+    let config = Value::object([
+        ("name", Value::from("a")),
+        (
+            "filter",
+            Value::list([
+                Value::object([("prefix", Value::from("a/"))]),
+                Value::object([("prefix", Value::from("b/"))]),
+            ]),
+        ),
+    ]);
+    let read = read_lookup(&service, &config).await;
+    assert!(read.diagnostics.is_empty(), "{:?}", read.diagnostics);
+    let state = lookup_of(&read.state);
+    assert_eq!(state.get("id"), created.get("id"));
+    assert_eq!(state.get("size").as_u64(), Some(5));
+    assert_eq!(state.get("label").as_str(), Some("thing a"));
+    assert_eq!(
+        state.get("limit").as_u64(),
+        Some(10),
+        "the read saw the schema's default"
+    );
+    assert!(state.get("kind").is_null());
+    let matched: Vec<_> = state
+        .get("filter")
+        .items()
+        .iter()
+        .map(|f| f.get("matched").as_bool())
+        .collect();
+    assert_eq!(matched, [Some(true), Some(false)]);
+
+    // An optional computed attribute set in config is the user's.
+    let mut labelled = config.clone();
+    labelled.set("label", Value::from("mine"));
+    let read = read_lookup(&service, &labelled).await;
+    assert_eq!(lookup_of(&read.state).get("label").as_str(), Some("mine"));
+
+    let missing = read_lookup(&service, &Value::object([("name", Value::from("zz"))])).await;
+    assert_eq!(
+        errors(&missing.diagnostics),
+        [" | No such thing | no thing named zz"]
+    );
+    assert!(missing.state.is_none());
+    assert_eq!(world.lookups.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn read_data_source_with_unknown_config_plans_computed_attributes_unknown() {
+    let (service, world) = configured().await;
+    let config = Value::object([
+        ("name", Value::Unknown),
+        ("label", Value::from("mine")),
+        (
+            "filter",
+            Value::list([Value::object([("prefix", Value::Unknown)])]),
+        ),
+    ]);
+    let read = read_lookup(&service, &config).await;
+    assert!(read.diagnostics.is_empty(), "{:?}", read.diagnostics);
+    let state = lookup_of(&read.state);
+    assert!(state.get("name").is_unknown());
+    assert!(state.get("id").is_unknown());
+    assert!(state.get("size").is_unknown());
+    assert_eq!(
+        state.get("label").as_str(),
+        Some("mine"),
+        "set in config, so known"
+    );
+    assert_eq!(state.get("limit").as_u64(), Some(10));
+    assert!(state.get("kind").is_null(), "not computed: stays null");
+    let filter = &state.get("filter").items()[0];
+    assert!(filter.get("prefix").is_unknown() && filter.get("matched").is_unknown());
+    assert_eq!(
+        world.lookups.load(Ordering::SeqCst),
+        0,
+        "read is not called"
+    );
+}
+
+#[tokio::test]
+async fn read_data_source_failures_are_diagnosed() {
+    let (service, _) = configured().await;
+    let named = |name: &str| Value::object([("name", Value::from(name))]);
+
+    let panicked = read_lookup(&service, &named("panic")).await;
+    let errs = errors(&panicked.diagnostics);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with(" | Provider bug | "), "{errs:?}");
+    assert!(errs[0].contains("lookup exploded"), "{errs:?}");
+    assert!(panicked.state.is_none());
+
+    let half = read_lookup(&service, &named("half")).await;
+    let errs = errors(&half.diagnostics);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with(".size | Provider bug"), "{errs:?}");
+    assert!(half.state.is_none());
+
+    let nothing = read_lookup(&service, &named("nothing")).await;
+    assert!(errors(&nothing.diagnostics)[0].contains("returned no state"));
+
+    let unknown_type = service
+        .read_data_source(Request::new(pb::read_data_source::Request {
+            type_name: "toy_nope".into(),
+            config: Some(dv(&named("a"), &lookup_type())),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        errors(&unknown_type.diagnostics),
+        [" | Unknown data source type | The toy provider has no data source type \"toy_nope\"."]
+    );
+    let garbled = service
+        .read_data_source(Request::new(pb::read_data_source::Request {
+            type_name: "toy_lookup".into(),
+            config: Some(garbage()),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(errors(&garbled.diagnostics)[0].contains("Invalid configuration"));
+    let absent = service
+        .read_data_source(Request::new(pb::read_data_source::Request {
+            type_name: "toy_lookup".into(),
+            config: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(errors(&absent.diagnostics)[0].contains("Invalid configuration"));
+
+    // The service survived the panic.
+    let mut thing = config("b");
+    thing.set("size", Value::from(2u64));
+    create(&service, &thing).await;
+    let read = read_lookup(&service, &named("b")).await;
+    assert!(read.diagnostics.is_empty(), "{:?}", read.diagnostics);
+}
+
+#[tokio::test]
+async fn read_data_source_before_configure_is_diagnosed() {
+    let (service, world) = service();
+    let read = read_lookup(&service, &Value::object([("name", Value::from("a"))])).await;
+    assert_eq!(
+        errors(&read.diagnostics),
+        [" | Provider not configured | Terraform called a resource operation before ConfigureProvider."]
+    );
+    assert!(read.state.is_none());
+    assert_eq!(world.lookups.load(Ordering::SeqCst), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,17 @@ pub fn resource_markdown(type_name: &str, schema: &Schema, example: &str) -> Str
     )
 }
 
+/// The doc page of a data source (`docs/data-sources/<name>.md`); an empty `example` leaves out
+/// the Example Usage section.
+pub fn data_source_markdown(type_name: &str, schema: &Schema, example: &str) -> String {
+    page(
+        &format!("{type_name} Data Source"),
+        &format!("{type_name} (Data Source)"),
+        schema,
+        example,
+    )
+}
+
 /// The doc page of the provider itself (`docs/index.md`).
 pub fn provider_markdown(provider_name: &str, schema: &Schema, example: &str) -> String {
     page(
@@ -40,9 +51,12 @@ fn page(page_title: &str, heading: &str, schema: &Schema, example: &str) -> Stri
     if !description.is_empty() {
         let _ = writeln!(out, "{description}\n");
     }
-    out.push_str("## Example Usage\n\n```terraform\n");
-    out.push_str(example.trim_end());
-    out.push_str("\n```\n\n## Argument Reference\n");
+    if !example.trim().is_empty() {
+        out.push_str("## Example Usage\n\n```terraform\n");
+        out.push_str(example.trim_end());
+        out.push_str("\n```\n\n");
+    }
+    out.push_str("## Argument Reference\n");
     let sensitive = sensitive_paths(&schema.block, "");
     if !sensitive.is_empty() {
         let names = sensitive
@@ -322,6 +336,21 @@ mod tests {
             page,
             resource_markdown("toy_thing", &schema(), "resource \"toy_thing\" \"x\" {}\n")
         );
+    }
+
+    #[test]
+    fn data_source_page() {
+        let example = "data \"toy_thing\" \"x\" {\n  name = \"a\"\n}\n";
+        let page = data_source_markdown("toy_thing", &schema(), example);
+        assert!(page.starts_with("---\npage_title: \"toy_thing Data Source\"\n"));
+        assert!(page.contains("# toy_thing (Data Source)\n\nCopies a bucket."));
+        assert!(page.contains("## Example Usage\n\n```terraform\ndata \"toy_thing\" \"x\" {\n"));
+        assert!(page.contains("### Required\n"));
+        assert!(page.contains("## Attribute Reference\n"));
+        assert!(page.contains("- `id` (String) The id.\n"));
+        let bare = data_source_markdown("toy_thing", &schema(), " \n");
+        assert!(!bare.contains("## Example Usage"));
+        assert!(bare.contains("More detail here.\n\n## Argument Reference\n"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! tfplugin-rs: the project's own Terraform plugin protocol 6 layer.
 //!
-//! Resource code implements [`Resource`] and [`Provider`] against [`Value`], [`Schema`] and
-//! [`Diagnostics`]; it never sees protobuf. [`serve`] runs the go-plugin handshake and the gRPC
-//! server that terraform talks to.
+//! Resource code implements [`Resource`], [`DataSource`] and [`Provider`] against [`Value`],
+//! [`Schema`] and [`Diagnostics`]; it never sees protobuf. [`serve`] runs the go-plugin handshake
+//! and the gRPC server that terraform talks to.
 
 pub mod diagnostics;
 pub mod docs;
@@ -25,7 +25,7 @@ pub mod proto {
 }
 
 pub use diagnostics::{AttrPath, Diagnostic, Diagnostics, PathStep, Severity};
-pub use resource::{Ctx, PlanChange, Provider, Resource};
+pub use resource::{Ctx, DataSource, PlanChange, Provider, Resource};
 pub use schema::{Attribute, Block, NestedBlock, Nesting, Schema};
 pub use serve::serve;
 pub use server::ProviderService;

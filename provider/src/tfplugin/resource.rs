@@ -1,4 +1,5 @@
-//! The traits resource and provider code implement. Nothing here mentions protobuf or AWS.
+//! The traits resource, data source and provider code implement. Nothing here mentions protobuf
+//! or AWS.
 
 use std::sync::Arc;
 
@@ -9,8 +10,9 @@ use super::diagnostics::{AttrPath, Diagnostic, Diagnostics};
 use super::schema::Schema;
 use super::value::Value;
 
-/// What every resource operation gets: the configured provider's client, and a token cancelled
-/// when terraform asks the provider to stop (Ctrl-C): long waits should select on it and return.
+/// What every resource and data source operation gets: the configured provider's client, and a
+/// token cancelled when terraform asks the provider to stop (Ctrl-C): long waits should select on
+/// it and return.
 pub struct Ctx<C> {
     pub client: Arc<C>,
     pub cancel: CancellationToken,
@@ -108,6 +110,22 @@ pub trait Resource<C: Send + Sync + 'static>: Send + Sync + 'static {
     }
 }
 
+/// A data source: read-only, it computes its state from its configuration on every plan.
+#[async_trait]
+pub trait DataSource<C: Send + Sync + 'static>: Send + Sync + 'static {
+    /// The type name in configuration, e.g. `dth_transfer`.
+    fn type_name(&self) -> &'static str;
+
+    fn schema(&self) -> Schema;
+
+    /// Checks beyond the schema's; `config` may contain unknowns.
+    fn validate(&self, _config: &Value, _diags: &mut Diagnostics) {}
+
+    /// Read: `config` is fully known, with the schema's defaults filled in; return the full state
+    /// (every computed attribute known).
+    async fn read(&self, ctx: &Ctx<C>, config: &Value) -> Result<Value, Diagnostics>;
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// What every resource operation is given once the provider is configured.
@@ -125,6 +143,11 @@ pub trait Provider: Send + Sync + 'static {
     async fn configure(&self, config: &Value) -> Result<Self::Client, Diagnostics>;
 
     fn resources(&self) -> Vec<Box<dyn Resource<Self::Client>>>;
+
+    /// None unless the provider has some.
+    fn data_sources(&self) -> Vec<Box<dyn DataSource<Self::Client>>> {
+        vec![]
+    }
 
     /// Log targets held at `info` even under `TF_LOG=TRACE`: libraries whose debug and trace lines carry credentials
     /// or request bodies (an SDK's signing and identity resolution), which must never reach terraform's log.

@@ -1,6 +1,6 @@
 //! The `tfplugin6.Provider` gRPC service: decodes requests, dispatches to the provider and its
-//! resources by type name, and encodes results. Every failure becomes a diagnostic; handlers
-//! answer with a gRPC error only for nothing.
+//! resources and data sources by type name, and encodes results. Every failure becomes a
+//! diagnostic; handlers answer with a gRPC error only for nothing.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::diagnostics::{AttrPath, Diagnostic, Diagnostics};
 use super::proto::tfplugin6 as pb;
-use super::resource::{Ctx, PlanChange, Provider, Resource};
+use super::resource::{Ctx, DataSource, PlanChange, Provider, Resource};
 use super::schema::Schema;
 use super::value::{Type, Value};
 use super::wire;
@@ -25,12 +25,19 @@ struct ResourceEntry<C> {
     ty: Type,
 }
 
+struct DataSourceEntry<C> {
+    data_source: Box<dyn DataSource<C>>,
+    schema: Schema,
+    ty: Type,
+}
+
 /// Serves one [`Provider`] over plugin protocol 6.
 pub struct ProviderService<P: Provider> {
     provider: P,
     schema: Schema,
     ty: Type,
     resources: BTreeMap<&'static str, ResourceEntry<P::Client>>,
+    data_sources: BTreeMap<&'static str, DataSourceEntry<P::Client>>,
     client: Mutex<Option<Arc<P::Client>>>,
     cancel: Mutex<CancellationToken>,
 }
@@ -74,6 +81,30 @@ async fn guarded<T>(
 
 fn guarded_sync<T>(what: &str, work: impl FnOnce() -> T) -> Result<T, Diagnostics> {
     std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(|panic| panicked(what, panic.as_ref()))
+}
+
+/// The schema's checks, then the hook's own, over a configuration terraform sent (`what` names it).
+fn validate_config(
+    schema: &Schema,
+    ty: &Type,
+    config: Option<&pb::DynamicValue>,
+    what: &str,
+    hook: impl FnOnce(&Value, &mut Diagnostics),
+) -> Diagnostics {
+    let config = match wire::decode(config, ty, what) {
+        Ok(config) => config,
+        Err(diags) => return diags,
+    };
+    let mut diags = schema.validate(&config);
+    let own = guarded_sync(&format!("validating the {what}"), || {
+        let mut own = Diagnostics::new();
+        hook(&config, &mut own);
+        own
+    });
+    match own {
+        Ok(own) | Err(own) => diags.extend(own),
+    }
+    diags
 }
 
 fn unknowns_to_null(value: Value) -> Value {
@@ -124,11 +155,26 @@ impl<P: Provider> ProviderService<P> {
                 (entry.resource.type_name(), entry)
             })
             .collect();
+        let data_sources = provider
+            .data_sources()
+            .into_iter()
+            .map(|data_source| {
+                let schema = data_source.schema();
+                let ty = schema.value_type();
+                let entry = DataSourceEntry {
+                    data_source,
+                    schema,
+                    ty,
+                };
+                (entry.data_source.type_name(), entry)
+            })
+            .collect();
         ProviderService {
             provider,
             schema,
             ty,
             resources,
+            data_sources,
             client: Mutex::new(None),
             cancel: Mutex::new(CancellationToken::new()),
         }
@@ -166,11 +212,32 @@ impl<P: Provider> ProviderService<P> {
         })
     }
 
+    fn data_source_entry(
+        &self,
+        type_name: &str,
+    ) -> Result<&DataSourceEntry<P::Client>, Diagnostics> {
+        self.data_sources.get(type_name).ok_or_else(|| {
+            Diagnostic::error(
+                "Unknown data source type",
+                format!(
+                    "The {} provider has no data source type {type_name:?}.",
+                    self.provider.type_name()
+                ),
+            )
+            .into()
+        })
+    }
+
     fn get_provider_schema_now(&self) -> pb::get_provider_schema::Response {
         pb::get_provider_schema::Response {
             provider: Some(wire::schema(&self.schema)),
             resource_schemas: self
                 .resources
+                .iter()
+                .map(|(name, entry)| ((*name).to_owned(), wire::schema(&entry.schema)))
+                .collect(),
+            data_source_schemas: self
+                .data_sources
                 .iter()
                 .map(|(name, entry)| ((*name).to_owned(), wire::schema(&entry.schema)))
                 .collect(),
@@ -180,41 +247,42 @@ impl<P: Provider> ProviderService<P> {
     }
 
     fn validate_provider_now(&self, req: &pb::validate_provider_config::Request) -> Diagnostics {
-        let config = match wire::decode(req.config.as_ref(), &self.ty, "provider configuration") {
-            Ok(config) => config,
-            Err(diags) => return diags,
-        };
-        let mut diags = self.schema.validate(&config);
-        let hook = guarded_sync("validating the provider configuration", || {
-            let mut own = Diagnostics::new();
-            self.provider.validate(&config, &mut own);
-            own
-        });
-        match hook {
-            Ok(own) | Err(own) => diags.extend(own),
-        }
-        diags
+        validate_config(
+            &self.schema,
+            &self.ty,
+            req.config.as_ref(),
+            "provider configuration",
+            |config, diags| self.provider.validate(config, diags),
+        )
     }
 
     fn validate_resource_now(&self, req: &pb::validate_resource_config::Request) -> Diagnostics {
-        let entry = match self.entry(&req.type_name) {
-            Ok(entry) => entry,
-            Err(diags) => return diags,
-        };
-        let config = match wire::decode(req.config.as_ref(), &entry.ty, "configuration") {
-            Ok(config) => config,
-            Err(diags) => return diags,
-        };
-        let mut diags = entry.schema.validate(&config);
-        let hook = guarded_sync("validating the configuration", || {
-            let mut own = Diagnostics::new();
-            entry.resource.validate(&config, &mut own);
-            own
-        });
-        match hook {
-            Ok(own) | Err(own) => diags.extend(own),
+        match self.entry(&req.type_name) {
+            Ok(entry) => validate_config(
+                &entry.schema,
+                &entry.ty,
+                req.config.as_ref(),
+                "configuration",
+                |config, diags| entry.resource.validate(config, diags),
+            ),
+            Err(diags) => diags,
         }
-        diags
+    }
+
+    fn validate_data_source_now(
+        &self,
+        req: &pb::validate_data_resource_config::Request,
+    ) -> Diagnostics {
+        match self.data_source_entry(&req.type_name) {
+            Ok(entry) => validate_config(
+                &entry.schema,
+                &entry.ty,
+                req.config.as_ref(),
+                "configuration",
+                |config, diags| entry.data_source.validate(config, diags),
+            ),
+            Err(diags) => diags,
+        }
     }
 
     fn upgrade_now(
@@ -288,6 +356,48 @@ impl<P: Provider> ProviderService<P> {
             return Err(unknown_after("read", &path));
         }
         wire::encode(&state, &entry.ty, "state read").map(Some)
+    }
+
+    /// The data source's state, read from its configuration.
+    async fn read_data_source_now(
+        &self,
+        req: &pb::read_data_source::Request,
+    ) -> Result<pb::DynamicValue, Diagnostics> {
+        let entry = self.data_source_entry(&req.type_name)?;
+        let ty = &entry.ty;
+        let config = wire::decode(req.config.as_ref(), ty, "configuration")?;
+        if config.is_null() {
+            return Err(Diagnostic::error(
+                "Invalid configuration",
+                "Terraform sent no configuration for the data source.",
+            )
+            .into());
+        }
+        let ctx = self.ctx()?;
+        // Defaults for attributes null in config, unknown for computed ones.
+        let planned = entry.schema.block.plan(None, &config, &config);
+        if !config.is_fully_known() {
+            // Terraform reads only wholly known configurations and plans the others itself; should
+            // it ask anyway, answer as it would: the configuration, computed attributes unknown.
+            return wire::encode(&planned, ty, "planned state");
+        }
+        let config = unknowns_to_null(planned);
+        let state = guarded(
+            "reading the data source",
+            entry.data_source.read(&ctx, &config),
+        )
+        .await?;
+        if state.is_null() {
+            return Err(Diagnostic::error(
+                "Provider bug",
+                "The read succeeded but returned no state. Please report this.",
+            )
+            .into());
+        }
+        if let Some(path) = state.first_unknown() {
+            return Err(unknown_after("read", &path));
+        }
+        wire::encode(&state, ty, "state read")
     }
 
     async fn plan_now(
@@ -435,6 +545,13 @@ impl<P: Provider> pb::provider_server::Provider for ProviderService<P> {
         respond(pb::get_metadata::Response {
             server_capabilities: Some(capabilities()),
             diagnostics: Vec::new(),
+            data_sources: self
+                .data_sources
+                .keys()
+                .map(|name| pb::get_metadata::DataSourceMetadata {
+                    type_name: (*name).to_owned(),
+                })
+                .collect(),
             resources: self
                 .resources
                 .keys()
@@ -468,6 +585,16 @@ impl<P: Provider> pb::provider_server::Provider for ProviderService<P> {
     ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
         let diags = self.validate_resource_now(request.get_ref());
         respond(pb::validate_resource_config::Response {
+            diagnostics: wire::diagnostics(diags),
+        })
+    }
+
+    async fn validate_data_resource_config(
+        &self,
+        request: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        let diags = self.validate_data_source_now(request.get_ref());
+        respond(pb::validate_data_resource_config::Response {
             diagnostics: wire::diagnostics(diags),
         })
     }
@@ -567,6 +694,20 @@ impl<P: Provider> pb::provider_server::Provider for ProviderService<P> {
         };
         respond(pb::import_resource_state::Response {
             imported_resources,
+            diagnostics: wire::diagnostics(diags),
+        })
+    }
+
+    async fn read_data_source(
+        &self,
+        request: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        let (state, diags) = match self.read_data_source_now(request.get_ref()).await {
+            Ok(state) => (Some(state), Diagnostics::new()),
+            Err(diags) => (None, diags),
+        };
+        respond(pb::read_data_source::Response {
+            state,
             diagnostics: wire::diagnostics(diags),
         })
     }
