@@ -29,6 +29,8 @@ pub struct ControlPlane {
     pub s3: aws_sdk_s3::Client,
     /// For the finder to scale its own group in when a scheduled run is done ([`crate::fleet`]).
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// The worker's metrics ([`crate::metrics`]).
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// The longest a request may go without progress ([`AwsConfig::io_timeout`]).
     pub io_timeout: Duration,
 }
@@ -98,7 +100,13 @@ impl ControlPlane {
         if let Some(u) = &e.autoscaling {
             asg = asg.endpoint_url(u);
         }
+        let mut cw =
+            aws_sdk_cloudwatch::config::Builder::from(&sdk).interceptor(Count(Service::Other));
+        if let Some(u) = &e.cloudwatch {
+            cw = cw.endpoint_url(u);
+        }
         Self {
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cw.build()),
             sqs: aws_sdk_sqs::Client::from_conf(sqs.build()),
             autoscaling: aws_sdk_autoscaling::Client::from_conf(asg.build()),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(ddb.build()),

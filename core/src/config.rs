@@ -56,6 +56,36 @@ pub struct JobConfig {
     /// Where the control plane (SQS, DynamoDB, Secrets Manager) lives: the account running the transfer.
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Publish the worker's metrics to CloudWatch under this transfer's name ([`crate::metrics`]). Left out of
+    /// the JSON when unset, so that binaries older than metrics still read a config without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where the worker's metrics go: namespace [`crate::metrics::NAMESPACE`], dimension
+/// [`crate::metrics::DIMENSION`] = `transfer`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The transfer's name, as the provider gave it.
+    pub transfer: String,
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.transfer;
+        if t.trim().is_empty() {
+            return Err(Error::config("metrics.transfer", "must not be empty"));
+        }
+        // CloudWatch's limit on a dimension value.
+        if t.len() > 1024 {
+            return Err(Error::config(
+                "metrics.transfer",
+                format!("is {} bytes; CloudWatch allows 1024", t.len()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The defaults of the top-level job settings, public for the provider's spec, which embeds them.
@@ -372,6 +402,9 @@ pub struct Endpoints {
     /// unset, so that binaries older than image transfers still read an object transfer's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecr: Option<String>,
+    /// CloudWatch (the worker's metrics). Left out of the JSON when unset, like `ecr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudwatch: Option<String>,
 }
 
 impl JobConfig {
@@ -554,7 +587,10 @@ impl JobConfig {
             &self.queue,
             &self.ledger,
             &self.aws,
-        )
+        )?;
+        self.metrics
+            .as_ref()
+            .map_or(Ok(()), MetricsConfig::validate)
     }
 
     /// The destination key for a source key: DTH's rule, `<destination prefix>/<source key>`.
@@ -659,6 +695,13 @@ impl TransferConfig {
         match self {
             TransferConfig::Objects(c) => &c.aws,
             TransferConfig::Images(c) => &c.aws,
+        }
+    }
+
+    pub fn metrics(&self) -> Option<&MetricsConfig> {
+        match self {
+            TransferConfig::Objects(c) => c.metrics.as_ref(),
+            TransferConfig::Images(c) => c.metrics.as_ref(),
         }
     }
 
@@ -777,6 +820,7 @@ pub(crate) fn check_shared(
         ("aws.endpoints.secretsmanager", &e.secretsmanager),
         ("aws.endpoints.autoscaling", &e.autoscaling),
         ("aws.endpoints.ecr", &e.ecr),
+        ("aws.endpoints.cloudwatch", &e.cloudwatch),
     ] {
         if let Some(v) = v {
             check_endpoint(name, v)?;

@@ -355,6 +355,8 @@ impl Copier {
     ) -> Result<(Reserved, Sums, String)> {
         let (a, b) = layout.range(size, part);
         let permit = self.reserve(b - a).await?;
+        // From the part's memory being granted to the destination's answer.
+        let started = std::time::Instant::now();
         let f = self.src.get(key, Some((a, b)), pin).await?;
         if f.body.len() as u64 != b - a {
             return Err(Error::integrity(format!(
@@ -389,6 +391,7 @@ impl Copier {
             _ => {}
         }
         self.stats.send(StatEvent::Bytes(b - a));
+        crate::metrics::record_latency(crate::metrics::Metric::PartLatency, started.elapsed());
         Ok((Reserved(f.body, permit), sums, w.etag))
     }
 

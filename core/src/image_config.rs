@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     check_endpoint, check_nonempty, check_region, check_shared, default_max_attempts, AwsConfig,
-    LedgerConfig, QueueConfig, WorkerOptions,
+    LedgerConfig, MetricsConfig, QueueConfig, WorkerOptions,
 };
 use crate::error::{Error, Result};
 
@@ -43,6 +43,9 @@ pub struct ImageJobConfig {
     pub ledger: LedgerConfig,
     #[serde(default)]
     pub aws: AwsConfig,
+    /// As for objects ([`JobConfig::metrics`](crate::config::JobConfig)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -412,6 +415,9 @@ impl ImageJobConfig {
             &self.ledger,
             &self.aws,
         )?;
+        if let Some(m) = &self.metrics {
+            m.validate()?;
+        }
         if let Some(e) = &self.aws.endpoints.ecr {
             check_endpoint("aws.endpoints.ecr", e)?;
         }

@@ -308,6 +308,24 @@ fn get_n(item: &HashMap<String, Av>, k: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An `obj#` row as an [`ObjectRecord`]; None without a key.
+fn object_row(item: &HashMap<String, Av>) -> Option<ObjectRecord> {
+    Some(ObjectRecord {
+        key: get_s(item, "key")?,
+        status: Status::parse(&get_s(item, "status").unwrap_or_default()),
+        size: get_n(item, "size"),
+        etag: get_s(item, "etag").unwrap_or_default(),
+        duration_ms: get_n(item, "duration_ms"),
+        attempt: get_n(item, "attempt") as u32,
+        error: get_s(item, "error"),
+        image: get_s(item, "image").map(|repository| ImageRow {
+            repository,
+            tag: get_s(item, "tag"),
+            digest: get_s(item, "digest").unwrap_or_default(),
+        }),
+    })
+}
+
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -770,8 +788,16 @@ impl DynamoLedger {
         let own: Vec<ObjectRecord> = own.into_iter().cloned().collect();
         self.record_objects(run, &own).await?;
         let t = JobTotals::of(records);
-        self.count_job_with(run, job_id, t, (!packed.is_empty()).then_some(packed))
-            .await
+        // Counted before with other outcomes (a job dead-lettered with failures, retried): every outcome then
+        // gets its own row, over the failed rows of before, since the job's packed row is not rewritten.
+        self.count_job_with(
+            run,
+            job_id,
+            t,
+            (!packed.is_empty()).then_some(packed),
+            records,
+        )
+        .await
     }
 
     /// Every object outcome recorded for `run`: `obj#` rows and the objects packed into finished-job rows
@@ -794,26 +820,9 @@ impl DynamoLedger {
             for item in out.items() {
                 let sk = get_s(item, "sk").unwrap_or_default();
                 if sk.starts_with("obj#") {
-                    let Some(key) = get_s(item, "key") else {
-                        continue;
-                    };
-                    own.insert(
-                        key.clone(),
-                        ObjectRecord {
-                            key,
-                            status: Status::parse(&get_s(item, "status").unwrap_or_default()),
-                            size: get_n(item, "size"),
-                            etag: get_s(item, "etag").unwrap_or_default(),
-                            duration_ms: get_n(item, "duration_ms"),
-                            attempt: get_n(item, "attempt") as u32,
-                            error: get_s(item, "error"),
-                            image: get_s(item, "image").map(|repository| ImageRow {
-                                repository,
-                                tag: get_s(item, "tag"),
-                                digest: get_s(item, "digest").unwrap_or_default(),
-                            }),
-                        },
-                    );
+                    if let Some(r) = object_row(item) {
+                        own.insert(r.key.clone(), r);
+                    }
                 } else if sk.starts_with("job#") {
                     let list: Vec<(String, String, u64, String, u64)> = get_s(item, "objects")
                         .and_then(|j| serde_json::from_str(&j).ok())
@@ -843,10 +852,37 @@ impl DynamoLedger {
         Ok(own.into_values().collect())
     }
 
+    /// One page of the objects of `run` whose latest outcome is FAILED (a failure always has a row of its own),
+    /// from `start` (None: the first page); with the key to pass for the next page, None after the last. A page
+    /// is what DynamoDB reads at once (up to 1 MB of rows), failed or not: a page may hold no failure and still
+    /// not be the last.
+    pub async fn failures_page(
+        &self,
+        run: &str,
+        start: Option<HashMap<String, Av>>,
+    ) -> Result<(Vec<ObjectRecord>, Option<HashMap<String, Av>>)> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :obj)")
+            .filter_expression("#status = :failed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pk", s(run_pk(run)))
+            .expression_attribute_values(":obj", s("obj#"))
+            .expression_attribute_values(":failed", s(Status::Failed.as_str()))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(self.err("reading failed objects"))?;
+        let rows = out.items().iter().filter_map(object_row).collect();
+        Ok((rows, out.last_evaluated_key().cloned()))
+    }
+
     /// Add a finished job's totals to its run summary, once per job id. Returns false when the job had already
     /// been counted (a redelivered message).
     pub async fn count_job(&self, run: &str, job_id: &str, t: JobTotals) -> Result<bool> {
-        self.count_job_with(run, job_id, t, None).await
+        self.count_job_with(run, job_id, t, None, &[]).await
     }
 
     /// The job marker (a put conditional on its absence) and the summary's ADD in one transaction: a job is
@@ -857,12 +893,18 @@ impl DynamoLedger {
     /// transaction is writing (`TransactionConflict`), so those are retried with jittered backoff, as are
     /// throttling and the service's transient errors. A lost answer of a transaction that took effect
     /// surfaces on the retry as the marker's condition failing: counted, once.
+    ///
+    /// The marker keeps the totals it added. A job counted before with other totals — one that failed on its
+    /// last attempt, was dead-lettered, and now, retried (`dth retry`), went through — is recounted
+    /// ([`DynamoLedger::recount_job`]): its rows (`rewrite`) are written again and the summary moves by the
+    /// difference, so that the run's counts say what the objects' latest outcomes are.
     async fn count_job_with(
         &self,
         run: &str,
         job_id: &str,
         t: JobTotals,
         objects: Option<String>,
+        rewrite: &[ObjectRecord],
     ) -> Result<bool> {
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
         use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
@@ -870,6 +912,10 @@ impl DynamoLedger {
             ("pk".to_owned(), s(run_pk(run))),
             ("sk".to_owned(), s(format!("job#{job_id}"))),
             ("at".to_owned(), s(now())),
+            ("t_done".to_owned(), n(t.done)),
+            ("t_bytes".to_owned(), n(t.bytes)),
+            ("t_failed".to_owned(), n(t.failed)),
+            ("t_gone".to_owned(), n(t.gone)),
         ]);
         if let Some(o) = objects {
             item.insert("objects".into(), s(o));
@@ -923,7 +969,7 @@ impl DynamoLedger {
                 _ => vec![],
             };
             if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") {
-                return Ok(false);
+                return self.recount_job(run, job_id, t, rewrite).await;
             }
             let conflict = reasons
                 .iter()
@@ -943,6 +989,98 @@ impl DynamoLedger {
             ))
             .await;
         }
+    }
+
+    /// A job whose marker exists: `false` when it was counted with these totals (a redelivery), or with totals
+    /// the marker does not keep (written before markers kept them); otherwise its rows are rewritten and the
+    /// marker and the summary move to `t` in one transaction, conditional on the marker's totals being the ones
+    /// read (two workers recounting at once: one wins, the other reads again and finds nothing to do).
+    async fn recount_job(
+        &self,
+        run: &str,
+        job_id: &str,
+        t: JobTotals,
+        rewrite: &[ObjectRecord],
+    ) -> Result<bool> {
+        use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+        let (pk, sk) = (run_pk(run), format!("job#{job_id}"));
+        for _ in 0..POINTER_TRIES {
+            let Some(m) = self.get(s(&pk), s(&sk), "reading a finished job").await? else {
+                return Ok(false);
+            };
+            if !m.contains_key("t_done") {
+                return Ok(false);
+            }
+            let was = JobTotals {
+                done: get_n(&m, "t_done"),
+                bytes: get_n(&m, "t_bytes"),
+                failed: get_n(&m, "t_failed"),
+                gone: get_n(&m, "t_gone"),
+            };
+            if was == t {
+                return Ok(false);
+            }
+            self.record_objects(run, rewrite).await?;
+            let delta = |a: u64, b: u64| Av::N((a as i128 - b as i128).to_string());
+            let marker = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(&pk))
+                .key("sk", s(&sk))
+                .update_expression(
+                    "SET t_done = :d, t_bytes = :b, t_failed = :f, t_gone = :g, recounted_at = :at",
+                )
+                .condition_expression(
+                    "t_done = :od AND t_bytes = :ob AND t_failed = :of AND t_gone = :og",
+                )
+                .expression_attribute_values(":d", n(t.done))
+                .expression_attribute_values(":b", n(t.bytes))
+                .expression_attribute_values(":f", n(t.failed))
+                .expression_attribute_values(":g", n(t.gone))
+                .expression_attribute_values(":at", s(now()))
+                .expression_attribute_values(":od", n(was.done))
+                .expression_attribute_values(":ob", n(was.bytes))
+                .expression_attribute_values(":of", n(was.failed))
+                .expression_attribute_values(":og", n(was.gone))
+                .build()
+                .map_err(|e| Error::new(ErrorKind::Other, format!("building a recount: {e}")))?;
+            let add = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(&pk))
+                .key("sk", s("summary"))
+                .update_expression(
+                    "ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g",
+                )
+                .expression_attribute_values(":d", delta(t.done, was.done))
+                .expression_attribute_values(":b", delta(t.bytes, was.bytes))
+                .expression_attribute_values(":f", delta(t.failed, was.failed))
+                .expression_attribute_values(":g", delta(t.gone, was.gone))
+                .build()
+                .map_err(|e| Error::new(ErrorKind::Other, format!("building a recount: {e}")))?;
+            let res = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(marker).build())
+                .transact_items(TransactWriteItem::builder().update(add).build())
+                .send()
+                .await;
+            match res {
+                Ok(_) => {
+                    tracing::info!(run, job = job_id, was = ?was, now = ?t, "job counted again with new outcomes");
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let e = self.err("recounting a job")(e);
+                    if !(is_condition_failure(&e) || e.is_retryable()) {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50 + fastrand::u64(..100))).await;
+        }
+        Err(Error::new(
+            ErrorKind::Transient,
+            format!("recounting job {job_id}: its marker kept changing"),
+        ))
     }
 
     pub async fn upload(&self, run: &str, key: &str) -> Result<Option<UploadRecord>> {

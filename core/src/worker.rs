@@ -26,6 +26,7 @@ use crate::ledger::{
     RESTARTED,
 };
 use crate::limit::MemoryBudget;
+use crate::metrics::{self, Metric};
 use crate::queue::{Received, SqsQueue};
 use crate::stats::{StatEvent, Stats};
 use crate::store::{ObjectStore, Pin};
@@ -433,6 +434,7 @@ impl Worker {
                     .unwrap_or_default();
                 tracing::error!(message_id = %m.message_id, receive_count = m.receive_count, "job panicked, leaving it for redelivery: {what}");
                 self.stats.send(StatEvent::Failed);
+                metrics::record(Metric::ObjectsFailed, 1);
                 let final_attempt = m.receive_count >= self.max_attempts;
                 Disposition::Retry(self.retry_delay(m.receive_count, final_attempt))
             }
@@ -459,6 +461,10 @@ impl Worker {
     async fn job(self: &Arc<Self>, job: Job, m: &Received) -> Disposition {
         tracing::debug!(job = %job.id(), message_id = %m.message_id, receive_count = m.receive_count, "job received");
         let final_attempt = m.receive_count >= self.max_attempts;
+        if m.receive_count > 1 {
+            metrics::record(Metric::Retries, 1);
+        }
+        let started = Instant::now();
         let res = match (&self.engine, &job) {
             (Engine::Objects(o), Job::Copy { id, run, objects }) => {
                 self.copy_job(o, id, run, objects, m.receive_count).await
@@ -494,6 +500,7 @@ impl Worker {
                     .await
             }
         };
+        metrics::record_latency(Metric::JobLatency, started.elapsed());
         match res {
             Ok(true) => Disposition::Delete,
             Ok(false) => Disposition::Retry(self.retry_delay(m.receive_count, final_attempt)),
@@ -516,6 +523,7 @@ impl Worker {
         let final_attempt = attempt >= self.max_attempts;
         let mut res = e.copier.copy(run, o, final_attempt).await;
         if matches!(&res, Err(e) if e.is_retryable()) {
+            metrics::record(Metric::Retries, 1);
             tokio::time::sleep(Duration::from_millis(500)).await;
             res = e.copier.copy(run, o, final_attempt).await;
         }
@@ -527,6 +535,7 @@ impl Worker {
                 millis,
             }) => {
                 self.stats.send(StatEvent::Copied { bytes });
+                metrics::copied(bytes);
                 ObjectRecord {
                     size: bytes,
                     etag,
@@ -546,6 +555,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(key = %o.key, attempt, "copy failed: {e}");
                 self.stats.send(StatEvent::Failed);
+                metrics::record(Metric::ObjectsFailed, 1);
                 ObjectRecord {
                     status: Status::Failed,
                     error: Some(e.to_string()),
@@ -660,6 +670,7 @@ impl Worker {
         let start = Instant::now();
         let mut res = e.copy(image).await;
         if matches!(&res, Err(err) if err.is_retryable()) {
+            metrics::record(Metric::Retries, 1);
             tokio::time::sleep(Duration::from_millis(500)).await;
             res = e.copy(image).await;
         }
@@ -686,6 +697,7 @@ impl Worker {
                     "image copied"
                 );
                 self.stats.send(StatEvent::Copied { bytes: r.bytes });
+                metrics::copied(r.bytes);
                 rec.size = r.bytes;
                 rec.duration_ms = start.elapsed().as_millis() as u64;
                 rec.etag = r.digest.clone();
@@ -702,6 +714,7 @@ impl Worker {
                 permanent = !err.is_retryable();
                 tracing::warn!(image = %image.key(), attempt, "image copy failed: {err}");
                 self.stats.send(StatEvent::Failed);
+                metrics::record(Metric::ObjectsFailed, 1);
                 rec.status = Status::Failed;
                 rec.error = Some(err.to_string());
             }
@@ -1107,6 +1120,7 @@ impl Worker {
         };
         if status == Status::Done {
             self.stats.send(StatEvent::Copied { bytes: o.size });
+            metrics::copied(o.size);
         }
         self.record_giant(
             run,

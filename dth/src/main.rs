@@ -1,11 +1,12 @@
-//! `dth`: the binary the image carries. `finder` and `worker` share nearly all their code (the AWS SDK, the
-//! engine), so the image holds one static file and two names for it: run as `finder` or `worker` (a link),
-//! or as `dth finder ...` / `dth worker ...`. Half the image, half the link time of two binaries.
+//! `dth`: the binary the image carries, and the operator's command. `finder` and `worker` share nearly all
+//! their code (the AWS SDK, the engine), so the image holds one static file and two names for it: run as
+//! `finder` or `worker` (a link), or as `dth finder ...` / `dth worker ...`. Half the image, half the link time
+//! of two binaries. `dth status`, `dth failures`, `dth retry` and `dth plan-cost` are for people ([`ops`]).
+
+mod ops;
 
 use std::ffi::OsString;
 use std::path::Path;
-
-const USAGE: &str = "usage: dth <finder|worker> [ARGS...]   (or run it as `finder` / `worker`)";
 
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
@@ -24,18 +25,7 @@ fn main() {
                 args.remove(0);
                 c
             }
-            Some("--version" | "-V") => {
-                println!("dth {}", dth_core::build_info::LONG_VERSION);
-                return;
-            }
-            Some("--help" | "-h") => {
-                println!("{USAGE}");
-                return;
-            }
-            _ => {
-                eprintln!("{USAGE}");
-                std::process::exit(2);
-            }
+            _ => ops::main_from(args),
         }
     };
     match command.as_str() {

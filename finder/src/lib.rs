@@ -88,7 +88,8 @@ async fn run(args: Args) -> dth_core::Result<()> {
             let (stats, totals) = stats::spawn("finder");
             let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id), stats).await?;
             let _ = totals.await;
-            print_report(&report, json);
+            let cost = report.dry_run.then(|| plan_cost(&cfg, &cp, &report.counts));
+            print_report(&report, cost, json);
             Ok(())
         },
     )
@@ -222,9 +223,29 @@ fn print_image_report(report: &images::ImageFinderReport, json: bool) {
     );
 }
 
-fn print_report(report: &finder::FinderReport, json: bool) {
+/// What moving a dry run's objects would cost: the estimate the provider's plan warning gives.
+fn plan_cost(
+    cfg: &dth_core::JobConfig,
+    cp: &aws::ControlPlane,
+    c: &finder::FindCounts,
+) -> (f64, String) {
+    let here = cp.sdk.region().map_or("us-east-1", |r| r.as_ref());
+    let from = cfg.source.region.as_deref().unwrap_or(here);
+    let to = cfg.destination.region.as_deref().unwrap_or(here);
+    let e = dth_core::cost::estimate(from, cfg.source.kind, to, c.to_move, c.bytes_to_move);
+    (e.usd, e.describe(c.to_move, c.bytes_to_move, from, to))
+}
+
+fn print_report(report: &finder::FinderReport, cost: Option<(f64, String)>, json: bool) {
     if json {
-        print_json(serde_json::to_value(report).unwrap_or_default());
+        let mut v = serde_json::to_value(report).unwrap_or_default();
+        if let (Some((usd, text)), Some(o)) = (cost, v.as_object_mut()) {
+            o.insert(
+                "cost_estimate".into(),
+                serde_json::json!({"usd": usd, "description": text}),
+            );
+        }
+        print_json(v);
         return;
     }
     let c = &report.counts;
@@ -254,6 +275,9 @@ fn print_report(report: &finder::FinderReport, json: bool) {
                 "  ... and {} more",
                 c.to_move - report.sample_keys.len() as u64
             );
+        }
+        if let Some((_, text)) = cost {
+            println!("cost: {text}");
         }
     } else {
         println!(

@@ -23,7 +23,10 @@ pub const S3_TRANSFER_IMPORT: &str =
     include_str!("../../examples/resources/dth_s3_transfer/import.sh");
 
 /// The data sources' examples by type name, each from `examples/data-sources/<type name>/data-source.tf`.
-pub const DATA_SOURCE_EXAMPLES: &[(&str, &str)] = &[];
+pub const DATA_SOURCE_EXAMPLES: &[(&str, &str)] = &[(
+    "dth_transfer",
+    include_str!("../../examples/data-sources/dth_transfer/data-source.tf"),
+)];
 
 /// The example files, relative to the repository root, with their text (for checks that parse or validate them).
 pub fn examples() -> Vec<(PathBuf, &'static str)> {

@@ -3,9 +3,12 @@
 use async_trait::async_trait;
 
 use crate::aws::{AwsClients, ProviderConfig};
-use crate::resources::{config_json, decode, ecr_transfer, problems_to_diagnostics, s3_transfer};
+use crate::resources::{
+    config_json, decode, ecr_transfer, problems_to_diagnostics, s3_transfer, transfer_data,
+};
 use crate::tfplugin::{
-    Attribute, Block, Diagnostic, Diagnostics, NestedBlock, Provider, Resource, Schema, Type, Value,
+    Attribute, Block, DataSource, Diagnostic, Diagnostics, NestedBlock, Provider, Resource, Schema,
+    Type, Value,
 };
 
 /// What every resource operation gets once the provider is configured.
@@ -124,6 +127,10 @@ impl Provider for DthProvider {
             ))
         })?;
         Ok(Client { aws, config: cfg })
+    }
+
+    fn data_sources(&self) -> Vec<Box<dyn DataSource<Client>>> {
+        vec![Box::new(transfer_data::TransferData)]
     }
 
     fn resources(&self) -> Vec<Box<dyn Resource<Client>>> {

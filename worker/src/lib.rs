@@ -9,7 +9,7 @@ use dth_core::config::TransferConfig;
 use dth_core::limit::Limits;
 use dth_core::worker::{RunOptions, Worker};
 use dth_core::{
-    aws, fleet, images, ledger::DynamoLedger, queue::SqsQueue, stats, store::ObjectStore,
+    aws, fleet, images, ledger::DynamoLedger, metrics, queue::SqsQueue, stats, store::ObjectStore,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,12 @@ struct Args {
     /// This instance's id (with --lifecycle-hook).
     #[arg(long, value_name = "ID", env = "DTH_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// Serve the worker's metrics in Prometheus text format at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", env = "DTH_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Publish no metrics to CloudWatch, even when the job config names the transfer (`metrics.transfer`).
+    #[arg(long)]
+    no_cloudwatch_metrics: bool,
 }
 
 /// Where a termination lifecycle action is completed: the hook, the group and this instance.
@@ -100,6 +106,7 @@ async fn run(args: Args) -> dth_core::Result<()> {
     ledger.check().await?;
     let queue = SqsQueue::new(cp.sqs.clone(), &cfg.queue().url);
     let (stats, totals) = stats::spawn("worker");
+    let cfg_transfer = cfg.metrics().map(|m| m.transfer.clone());
     let worker = match cfg {
         TransferConfig::Objects(cfg) => {
             let cfg = Arc::new(cfg);
@@ -158,10 +165,34 @@ async fn run(args: Args) -> dth_core::Result<()> {
             shutdown.cancel();
         });
     }
+    // Metrics: CloudWatch once a minute when the config names the transfer, Prometheus when asked. Both stop
+    // after the worker does; the CloudWatch publisher sends what the last minute counted first.
+    let metrics_stop = CancellationToken::new();
+    let label = cfg_transfer.clone().unwrap_or_else(|| "unnamed".to_owned());
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            dth_core::Error::config("--metrics-addr", format!("cannot listen on {addr}: {e}"))
+        })?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, label, metrics_stop.clone()));
+    }
+    let publisher = match (&cfg_transfer, args.no_cloudwatch_metrics) {
+        (Some(t), false) => Some(tokio::spawn(metrics::publish_every_minute(
+            cp.cloudwatch.clone(),
+            t.clone(),
+            metrics_stop.clone(),
+        ))),
+        _ => None,
+    };
     let opts = RunOptions {
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
     };
-    let report = worker.run(shutdown, opts).await?;
+    let outcome = worker.run(shutdown, opts).await;
+    metrics_stop.cancel();
+    if let Some(p) = publisher {
+        let _ = p.await;
+    }
+    let report = outcome?;
     let t = totals.await.unwrap_or_default();
     if let Some(t) = &termination {
         // Jobs are finished or released: the group may take the instance. A signal may have come first

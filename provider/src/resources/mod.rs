@@ -4,6 +4,7 @@
 pub mod ecr_transfer;
 pub mod s3_transfer;
 pub mod transfer;
+pub mod transfer_data;
 
 use crate::tfplugin::{AttrPath, Diagnostic, Diagnostics, Value};
 

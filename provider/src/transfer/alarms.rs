@@ -22,8 +22,14 @@ pub(crate) fn cw_tags(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_cloudwatch
         .collect()
 }
 
+/// The dashboard: queue depths and fleet size (AWS's own metrics), and what the workers publish
+/// ([`dth_core::metrics::PUBLISHED`], under the transfer's name).
+/// Latencies are published as statistic sets, of which CloudWatch keeps no percentiles: average and maximum.
 pub(crate) fn dashboard_body(region: &str, n: &Names) -> String {
+    let name = n.transfer.as_str();
+    use dth_core::metrics::{DIMENSION, NAMESPACE};
     let sqs = |metric: &str, queue: &str, label: &str| json!(["AWS/SQS", metric, "QueueName", queue, {"label": label}]);
+    let dth = |metric: &str, label: &str, stat: &str| json!([NAMESPACE, metric, DIMENSION, name, {"label": label, "stat": stat}]);
     let widget = |x: i32, y: i32, title: &str, metrics: Vec<Value>| {
         json!({
             "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
@@ -38,6 +44,20 @@ pub(crate) fn dashboard_body(region: &str, n: &Names) -> String {
         widget(12, 6, "Instances in service", vec![
             json!(["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", n.worker_asg, {"label": "workers"}]),
             json!(["AWS/AutoScaling", "GroupInServiceInstances", "AutoScalingGroupName", n.finder_asg, {"label": "finder"}]),
+        ]),
+        widget(0, 12, "Copied per minute", vec![
+            dth("ObjectsCopied", "objects", "Sum"),
+            dth("ObjectsFailed", "failed", "Sum"),
+            dth("Retries", "retries", "Sum"),
+        ]),
+        widget(12, 12, "Bytes copied per minute", vec![dth("BytesCopied", "bytes", "Sum")]),
+        widget(0, 18, "Job latency (ms)", vec![
+            dth("JobLatency", "average", "Average"),
+            dth("JobLatency", "max", "Maximum"),
+        ]),
+        widget(12, 18, "Part latency (ms)", vec![
+            dth("PartLatency", "average", "Average"),
+            dth("PartLatency", "max", "Maximum"),
         ]),
     ]})
     .to_string()
@@ -382,9 +402,18 @@ mod tests {
     fn dashboard_names_the_queues_and_groups() {
         let body = dashboard_body("us-east-1", &Names::new("x"));
         let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["widgets"].as_array().map(Vec::len), Some(4));
+        assert_eq!(v["widgets"].as_array().map(Vec::len), Some(8));
         for name in ["dth-x-jobs", "dth-x-dlq", "dth-x-worker", "dth-x-finder"] {
             assert!(body.contains(name), "{name}");
+        }
+        // Every metric the workers publish is graphed, under the transfer's name.
+        for metric in dth_core::metrics::names() {
+            assert!(
+                body.contains(&format!(
+                    r#"["DataTransferHub","{metric}","TransferName","x","#
+                )),
+                "{metric} not graphed: {body}"
+            );
         }
     }
 }

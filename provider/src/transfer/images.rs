@@ -66,6 +66,7 @@ impl TransferSpec<Images> {
             queue,
             ledger,
             aws,
+            metrics: Some(super::spec::metrics_of(&self.name)),
         }
     }
 }
@@ -119,6 +120,7 @@ impl Payload for Images {
             queue: _,
             ledger: _,
             aws: _,
+            metrics: _,
         } = jc;
         spec.source = source.clone();
         spec.destination = destination.clone();

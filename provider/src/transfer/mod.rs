@@ -11,7 +11,7 @@
 //! | delete  | [`delete`]                |
 
 mod alarms;
-pub mod cost;
+pub use dth_core::cost;
 mod create;
 mod delete;
 pub mod drift;

@@ -33,10 +33,11 @@
 //! | worker | CompleteLifecycleAction (`fleet::complete_termination`); SetInstanceHealth (`dth-unhealthy.service`) | the same names | worker group |
 //! | host | `aws ecr get-login-password` and `docker pull` (the pull script) | `ecr:GetAuthorizationToken` (no resource-level permissions); `ecr:BatchGetImage`, `ecr:GetDownloadUrlForLayer` | the image's repository |
 //! | host | Docker's awslogs driver | `logs:CreateLogStream`, `logs:PutLogEvents` | the transfer's log group's streams |
+//! | worker | PutMetricData (`metrics::publish`, once a minute at most) | `cloudwatch:PutMetricData` (no resource-level permissions: `*`), only where `cloudwatch:namespace` is `DataTransferHub` | - |
 //!
 //! Nothing calls the dead-letter queue (the queue's redrive moves messages there), GetQueueUrl (the config
 //! carries the URL), DeleteItem of any other row, BatchGetItem, Query (the provider's `read` and destroy read the ledger with
-//! their own credentials), RecordLifecycleActionHeartbeat or CloudWatch PutMetricData: the role is not
+//! their own credentials) or RecordLifecycleActionHeartbeat: the role is not
 //! granted them. S3 permissions per API are as the S3 API reference states them (GetObject: "If you include a
 //! versionId in your request header, you must have the s3:GetObjectVersion permission"; PutObject: "s3:PutObjectAcl
 //! – To successfully change the objects ACL of your PutObject request", "s3:PutObjectTagging – To successfully set
@@ -452,6 +453,11 @@ pub fn access_policy<P: Payload>(
             super::logs::streams_arn(region, account, &infra.log_group),
         ));
     }
+    // PutMetricData takes no resource; the namespace condition keeps the role to the transfers' own metrics.
+    let mut metrics = allow("Metrics", &["cloudwatch:PutMetricData"], "*");
+    metrics["Condition"] =
+        json!({"StringEquals": {"cloudwatch:namespace": dth_core::metrics::NAMESPACE}});
+    statements.push(metrics);
     Ok(json!({"Version": "2012-10-17", "Statement": statements}).to_string())
 }
 
@@ -580,6 +586,11 @@ mod tests {
             each(
                 &["logs:CreateLogStream", "logs:PutLogEvents"],
                 &format!("arn:{p}:logs:{region}:{ACCOUNT}:log-group:/dth/x:log-stream:*"),
+            ),
+            each_if(
+                &["cloudwatch:PutMetricData"],
+                "*",
+                json!({"StringEquals": {"cloudwatch:namespace": "DataTransferHub"}}),
             ),
         ])
     }

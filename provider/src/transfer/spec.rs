@@ -33,9 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::infra::Infra;
 use crate::aws::{tag_problem, ProviderConfig};
 
-/// Longest transfer name: `dth-<name>-profile` etc. must fit IAM's 64-character role name limit with room to
-/// spare, and alarm/ASG names stay readable.
-pub const MAX_NAME_LEN: usize = 40;
+pub use dth_core::names::MAX_NAME_LEN;
 /// Characters a create appends to `name_prefix`.
 pub const NAME_SUFFIX_LEN: usize = 8;
 
@@ -70,7 +68,7 @@ pub fn name_prefix_problem(prefix: &str) -> Option<String> {
 
 /// Job-config fields the provider fills in and the user never sets: the control plane it creates (`queue`,
 /// `ledger`) and the account and endpoints it runs in (`aws`).
-pub const PROVIDER_OWNED: [&str; 3] = ["queue", "ledger", "aws"];
+pub const PROVIDER_OWNED: [&str; 4] = ["queue", "ledger", "aws", "metrics"];
 
 /// Job-config fields the spec's embedded structs carry but the resource does not offer; the spec holds core's
 /// default there, and [`TransferSpec::job_config`] decides what the instances get.
@@ -549,6 +547,7 @@ impl TransferSpec<Objects> {
             queue,
             ledger,
             aws,
+            metrics: Some(metrics_of(&self.name)),
         }
     }
 
@@ -573,6 +572,7 @@ impl TransferSpec<Objects> {
             queue: _,
             ledger: _,
             aws: _,
+            metrics: _,
         } = jc;
         let before = std::mem::replace(&mut self.source.config, source.clone());
         let s3 = cfg.endpoints.s3.as_deref();
@@ -757,6 +757,14 @@ fn control_plane_endpoints(cfg: &ProviderConfig) -> Endpoints {
         secretsmanager: e.secretsmanager.clone(),
         autoscaling: e.autoscaling.clone(),
         ecr: e.ecr.clone(),
+        cloudwatch: e.cloudwatch.clone(),
+    }
+}
+
+/// Where the workers of transfer `name` publish their metrics (a provider-owned part of every job config).
+pub(crate) fn metrics_of(name: &str) -> dth_core::config::MetricsConfig {
+    dth_core::config::MetricsConfig {
+        transfer: name.to_owned(),
     }
 }
 
@@ -858,23 +866,7 @@ pub fn spec_path(field: &str) -> String {
 }
 
 fn name_problem(name: &str) -> Option<String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Some(format!("must be 1 to {MAX_NAME_LEN} characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Some(format!(
-            "{name:?} may contain only lowercase letters, digits and '-'"
-        ));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Some(format!(
-            "{name:?} must begin and end with a letter or digit"
-        ));
-    }
-    None
+    dth_core::names::problem(name)
 }
 
 /// The resource names of a transfer (`dth-<name>-<part>`); also what `import` looks for.

@@ -173,7 +173,7 @@ async fn create_active(c: &AwsClients, n: &Names, infra: &mut Infra) -> Result<(
 /// How long a table's name may stay taken by its deletion (DELETING) before create gives up.
 const NAME_REUSE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The latest run's summary: (started_at, finished, found, bytes found, done, bytes done, failed, gone).
+/// The latest run's progress from the ledger ([`dth_core::status::read_progress`]).
 pub(crate) async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progress) -> Result<()> {
     let ledger = DynamoLedger::new(c.dynamodb.clone(), table);
     let core = |e: dth_core::Error| {
@@ -183,31 +183,9 @@ pub(crate) async fn ledger_progress(c: &AwsClients, table: &str, p: &mut Progres
         }
         pe
     };
-    // The last good run's progress, and the last failure since (a failed finder run never hides the progress of
-    // the run before it). One GetItem of the pointer, one of the good run's summary.
-    let runs = ledger.latest_runs().await.map_err(core)?;
-    if let Some(f) = &runs.failed {
-        p.finder_error = Some(f.error.clone());
-        p.last_finder_run = Some(f.at.clone().unwrap_or_else(|| f.run.clone()));
-        p.finder_finished = true;
-    }
-    let Some(run) = runs.good else {
-        return Ok(());
-    };
-    let Some(s) = ledger.summary(&run).await.map_err(core)? else {
-        return Ok(());
-    };
-    if runs.failed.is_none() {
-        p.last_finder_run = Some(s.started_at.unwrap_or_else(|| run.clone()));
-        p.finder_finished = s.finished_at.is_some();
-    }
-    p.objects_found = s.objects_found;
-    p.bytes_found = s.bytes_found;
-    p.objects_done = s.objects_done;
-    p.bytes_done = s.bytes_done;
-    p.objects_failed = s.objects_failed;
-    p.objects_gone = s.objects_gone;
-    Ok(())
+    dth_core::status::read_progress(&ledger, p)
+        .await
+        .map_err(core)
 }
 
 /// Put `tags` on the table and take `removed` off.

@@ -14,7 +14,7 @@
 //! Prices change and vary by region; the estimate is meant to tell "dollars" from "thousands of dollars", not to
 //! replace the bill. EC2 time of the fleet is not included (it depends on throughput, not on the data).
 
-use dth_core::config::SourceType;
+use crate::config::SourceType;
 
 /// CNY per USD used for prices billed in CNY.
 pub const CNY_PER_USD: f64 = 7.2;
