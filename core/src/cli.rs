@@ -1,9 +1,12 @@
-//! What both binaries share on the command line: where the config comes from, logging, exit codes.
+//! What both binaries share on the command line: where the config comes from, logging, progress, exit codes.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::TransferConfig;
 use crate::error::{Error, ErrorKind};
+use crate::stats::Progress;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -16,6 +19,18 @@ pub struct CommonArgs {
     pub config_json: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "DTH_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// No progress bar and no progress records (the log otherwise stays as RUST_LOG sets it).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Seconds between progress records, logged when no bar is drawn (stderr not a terminal, or JSON logs);
+    /// 0: none.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        env = "DTH_PROGRESS_SECS"
+    )]
+    pub progress_interval: u64,
 }
 
 impl CommonArgs {
@@ -28,6 +43,19 @@ impl CommonArgs {
             "dth starting"
         );
         TransferConfig::load(self.config.as_deref(), self.config_json.as_deref())
+    }
+
+    /// How progress is shown: a bar when stderr is a terminal and the log is text, else records.
+    pub fn progress(&self) -> Progress {
+        if self.quiet {
+            Progress::Off
+        } else if self.log_format == LogFormat::Text && std::io::stderr().is_terminal() {
+            Progress::Bar
+        } else if self.progress_interval == 0 {
+            Progress::Off
+        } else {
+            Progress::Records(Duration::from_secs(self.progress_interval))
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Logging: tracing to stderr, human-readable or JSON, filtered by `RUST_LOG` (default `info`), with the AWS
-//! SDK's credential-bearing trace lines dropped whatever `RUST_LOG` asks for.
+//! SDK's credential-bearing trace lines dropped whatever `RUST_LOG` asks for. While a progress bar is shown,
+//! lines are written above it.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
 use tracing::Level;
 use tracing_subscriber::filter::{filter_fn, FilterExt, FilterFn};
@@ -52,11 +54,42 @@ pub fn credential_safe() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     filter_fn(|m| !(is_sensitive(m.target()) && *m.level() > Level::INFO))
 }
 
+/// The progress bar on screen, if any.
+static BAR: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Write log lines above `bar` from now on (none: straight to stderr again).
+pub fn show_bar(bar: Option<indicatif::ProgressBar>) {
+    if let Ok(mut shown) = BAR.lock() {
+        *shown = bar;
+    }
+}
+
+/// Stderr, with the bar (if one is shown) taken off while a line is written and drawn again below it.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Log to stderr through `filter` and [`credential_safe`].
 pub fn init_with(filter: EnvFilter, format: LogFormat, ansi: bool) {
     let safe = filter.and(credential_safe());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(ansi);
     let layer = match format {
         LogFormat::Text => fmt.with_filter(safe).boxed(),
@@ -82,5 +115,14 @@ mod tests {
         assert!(!is_sensitive("aws_sigv4x"));
         assert!(!is_sensitive("dth_core::worker"));
         assert!(!is_sensitive("aws_sdk_s3::operation"));
+    }
+
+    #[test]
+    fn lines_go_around_a_shown_bar() {
+        let bar = indicatif::ProgressBar::hidden();
+        show_bar(Some(bar.clone()));
+        assert!(Stderr.write_all(b"").is_ok());
+        show_bar(None);
+        assert!(Stderr.write_all(b"").is_ok());
     }
 }

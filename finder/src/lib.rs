@@ -78,6 +78,7 @@ async fn run(args: Args) -> dth_core::Result<()> {
     let src: Arc<dyn ObjectStore> = Arc::new(aws::source_store(&cfg, &cp, limits.clone()).await);
     let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
     let json = args.json;
+    let progress = args.common.progress();
     recorded_run(
         &args,
         &cp,
@@ -85,9 +86,11 @@ async fn run(args: Args) -> dth_core::Result<()> {
         &cfg.queue.url,
         |sink, run_id| async {
             let roots = finder::roots(&cfg, &cp.s3).await?;
-            let (stats, totals) = stats::spawn("finder");
-            let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id), stats).await?;
+            let (stats, totals) = stats::spawn(stats::Role::Finder, progress);
+            let report = finder::run(&cfg, roots, src, dst, sink, Some(run_id), stats).await;
+            // The bar finished and the last record out, failed or not.
             let _ = totals.await;
+            let report = report?;
             let cost = report.dry_run.then(|| plan_cost(&cfg, &cp, &report.counts));
             print_report(&report, cost, json);
             Ok(())
@@ -114,6 +117,7 @@ async fn run_images(args: Args, mut cfg: dth_core::config::ImageJobConfig) -> dt
         cfg.worker.requests_per_second,
     ));
     let json = args.json;
+    let progress = args.common.progress();
     recorded_run(
         &args,
         &cp,
@@ -121,10 +125,10 @@ async fn run_images(args: Args, mut cfg: dth_core::config::ImageJobConfig) -> dt
         &cfg.queue.url,
         |sink, run_id| async {
             let sides = images::connect(&cfg, &cp, Some(limits)).await?;
-            let (stats, totals) = stats::spawn("finder");
-            let report = images::find(&cfg, &sides, sink, Some(run_id), stats).await?;
+            let (stats, totals) = stats::spawn(stats::Role::Finder, progress);
+            let report = images::find(&cfg, &sides, sink, Some(run_id), stats).await;
             let _ = totals.await;
-            print_image_report(&report, json);
+            print_image_report(&report?, json);
             Ok(())
         },
     )

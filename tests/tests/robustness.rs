@@ -206,7 +206,10 @@ async fn a_job_that_panics_goes_back_to_the_queue_and_the_worker_carries_on() {
         armed: AtomicBool::new(true),
     });
     let dst: Arc<dyn ObjectStore> = Arc::new(aws::destination_store(&cfg, &cp, limits).await);
-    let (stats, _totals) = dth_core::stats::spawn("worker");
+    let (stats, _totals) = dth_core::stats::spawn(
+        dth_core::stats::Role::Worker,
+        dth_core::stats::Progress::Off,
+    );
     let worker = Worker::new(
         cfg.clone(),
         src,

@@ -105,7 +105,7 @@ async fn run(args: Args) -> dth_core::Result<()> {
     let ledger = DynamoLedger::new(cp.dynamodb.clone(), &cfg.ledger().table);
     ledger.check().await?;
     let queue = SqsQueue::new(cp.sqs.clone(), &cfg.queue().url);
-    let (stats, totals) = stats::spawn("worker");
+    let (stats, totals) = stats::spawn(stats::Role::Worker, args.common.progress());
     let cfg_transfer = cfg.metrics().map(|m| m.transfer.clone());
     let worker = match cfg {
         TransferConfig::Objects(cfg) => {
@@ -187,13 +187,14 @@ async fn run(args: Args) -> dth_core::Result<()> {
     let opts = RunOptions {
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
     };
-    let outcome = worker.run(shutdown, opts).await;
+    let report = worker.run(shutdown, opts).await;
     metrics_stop.cancel();
     if let Some(p) = publisher {
         let _ = p.await;
     }
-    let report = outcome?;
+    // The bar finished and the last record out, failed or not.
     let t = totals.await.unwrap_or_default();
+    let report = report?;
     if let Some(t) = &termination {
         // Jobs are finished or released: the group may take the instance. A signal may have come first
         // (the instance shutting down): the action is then completed if the group is waiting on it.
