@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use dth_core::aws::ControlPlane;
 use dth_core::config::{AwsConfig, TransferConfig};
+use dth_core::cost::thousands as count;
 use dth_core::ledger::DynamoLedger;
 use dth_core::names::Names;
 use dth_core::stats::human_bytes;
@@ -288,18 +289,6 @@ fn print_status(all: &[Overview], one: bool, json: bool, region: &str) {
     } else {
         print!("{}", table(all));
     }
-}
-
-fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn duration(secs: u64) -> String {
