@@ -907,7 +907,7 @@ impl DynamoLedger {
         rewrite: &[ObjectRecord],
     ) -> Result<bool> {
         use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
         let mut item = HashMap::from([
             ("pk".to_owned(), s(run_pk(run))),
             ("sk".to_owned(), s(format!("job#{job_id}"))),
@@ -929,19 +929,7 @@ impl DynamoLedger {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(|e| Error::new(ErrorKind::Other, format!("building a job marker: {e}")))?;
-        let add = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(run_pk(run)))
-            .key("sk", s("summary"))
-            .update_expression(
-                "ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g",
-            )
-            .expression_attribute_values(":d", n(t.done))
-            .expression_attribute_values(":b", n(t.bytes))
-            .expression_attribute_values(":f", n(t.failed))
-            .expression_attribute_values(":g", n(t.gone))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Other, format!("building a summary update: {e}")))?;
+        let add = self.summary_add(run, [n(t.done), n(t.bytes), n(t.failed), n(t.gone)])?;
         let items = vec![
             TransactWriteItem::builder().put(marker).build(),
             TransactWriteItem::builder().update(add).build(),
@@ -989,6 +977,28 @@ impl DynamoLedger {
             ))
             .await;
         }
+    }
+
+    /// The run summary's ADD of a job's totals (objects done, bytes done, failed, gone), or of what a recount
+    /// changes: one action of a transaction.
+    fn summary_add(
+        &self,
+        run: &str,
+        [d, b, f, g]: [Av; 4],
+    ) -> Result<aws_sdk_dynamodb::types::Update> {
+        aws_sdk_dynamodb::types::Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(run_pk(run)))
+            .key("sk", s("summary"))
+            .update_expression(
+                "ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g",
+            )
+            .expression_attribute_values(":d", d)
+            .expression_attribute_values(":b", b)
+            .expression_attribute_values(":f", f)
+            .expression_attribute_values(":g", g)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Other, format!("building a summary update: {e}")))
     }
 
     /// A job whose marker exists: `false` when it was counted with these totals (a redelivery), or with totals
@@ -1043,19 +1053,15 @@ impl DynamoLedger {
                 .expression_attribute_values(":og", n(was.gone))
                 .build()
                 .map_err(|e| Error::new(ErrorKind::Other, format!("building a recount: {e}")))?;
-            let add = Update::builder()
-                .table_name(&self.table)
-                .key("pk", s(&pk))
-                .key("sk", s("summary"))
-                .update_expression(
-                    "ADD objects_done :d, bytes_done :b, objects_failed :f, objects_gone :g",
-                )
-                .expression_attribute_values(":d", delta(t.done, was.done))
-                .expression_attribute_values(":b", delta(t.bytes, was.bytes))
-                .expression_attribute_values(":f", delta(t.failed, was.failed))
-                .expression_attribute_values(":g", delta(t.gone, was.gone))
-                .build()
-                .map_err(|e| Error::new(ErrorKind::Other, format!("building a recount: {e}")))?;
+            let add = self.summary_add(
+                run,
+                [
+                    delta(t.done, was.done),
+                    delta(t.bytes, was.bytes),
+                    delta(t.failed, was.failed),
+                    delta(t.gone, was.gone),
+                ],
+            )?;
             let res = self
                 .client
                 .transact_write_items()

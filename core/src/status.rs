@@ -166,6 +166,8 @@ pub struct Overview {
     /// read (no CloudWatch client) or when nothing was published in the window.
     pub objects_per_sec: Option<f64>,
     pub bytes_per_sec: Option<f64>,
+    /// The window the rate is over, in seconds.
+    pub rate_window_secs: u64,
     /// Seconds until the pending bytes (or objects) are copied at that rate.
     pub eta_secs: Option<u64>,
     /// Pieces that were looked for and not found (`queue`, `dead_letter_queue`, `ledger`, `finder_group`,
@@ -175,7 +177,7 @@ pub struct Overview {
 
 impl Overview {
     /// Pending work at the rate seen: bytes when both are known, else objects.
-    fn eta(&self) -> Option<u64> {
+    pub fn eta(&self) -> Option<u64> {
         let by = |left: u64, rate: Option<f64>| {
             rate.filter(|r| *r > 0.0)
                 .map(|r| (left as f64 / r).ceil() as u64)
@@ -369,6 +371,7 @@ pub async fn overview(c: &Clients, name: &str) -> Result<Option<Overview>> {
         finders,
         objects_per_sec: rate.and_then(|r| r.0),
         bytes_per_sec: rate.and_then(|r| r.1),
+        rate_window_secs: RATE_WINDOW.as_secs(),
         eta_secs: None,
         missing,
     };

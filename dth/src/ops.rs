@@ -4,9 +4,10 @@
 //! standard AWS configuration (environment, shared files, instance role; `AWS_ENDPOINT_URL` and friends for
 //! endpoints), or reads the region, endpoints and name from a job config (`--config`).
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use dth_core::aws::ControlPlane;
@@ -218,8 +219,20 @@ async fn status(a: StatusArgs) -> Result<()> {
     let every = Duration::from_secs(every.max(1));
     let tty = std::io::stdout().is_terminal() && !a.target.json;
     let stop = interrupted();
+    // Each transfer's previous reading: the rate between readings, where the workers' metrics have none yet.
+    let mut before: HashMap<String, (Instant, Overview)> = HashMap::new();
     loop {
-        let all = read(&cp, name.as_deref()).await?;
+        let mut all = read(&cp, name.as_deref()).await?;
+        let read_at = Instant::now();
+        for o in &mut all {
+            if let Some((at, prev)) = before.get(&o.name) {
+                rate_between(o, prev, read_at.duration_since(*at));
+            }
+        }
+        before = all
+            .iter()
+            .map(|o| (o.name.clone(), (read_at, o.clone())))
+            .collect();
         if tty {
             // Home and clear, then the table: a redraw in place.
             print!("\x1b[H\x1b[2J");
@@ -241,6 +254,20 @@ async fn status(a: StatusArgs) -> Result<()> {
             _ = stop.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Where `o` has no rate from the metrics, the rate since `prev` (a reading of the same run `elapsed` ago).
+fn rate_between(o: &mut Overview, prev: &Overview, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    let same_run = o.progress.last_finder_run == prev.progress.last_finder_run;
+    if o.bytes_per_sec.is_some() || !same_run || secs < 1.0 {
+        return;
+    }
+    let (p, q) = (&o.progress, &prev.progress);
+    o.objects_per_sec = Some(p.objects_done.saturating_sub(q.objects_done) as f64 / secs);
+    o.bytes_per_sec = Some(p.bytes_done.saturating_sub(q.bytes_done) as f64 / secs);
+    o.rate_window_secs = secs.round() as u64;
+    o.eta_secs = o.eta();
 }
 
 fn now() -> String {
@@ -357,7 +384,7 @@ fn detail(o: &Overview) -> String {
     s += &format!(
         "  rate      {} over the last {}{eta}\n",
         rate(o),
-        duration(status::RATE_WINDOW.as_secs())
+        duration(o.rate_window_secs)
     );
     s += &format!("  last run  {}\n", last_run(o));
     if !o.missing.is_empty() {
@@ -572,6 +599,30 @@ mod tests {
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(340), "5m40s");
         assert_eq!(duration(7200), "2h00m");
+    }
+
+    #[test]
+    fn a_rate_between_readings_only_where_the_metrics_have_none() {
+        let mut prev = Overview::default();
+        prev.progress.last_finder_run = Some("r1".into());
+        prev.progress.objects_done = 10;
+        prev.progress.bytes_done = 1000;
+        let mut o = prev.clone();
+        o.progress.objects_done = 30;
+        o.progress.bytes_done = 6000;
+        o.pending_objects = 5;
+        o.pending_bytes = 500;
+        rate_between(&mut o, &prev, Duration::from_secs(10));
+        assert_eq!(
+            (o.objects_per_sec, o.bytes_per_sec),
+            (Some(2.0), Some(500.0))
+        );
+        assert_eq!((o.rate_window_secs, o.eta_secs), (10, Some(1)));
+        let mut other_run = o.clone();
+        other_run.progress.last_finder_run = Some("r2".into());
+        other_run.bytes_per_sec = None;
+        rate_between(&mut other_run, &prev, Duration::from_secs(10));
+        assert_eq!(other_run.bytes_per_sec, None);
     }
 
     #[test]

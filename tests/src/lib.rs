@@ -128,7 +128,35 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Wait (up to 30 s) until moto, still running, answers HTTP on `port` as moto.
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc: the listening socket's
+/// inode in /proc/net/tcp, among the process's file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let sockets: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, state (0A: LISTEN), inode.
+            let listening = f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A");
+            listening
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|t| sockets.iter().any(|s| t.as_os_str() == s.as_str()))
+    })
+}
+
+/// Wait (up to 30 s) until moto, still running, answers HTTP on `port` as moto, from its own socket.
 async fn moto_answers(moto: &mut Child, port: u16) -> bool {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -141,7 +169,11 @@ async fn moto_answers(moto: &mut Child, port: u16) -> bool {
             let mut reply = String::new();
             let asked = conn.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
             if asked.is_ok() && conn.read_to_string(&mut reply).is_ok() {
-                return reply.starts_with("HTTP/1") && reply.contains("Werkzeug");
+                // Another test's moto may hold the port (it took it between our pick and our moto's bind, and
+                // ours is about to exit): only our own process's socket counts.
+                return reply.starts_with("HTTP/1")
+                    && reply.contains("Werkzeug")
+                    && listens_on(moto.id(), port);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -577,6 +577,79 @@ async fn a_job_is_counted_exactly_once_whatever_fails() {
     assert_eq!(counted(&w, "r").await, (46, 321 + (0..40).sum::<u64>()));
 }
 
+/// A job counted with failures (its last attempt failed; the redrive dead-letters it) that goes through when it
+/// is retried is counted again: the summary moves by the difference, its objects' rows say DONE, and a
+/// redelivery of either outcome changes nothing. Two workers recounting at once move the summary once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_retried_after_it_failed_is_counted_again_by_the_difference() {
+    use dth_core::ledger::{ObjectRecord, Status};
+    let w = World::start("recount").await;
+    w.table("ledger").await;
+    let ledger = DynamoLedger::new(w.ddb.clone(), "ledger");
+    let failed_row = |key: &str| ObjectRecord {
+        error: Some("AccessDenied".into()),
+        ..ObjectRecord::new(key, Status::Failed, 10, 2)
+    };
+    let done_row = |key: &str| ObjectRecord::new(key, Status::Done, 10, 1);
+    let first = [done_row("a"), failed_row("b"), failed_row("c")];
+    let outcome = |w: &World| async move {
+        let s = w.summary("ledger", "r").await;
+        let n = |k: &str| {
+            s.get(k)
+                .and_then(|v| v.as_n().ok())
+                .map_or(0, |v| v.parse::<u64>().unwrap())
+        };
+        (n("objects_done"), n("objects_failed"), n("bytes_done"))
+    };
+    assert!(ledger
+        .finish_job("r", "j", &first, |_| false)
+        .await
+        .unwrap());
+    assert_eq!(outcome(&w).await, (1, 2, 10));
+    // Redelivered with the same outcome: nothing changes.
+    assert!(!ledger
+        .finish_job("r", "j", &first, |_| false)
+        .await
+        .unwrap());
+    assert_eq!(outcome(&w).await, (1, 2, 10));
+    let (failures, _) = ledger.failures_page("r", None).await.unwrap();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+
+    // Retried from the dead-letter queue (a first delivery again), and through: twice at once.
+    let second = [done_row("a"), done_row("b"), done_row("c")];
+    let (x, y) = tokio::join!(
+        ledger.finish_job("r", "j", &second, |_| false),
+        ledger.finish_job("r", "j", &second, |_| false)
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()].iter().filter(|c| **c).count(),
+        1,
+        "one of the two recounts moves the summary"
+    );
+    assert_eq!(outcome(&w).await, (3, 0, 30));
+    let (failures, _) = ledger.failures_page("r", None).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    let rows = ledger.objects("r").await.unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Done), "{rows:?}");
+    assert!(!ledger
+        .finish_job("r", "j", &second, |_| false)
+        .await
+        .unwrap());
+    assert_eq!(outcome(&w).await, (3, 0, 30));
+
+    // A marker written before markers kept their totals: counted once, never recounted.
+    w.ddb
+        .put_item()
+        .table_name("ledger")
+        .item("pk", Av::S("run#r".into()))
+        .item("sk", Av::S("job#old".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(!ledger.count_job("r", "old", totals(5, 50)).await.unwrap());
+    assert_eq!(outcome(&w).await, (3, 0, 30));
+}
+
 /// An object below the multipart threshold whose source was written in parts is copied in parts too (to keep
 /// its ETag), so its upload has a row of its own: that row must end up DONE, not STARTED behind the job's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,9 +53,14 @@ check "ops_in_sync" {
 
 /// `dth ARGS` with the world's endpoint and credentials from the standard AWS configuration (environment).
 fn dth(w: &World, args: &[&str]) -> Output {
+    dth_via(w, &w.endpoint, args)
+}
+
+/// [`dth`] with every service at `endpoint`.
+fn dth_via(w: &World, endpoint: &str, args: &[&str]) -> Output {
     let out = std::process::Command::new(bin("dth"))
         .args(args)
-        .env("AWS_ENDPOINT_URL", &w.endpoint)
+        .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", REGION)
@@ -209,6 +214,13 @@ async fn status_failures_retry_metrics_and_a_check_block() {
     );
     let cfg = w.dir.join("ops-job.json");
     std::fs::write(&cfg, config.to_string()).unwrap();
+    // What moving it would cost, as the plan's warning estimates it: a dry run.
+    let cost = dth_ok(&w, &["plan-cost", "--config", cfg.to_str().unwrap()]);
+    assert!(cost.contains(&format!("would move {n} objects")), "{cost}");
+    assert!(
+        cost.contains(&format!("cost: moving {n} objects")) && cost.contains("will cost about"),
+        "{cost}"
+    );
     assert!(w.run("finder", &cfg, &[]).status.success());
     let s = status(&w);
     assert_eq!(s["status"], "syncing", "{s}");
@@ -362,6 +374,39 @@ async fn status_failures_retry_metrics_and_a_check_block() {
     assert_eq!(s["pending_objects"], 0, "{s}");
     let failures = dth_ok(&w, &["failures", "ops"]);
     assert!(failures.contains("nothing failed"), "{failures}");
+    // The job config names the transfer and its control plane's endpoints.
+    let by_config: Value = serde_json::from_str(&dth_ok(
+        &w,
+        &["status", "--config", cfg.to_str().unwrap(), "--json"],
+    ))
+    .unwrap();
+    assert_eq!(by_config["name"], "ops", "{by_config}");
+    assert_eq!(by_config["status"], "in_sync", "{by_config}");
+
+    // A fixed number of calls, whatever the transfer holds: counted through the proxy.
+    let before = proxy.journal().len();
+    let out = dth_via(&w, proxy.url(), &["status", "ops", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut calls: Vec<String> = proxy.journal()[before..]
+        .iter()
+        .map(|c| format!("{} {}", c.service, c.operation))
+        .collect();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            "autoscaling DescribeAutoScalingGroups",
+            "dynamodb GetItem",
+            "dynamodb GetItem",
+            "monitoring GetMetricData",
+            "sqs GetQueueAttributes",
+            "sqs GetQueueAttributes",
+            "sqs GetQueueUrl",
+            "sqs GetQueueUrl",
+        ],
+        "{}",
+        proxy.journal_text()
+    );
     for (k, v) in &objects {
         assert_eq!(w.get("ops-dst", k).await.as_ref(), Some(v), "{k}");
     }
