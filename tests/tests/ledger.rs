@@ -577,6 +577,17 @@ async fn a_job_is_counted_exactly_once_whatever_fails() {
     assert_eq!(counted(&w, "r").await, (46, 321 + (0..40).sum::<u64>()));
 }
 
+/// Run `r`'s (objects_done, objects_failed, bytes_done).
+async fn summary_of(w: &World) -> (u64, u64, u64) {
+    let s = w.summary("ledger", "r").await;
+    let n = |k: &str| {
+        s.get(k)
+            .and_then(|v| v.as_n().ok())
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    (n("objects_done"), n("objects_failed"), n("bytes_done"))
+}
+
 /// A job counted with failures (its last attempt failed; the redrive dead-letters it) that goes through when it
 /// is retried is counted again: the summary moves by the difference, its objects' rows say DONE, and a
 /// redelivery of either outcome changes nothing. Two workers recounting at once move the summary once.
@@ -592,26 +603,17 @@ async fn a_job_retried_after_it_failed_is_counted_again_by_the_difference() {
     };
     let done_row = |key: &str| ObjectRecord::new(key, Status::Done, 10, 1);
     let first = [done_row("a"), failed_row("b"), failed_row("c")];
-    let outcome = |w: &World| async move {
-        let s = w.summary("ledger", "r").await;
-        let n = |k: &str| {
-            s.get(k)
-                .and_then(|v| v.as_n().ok())
-                .map_or(0, |v| v.parse::<u64>().unwrap())
-        };
-        (n("objects_done"), n("objects_failed"), n("bytes_done"))
-    };
     assert!(ledger
         .finish_job("r", "j", &first, |_| false)
         .await
         .unwrap());
-    assert_eq!(outcome(&w).await, (1, 2, 10));
+    assert_eq!(summary_of(&w).await, (1, 2, 10));
     // Redelivered with the same outcome: nothing changes.
     assert!(!ledger
         .finish_job("r", "j", &first, |_| false)
         .await
         .unwrap());
-    assert_eq!(outcome(&w).await, (1, 2, 10));
+    assert_eq!(summary_of(&w).await, (1, 2, 10));
     let (failures, _) = ledger.failures_page("r", None).await.unwrap();
     assert_eq!(failures.len(), 2, "{failures:?}");
 
@@ -626,7 +628,7 @@ async fn a_job_retried_after_it_failed_is_counted_again_by_the_difference() {
         1,
         "one of the two recounts moves the summary"
     );
-    assert_eq!(outcome(&w).await, (3, 0, 30));
+    assert_eq!(summary_of(&w).await, (3, 0, 30));
     let (failures, _) = ledger.failures_page("r", None).await.unwrap();
     assert!(failures.is_empty(), "{failures:?}");
     let rows = ledger.objects("r").await.unwrap();
@@ -635,7 +637,7 @@ async fn a_job_retried_after_it_failed_is_counted_again_by_the_difference() {
         .finish_job("r", "j", &second, |_| false)
         .await
         .unwrap());
-    assert_eq!(outcome(&w).await, (3, 0, 30));
+    assert_eq!(summary_of(&w).await, (3, 0, 30));
 
     // A marker written before markers kept their totals: counted once, never recounted.
     w.ddb
@@ -647,7 +649,7 @@ async fn a_job_retried_after_it_failed_is_counted_again_by_the_difference() {
         .await
         .unwrap();
     assert!(!ledger.count_job("r", "old", totals(5, 50)).await.unwrap());
-    assert_eq!(outcome(&w).await, (3, 0, 30));
+    assert_eq!(summary_of(&w).await, (3, 0, 30));
 }
 
 /// An object below the multipart threshold whose source was written in parts is copied in parts too (to keep
