@@ -270,8 +270,11 @@ fn rate_between(o: &mut Overview, prev: &Overview, elapsed: Duration) {
     o.eta_secs = o.eta();
 }
 
+/// Now, to the second (RFC 3339).
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
+    let t = time::OffsetDateTime::now_utc();
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -381,11 +384,18 @@ fn detail(o: &Overview) -> String {
         .eta_secs
         .map(|e| format!(", ETA {}", duration(e)))
         .unwrap_or_default();
-    s += &format!(
-        "  rate      {} over the last {}{eta}\n",
-        rate(o),
-        duration(o.rate_window_secs)
-    );
+    if o.bytes_per_sec.is_some() || o.objects_per_sec.is_some() {
+        s += &format!(
+            "  rate      {} over the last {}{eta}\n",
+            rate(o),
+            duration(o.rate_window_secs)
+        );
+    } else {
+        s += &format!(
+            "  rate      - (nothing copied in the last {})\n",
+            duration(o.rate_window_secs)
+        );
+    }
     s += &format!("  last run  {}\n", last_run(o));
     if !o.missing.is_empty() {
         s += &format!("  missing   {}\n", o.missing.join(", "));
