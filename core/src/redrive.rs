@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -121,6 +122,7 @@ async fn one_by_one(
 ) -> Result<Moved> {
     let mut moved = 0u64;
     let mut empty = 0;
+    let mut stalled = 0;
     // Two empty long polls in a row: SQS's receive samples servers, so one empty answer can miss a message.
     while empty < 2 {
         if stop.is_cancelled() {
@@ -157,61 +159,134 @@ async fn one_by_one(
                 .map_err(|e| Error::with_source(ErrorKind::Other, "building an SQS batch", e))?;
             entries.push(e);
         }
-        let sent = sqs
+        let sent = match sqs
             .send_message_batch()
             .queue_url(&queue.url)
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| Error::from_sdk(format!("sending to {}", queue.url), e))?;
+        {
+            Ok(sent) => sent,
+            Err(e) => {
+                // Nothing of this batch reached the job queue: it goes back to the dead-letter queue now
+                // rather than when its visibility timeout ends.
+                release(sqs, dlq, messages.iter()).await;
+                return Err(Error::from_sdk(format!("sending to {}", queue.url), e));
+            }
+        };
+        let nth = |id: &str| messages.get(id.parse::<usize>().ok()?);
+        // Only what is on the job queue now leaves the dead-letter queue.
+        let deletes: Vec<DeleteMessageBatchRequestEntry> = sent
+            .successful()
+            .iter()
+            .filter_map(|ok| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(ok.id())
+                    .receipt_handle(nth(ok.id())?.receipt_handle()?)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        // What SQS did not take goes back to the dead-letter queue at once: for another try in this loop, or to
+        // wait there for the next `dth retry` if SQS said the job itself is at fault.
+        release(sqs, dlq, sent.failed().iter().filter_map(|f| nth(f.id()))).await;
+        if !deletes.is_empty() {
+            let n = deletes.len() as u64;
+            let out = sqs
+                .delete_message_batch()
+                .queue_url(&dlq.url)
+                .set_entries(Some(deletes))
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::from_sdk(
+                        format!(
+                            "deleting from {} ({n} jobs are on the job queue and stay dead-lettered too: the \
+                             ledger counts each once)",
+                            dlq.url
+                        ),
+                        e,
+                    )
+                })?;
+            if !out.failed().is_empty() {
+                // A copy stays in the dead-letter queue as well; a later retry sends it again and the worker counts
+                // the job once.
+                tracing::warn!(
+                    "{} jobs are on the job queue but could not be deleted from {}",
+                    out.failed().len(),
+                    dlq.url
+                );
+            }
+            moved += n;
+        }
         if let Some(f) = sent.failed().iter().find(|f| f.sender_fault()) {
             return Err(Error::new(
                 ErrorKind::Other,
                 format!(
-                    "SQS refused a job: {} {} ({moved} moved before it; the rest stay dead-lettered)",
+                    "SQS refused a job: {} {} ({moved} moved; the rest stay dead-lettered)",
                     f.code(),
                     f.message().unwrap_or_default()
                 ),
             ));
         }
-        // Only what is on the job queue now leaves the dead-letter queue; the rest reappears there.
-        let deletes: Vec<DeleteMessageBatchRequestEntry> = sent
-            .successful()
-            .iter()
-            .filter_map(|ok| {
-                let m = messages.get(ok.id().parse::<usize>().ok()?)?;
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(ok.id())
-                    .receipt_handle(m.receipt_handle()?)
-                    .build()
-                    .ok()
-            })
-            .collect();
-        if deletes.is_empty() {
-            continue;
+        if sent.successful().is_empty() {
+            stalled += 1;
+            if stalled >= 3 {
+                let why = sent.failed().first().map_or_else(
+                    || "no reason given".to_owned(),
+                    |f| format!("{} {}", f.code(), f.message().unwrap_or_default()),
+                );
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "SQS took none of the jobs three times in a row: {why} ({moved} moved; the rest stay \
+                         dead-lettered)"
+                    ),
+                ));
+            }
+        } else {
+            stalled = 0;
         }
-        let n = deletes.len() as u64;
-        let out = sqs
-            .delete_message_batch()
-            .queue_url(&dlq.url)
-            .set_entries(Some(deletes))
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk(format!("deleting from {}", dlq.url), e))?;
-        if !out.failed().is_empty() {
-            // A copy stays in the dead-letter queue as well; a later retry sends it again and the worker counts
-            // the job once.
-            tracing::warn!(
-                "{} jobs are on the job queue but could not be deleted from {}",
-                out.failed().len(),
-                dlq.url
-            );
-        }
-        moved += n;
     }
     Ok(Moved {
         moved,
         method: Method::OneByOne,
         interrupted: false,
     })
+}
+
+/// Make received messages visible in the dead-letter queue again at once (best effort: otherwise they reappear
+/// when their visibility timeout ends).
+async fn release<'a>(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &QueueInfo,
+    messages: impl Iterator<Item = &'a aws_sdk_sqs::types::Message>,
+) {
+    let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = messages
+        .enumerate()
+        .filter_map(|(i, m)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle()?)
+                .visibility_timeout(0)
+                .build()
+                .ok()
+        })
+        .collect();
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = sqs
+        .change_message_visibility_batch()
+        .queue_url(&dlq.url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        tracing::warn!(
+            "{}: the jobs not moved reappear in {} when their visibility timeout ends",
+            Error::from_sdk("releasing received jobs", e),
+            dlq.url
+        );
+    }
 }

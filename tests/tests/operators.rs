@@ -1,6 +1,8 @@
 //! The operators' view, end to end against a transfer applied with the real terraform CLI on moto:
 //! - `dth status` (one transfer, all of them, JSON and text), `dth failures` and `dth retry`: a transfer whose
 //!   jobs fail (the destination refuses two keys) and are dead-lettered, then retried to completion;
+//! - `dth retry` where SQS will not start a message move task: batch by batch, a refused batch returned to the
+//!   dead-letter queue at once, killed between a send and its delete without losing a job;
 //! - `data "dth_transfer"` in a `check` block of another configuration: it warns while the transfer is behind
 //!   or failed, and passes once it is in sync;
 //! - the worker's metrics: every metric the transfer's dashboard graphs is one the workers published (read back
@@ -459,4 +461,124 @@ async fn published_metrics_read_back() {
         .await
         .unwrap();
     assert_eq!(rate, (Some(2.0 / 300.0), Some(1500.0 / 300.0)));
+}
+
+/// `dth retry` where SQS will not start a message move task (an SQS without it, a role without
+/// `sqs:StartMessageMoveTask`): the jobs go back a batch at a time with their attributes. A batch the job queue
+/// refuses is back in the dead-letter queue at once; killed between a batch's send and its delete, nothing is
+/// lost (that batch is on both queues) and the next retry moves the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_without_a_move_task_loses_nothing() {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    use std::collections::BTreeMap;
+    let w = World::start("retry").await;
+    let names = dth_core::names::Names::new("rt");
+    let mut urls = Vec::new();
+    for q in [&names.dlq, &names.queue] {
+        let out = w.sqs.create_queue().queue_name(q).send().await.unwrap();
+        urls.push(out.queue_url().unwrap().to_owned());
+    }
+    let (dlq, queue) = (&urls[0], &urls[1]);
+    let jobs: BTreeMap<String, String> = (0..23)
+        .map(|i| (format!(r#"{{"key":"k{i:02}"}}"#), format!("run-{i}")))
+        .collect();
+    for (body, run) in &jobs {
+        let attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(run)
+            .build()
+            .unwrap();
+        w.sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(body)
+            .message_attributes("run", attr)
+            .send()
+            .await
+            .unwrap();
+    }
+    let proxy = w.fault_proxy().await;
+    let no_task = Fault::error(
+        400,
+        "AccessDenied",
+        "not authorized to StartMessageMoveTask",
+    );
+    proxy.inject(Rule::on("sqs", "StartMessageMoveTask", no_task).always());
+
+    // The job queue refuses the first batch: dth says so, and the batch is visible in the dead-letter queue
+    // again at once (not a visibility timeout later).
+    let refuse = proxy.inject(
+        Rule::on(
+            "sqs",
+            "SendMessageBatch",
+            Fault::error(400, "AccessDenied", "not authorized to SendMessageBatch"),
+        )
+        .first(1),
+    );
+    let out = dth_via(&w, proxy.url(), &["retry", "rt"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sending to"), "{}", stderr(&out));
+    assert_eq!(proxy.fired(refuse), 1);
+    assert_eq!(w.depth(dlq).await, (23, 0), "the refused batch is back");
+    assert_eq!(w.depth(queue).await, (0, 0));
+
+    // Killed after its first batch reached the job queue, before that batch left the dead-letter queue.
+    let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let kill = proxy
+        .inject(Rule::on("sqs", "DeleteMessageBatch", Fault::kill_caller(pid.clone())).first(1));
+    let mut killed = std::process::Command::new(bin("dth"))
+        .args(["retry", "rt"])
+        .env("AWS_ENDPOINT_URL", proxy.url())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    pid.store(killed.id(), std::sync::atomic::Ordering::SeqCst);
+    assert!(!wait(&mut killed, Duration::from_secs(60)).success());
+    assert_eq!(proxy.fired(kill), 1);
+    assert_eq!(w.depth(queue).await, (10, 0), "the first batch was sent");
+    assert_eq!(w.depth(dlq).await, (13, 10), "and is still dead-lettered");
+
+    // The next retry moves the rest; the killed one's batch waits out its visibility timeout in the
+    // dead-letter queue, as well as being on the job queue.
+    let out = dth_via(&w, proxy.url(), &["retry", "rt", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let moved: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(moved["moved"], 13, "{moved}");
+    assert_eq!(moved["method"], "one_by_one", "{moved}");
+    assert_eq!(moved["interrupted"], false, "{moved}");
+    assert_eq!(w.depth(dlq).await, (0, 10));
+
+    let mut arrived = BTreeMap::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let got = w
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            empty += 1;
+        }
+        for m in got.messages() {
+            let run = m.message_attributes().and_then(|a| a.get("run"));
+            let run = run.and_then(|v| v.string_value()).unwrap_or_default();
+            let before = arrived.insert(m.body().unwrap().to_owned(), run.to_owned());
+            assert!(before.is_none(), "a job arrived twice: {m:?}");
+        }
+    }
+    assert_eq!(
+        arrived, jobs,
+        "every job, with its attributes, on the job queue"
+    );
 }
