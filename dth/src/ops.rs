@@ -18,6 +18,7 @@ use dth_core::names::Names;
 use dth_core::stats::human_bytes;
 use dth_core::status::{self, Overview, Status};
 use dth_core::{redrive, Error, Result};
+use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -272,11 +273,19 @@ fn rate_between(o: &mut Overview, prev: &Overview, elapsed: Duration) {
 
 /// Now, to the second (RFC 3339).
 fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    to_second(time::OffsetDateTime::now_utc())
+}
+
+fn to_second(t: time::OffsetDateTime) -> String {
     t.replace_nanosecond(0)
         .unwrap_or(t)
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+/// An RFC 3339 time from the ledger, to the second for people (as it is, if it is not one).
+fn shown_time(at: &str) -> String {
+    time::OffsetDateTime::parse(at, &Rfc3339).map_or_else(|_| at.to_owned(), to_second)
 }
 
 /// A token cancelled at the first SIGINT or SIGTERM.
@@ -341,7 +350,10 @@ fn rate(o: &Overview) -> String {
 
 fn last_run(o: &Overview) -> String {
     let p = &o.progress;
-    match (&p.last_finder_run, &p.finder_error) {
+    match (
+        p.last_finder_run.as_deref().map(shown_time),
+        &p.finder_error,
+    ) {
         (None, _) => "none yet".to_owned(),
         (Some(at), Some(e)) => format!("{at}, failed: {e}"),
         (Some(at), None) if p.finder_finished => format!("{at}, listing finished"),
@@ -593,6 +605,15 @@ async fn retry(a: RetryArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ledger_times_are_shown_to_the_second() {
+        assert_eq!(
+            shown_time("2026-12-07T10:40:56.965073188Z"),
+            "2026-12-07T10:40:56Z"
+        );
+        assert_eq!(shown_time("20261207T104056Z-d4ad"), "20261207T104056Z-d4ad");
+    }
 
     #[test]
     fn names_are_checked() {

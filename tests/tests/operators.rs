@@ -58,18 +58,22 @@ fn dth(w: &World, args: &[&str]) -> Output {
     dth_via(w, &w.endpoint, args)
 }
 
-/// [`dth`] with every service at `endpoint`.
-fn dth_via(w: &World, endpoint: &str, args: &[&str]) -> Output {
-    let out = std::process::Command::new(bin("dth"))
-        .args(args)
+/// `dth ARGS` with every service at `endpoint`, as the world's user.
+fn dth_command(endpoint: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin("dth"));
+    c.args(args)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", REGION)
         .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
-        .output()
-        .unwrap();
+        .env_remove("AWS_CA_BUNDLE");
+    c
+}
+
+/// [`dth`] with every service at `endpoint`.
+fn dth_via(w: &World, endpoint: &str, args: &[&str]) -> Output {
+    let out = dth_command(endpoint, args).output().unwrap();
     std::fs::write(
         w.dir.join(format!("dth-{}.log", fastrand::u32(..))),
         [&out.stdout[..], b"\n---\n", &out.stderr[..]].concat(),
@@ -526,14 +530,7 @@ async fn retry_without_a_move_task_loses_nothing() {
     let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let kill = proxy
         .inject(Rule::on("sqs", "DeleteMessageBatch", Fault::kill_caller(pid.clone())).first(1));
-    let mut killed = std::process::Command::new(bin("dth"))
-        .args(["retry", "rt"])
-        .env("AWS_ENDPOINT_URL", proxy.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", REGION)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_CA_BUNDLE")
+    let mut killed = dth_command(proxy.url(), &["retry", "rt"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
