@@ -211,19 +211,9 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// Sizes in the units prices are given in (AWS's GB is 2^30 bytes).
 fn human_bytes(b: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    crate::stats::bytes_in(b, ["B", "KB", "MB", "GB", "TB", "PB"])
 }
 
 /// The price table, for the docs.

@@ -377,17 +377,21 @@ impl Drop for Bar {
 }
 
 pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    bytes_in(b, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+}
+
+/// `b` in the largest of `units` (each 1024 times the one before) that keeps it at least 1, to one decimal.
+pub fn bytes_in(b: u64, units: [&str; 6]) -> String {
     let mut v = b as f64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
+    while v >= 1024.0 && u < units.len() - 1 {
         v /= 1024.0;
         u += 1;
     }
     if u == 0 {
-        format!("{b} B")
+        format!("{b} {}", units[0])
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{v:.1} {}", units[u])
     }
 }
 
